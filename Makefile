@@ -1,0 +1,31 @@
+# pagedllm — `make test` creates .venv if missing, installs everything and runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test install model bench-engine clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) requirements.txt requirements-dev.txt pyproject.toml
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The default model is committed (models/default); this rebuilds it from scratch, offline.
+model: $(STAMP)
+	$(PY) scripts/build_default_model.py --out models/default
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-engine: $(STAMP)
+	$(PY) scripts/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,70 @@
+"""Engine configuration: one dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs to know before it loads a model.
+
+    Names follow vLLM's engine arguments so a vLLM user can read them.
+
+    Attributes:
+        model: path to a Hugging Face checkpoint directory.
+        device: "cpu" or "cuda" (or "cuda:N").
+        dtype: weights and KV-cache dtype; None picks float32 on CPU, bfloat16 on CUDA.
+        block_size: tokens per KV-cache block.
+        num_kv_blocks: fixes the KV-cache size; None sizes it from free memory.
+        max_num_seqs: most requests running in one step.
+        max_num_batched_tokens: the token budget of one step (prompt chunks + decodes).
+        max_model_len: longest prompt + output; None takes the model's limit (capped by the cache).
+        enable_prefix_caching: reuse KV blocks of identical full-block prompt prefixes.
+        gpu_memory_utilization: share of GPU memory the engine may use (weights + activations + KV).
+        cpu_kv_cache_gib: KV-cache size on CPU when num_kv_blocks is None.
+        seed: seed of the shared sampling generator (requests without their own seed).
+    """
+
+    model: str
+    device: str = "cpu"
+    dtype: str | None = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a path to a Hugging Face checkpoint directory")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype is None:
+            self.dtype = "float32" if self.device == "cpu" else "bfloat16"
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        _positive_int("block_size", self.block_size)
+        if self.num_kv_blocks is not None:
+            _positive_int("num_kv_blocks", self.num_kv_blocks)
+        _positive_int("max_num_seqs", self.max_num_seqs)
+        _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.max_model_len is not None:
+            _positive_int("max_model_len", self.max_model_len)
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not self.cpu_kv_cache_gib > 0:
+            raise ValueError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
