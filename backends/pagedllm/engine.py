@@ -1,0 +1,225 @@
+"""LLMEngine: add_request / abort_request / step(), synchronous and single-threaded.
+
+One step is: schedule -> run the model -> process outputs (append tokens, detokenize, check stops,
+retire finished requests). The engine loop (engine_loop.py) wraps it in a thread for servers.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from pagedllm.config import EngineConfig
+from pagedllm.detokenizer import IncrementalDetokenizer
+from pagedllm.kv_cache_manager import KVCacheManager
+from pagedllm.layers.sampler import SamplingRow
+from pagedllm.model_runner import ModelRunner
+from pagedllm.models.config import ModelConfig
+from pagedllm.outputs import CompletionOutput, RequestOutput, StreamDelta
+from pagedllm.request import Request, RequestStatus
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler import Scheduler, SchedulerOutput
+from pagedllm import stop_checker
+from pagedllm.tokenizer import Tokenizer
+
+
+class LLMEngine:
+    """The synchronous engine. Not thread-safe: one thread calls it (see EngineLoop)."""
+
+    def __init__(self, config: EngineConfig, runner=None) -> None:
+        """Load the model named by `config`; `runner` replaces the model runner (tests, benchmarks)."""
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model)
+        self.tokenizer = Tokenizer.from_dir(config.model)
+        self.runner = runner or ModelRunner(config, self.model_config)
+        num_blocks = self.runner.num_kv_blocks
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens)
+        self.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        # NOTE: never longer than the cache, so a request alone can always run to its end.
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 num_blocks * config.block_size)
+        self.requests: dict[str, Request] = {}
+        self._prompts: dict[str, str | None] = {}
+        self.num_prompt_tokens_total = 0
+        self.num_generation_tokens_total = 0
+
+    # ---- requests in and out -------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: str | Sequence[int],
+                    params: SamplingParams | None = None) -> Request:
+        """Queue a request. Raises ValueError naming the problem; nothing is queued then."""
+        params = params or SamplingParams()
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            text: str | None = prompt
+            prompt_ids = self.tokenizer.encode(prompt)
+        else:
+            text = None
+            prompt_ids = list(prompt)
+        self._check_prompt(prompt_ids)
+        max_tokens = self.max_model_len - len(prompt_ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
+                          max_tokens=max_tokens, eos_token_ids=self.model_config.eos_token_ids)
+        if params.seed is not None:
+            request.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        if params.logprobs is not None:
+            request.logprobs = []
+        request.detok = self.detokenizer.new_state(prompt_ids, params.skip_special_tokens)
+        self.requests[request_id] = request
+        self._prompts[request_id] = text
+        self.num_prompt_tokens_total += len(prompt_ids)
+        self.scheduler.add_request(request)
+        return request
+
+    def abort_request(self, request_id: str) -> StreamDelta | None:
+        """Abort a request in any state; returns its final delta, or None if it is not live."""
+        request = self.requests.get(request_id)
+        if request is None or request.is_finished:
+            return None
+        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        return self._final_delta(request, [])
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def get_output(self, request_id: str) -> RequestOutput:
+        """The vLLM-shaped output of a request (final once it finished)."""
+        r = self.requests[request_id]
+        completion = CompletionOutput(
+            index=0, text=r.text, token_ids=r.output_token_ids,
+            cumulative_logprob=r.cumulative_logprob if r.logprobs is not None else None,
+            logprobs=r.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
+        return RequestOutput(request_id=r.request_id, prompt=self._prompts[request_id],
+                             prompt_token_ids=list(r.prompt_token_ids), outputs=[completion],
+                             finished=r.is_finished, num_cached_tokens=r.num_cached_tokens)
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request (its blocks are already free)."""
+        request = self.requests.get(request_id)
+        if request is not None and request.is_finished:
+            del self.requests[request_id]
+            del self._prompts[request_id]
+
+    # ---- the step ------------------------------------------------------------------------------
+
+    def step(self) -> list[StreamDelta]:
+        """Run one scheduling step; return a delta for every request that progressed or finished."""
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        sampled = self._run(out)
+        self.scheduler.update_after_step(out)
+        return self._process(out, sampled)
+
+    def _run(self, out: SchedulerOutput):
+        sample = [r.num_computed_tokens + n == r.num_tokens
+                  for r, n in zip(out.requests, out.num_tokens)]
+        rows = [self._sampling_row(r) for r, s in zip(out.requests, sample) if s]
+        result = self.runner.execute(
+            token_ids=[r.all_token_ids for r in out.requests],
+            num_computed=[r.num_computed_tokens for r in out.requests],
+            num_tokens=out.num_tokens,
+            block_tables=[self.kv_cache.block_ids(r.request_id) for r in out.requests],
+            sample=sample, rows=rows)
+        return [r for r, s in zip(out.requests, sample) if s], result
+
+    def _sampling_row(self, r: Request) -> SamplingRow:
+        p = r.sampling_params
+        suppress: tuple[int, ...] = ()
+        if r.num_output_tokens < p.min_tokens:
+            suppress = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
+        return SamplingRow(params=p, prompt_token_ids=r.prompt_token_ids,
+                           output_token_ids=r.all_token_ids[r.num_prompt_tokens:]
+                           if _needs_history(p) else (),
+                           generator=r.generator, suppress_token_ids=suppress)
+
+    def _process(self, out: SchedulerOutput, sampled) -> list[StreamDelta]:
+        requests, result = sampled
+        now = time.monotonic()
+        finishing: dict[str, RequestStatus] = {}
+        for i, r in enumerate(requests):
+            token = result.token_ids[i]
+            r.append_token(token)
+            if r.first_token_time is None:
+                r.first_token_time = now
+            if r.logprobs is not None:
+                lp = result.logprobs[i]
+                r.logprobs.append(lp)
+                r.cumulative_logprob += lp[token]
+            status = stop_checker.check_token(r, token)
+            if status is not None:
+                finishing[r.request_id] = status
+        self.num_generation_tokens_total += len(requests)
+        texts = self.detokenizer.step([r.detok for r in requests], [r.all_token_ids for r in requests])
+        deltas = []
+        for r, new in zip(requests, texts):
+            status = finishing.get(r.request_id)
+            if status is not None:
+                new += self.detokenizer.flush(r.detok, r.all_token_ids)
+            r.text += new
+            if stop_checker.find_stop_string(r, len(new)):
+                status = RequestStatus.FINISHED_STOPPED
+            if status is None:
+                deltas.append(self._delta(r, [r.all_token_ids[-1]]))
+            else:
+                self.scheduler.finish(r, status)
+                deltas.append(self._final_delta(r, [r.all_token_ids[-1]]))
+        return deltas
+
+    def _delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
+        sendable = len(r.text) - stop_checker.holdback(r)
+        text = ""
+        if sendable > r.num_text_sent:
+            text = r.text[r.num_text_sent:sendable]
+            r.num_text_sent = sendable
+        return StreamDelta(request_id=r.request_id, token_ids=token_ids, text=text,
+                           logprobs=r.logprobs[-1:] if r.logprobs is not None else None,
+                           num_prompt_tokens=r.num_prompt_tokens,
+                           num_output_tokens=r.num_output_tokens)
+
+    def _final_delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
+        text = r.text[r.num_text_sent:]
+        r.num_text_sent = len(r.text)
+        return StreamDelta(request_id=r.request_id, token_ids=token_ids, text=text, finished=True,
+                           finish_reason=r.finish_reason,
+                           logprobs=r.logprobs[-1:] if r.logprobs and token_ids else None,
+                           num_prompt_tokens=r.num_prompt_tokens,
+                           num_output_tokens=r.num_output_tokens)
+
+    # ---- checks and stats ----------------------------------------------------------------------
+
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise ValueError("prompt is empty: give at least one token")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
+        if bad:
+            raise ValueError(f"prompt_token_ids must be ints in [0, {vocab}), got {bad[:5]}")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(prompt_ids)} tokens, but max_model_len is "
+                             f"{self.max_model_len} (prompt + at least one output token must fit)")
+
+    def kv_cache_stats(self) -> dict:
+        """KV-cache occupancy and prefix-cache counters."""
+        kv = self.kv_cache
+        return {
+            "num_total_blocks": kv.num_blocks,
+            "num_free_blocks": kv.num_free_blocks,
+            "num_cached_blocks": kv.pool.num_cached_blocks,
+            "block_size": kv.block_size,
+            "usage": kv.usage,
+            "prefix_cache_queries": kv.prefix_stats.queries,
+            "prefix_cache_hits": kv.prefix_stats.hits,
+            "num_preemptions": self.scheduler.stats.num_preemptions,
+            "num_partial_prefills": self.scheduler.stats.num_partial_prefills,
+        }
+
+
+def _needs_history(p: SamplingParams) -> bool:
+    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0)

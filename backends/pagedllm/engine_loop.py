@@ -1,0 +1,209 @@
+"""A background thread around LLMEngine, for servers: submit -> stream of deltas -> final; abort by id.
+
+Only the loop thread touches the engine. Other threads talk to it through one command queue, and
+hear back through per-request sinks (a callback, or the queue inside a RequestStream). Every
+request gets exactly one delta with `finished=True`: its last, an error or an abort.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from pagedllm.engine import LLMEngine
+from pagedllm.outputs import StreamDelta
+from pagedllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[StreamDelta], None]
+
+
+@dataclass
+class LoopStats:
+    """A snapshot of engine gauges and counters, updated after every step under one lock."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    num_preemptions: int = 0
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    num_steps: int = 0
+
+
+class RequestStream:
+    """The deltas of one request, as an iterator that ends after the finished delta."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._queue: queue.SimpleQueue[StreamDelta] = queue.SimpleQueue()
+
+    def put(self, delta: StreamDelta) -> None:
+        self._queue.put(delta)
+
+    def get(self, timeout: float | None = None) -> StreamDelta:
+        """Next delta; raises queue.Empty after `timeout` seconds."""
+        return self._queue.get(timeout=timeout)
+
+    def __iter__(self) -> Iterator[StreamDelta]:
+        while True:
+            delta = self._queue.get()
+            yield delta
+            if delta.finished:
+                return
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: str | Sequence[int]
+    params: SamplingParams
+    sink: Sink
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+@dataclass
+class _Stop:
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class EngineLoop:
+    """Runs `engine.step()` on its own thread while requests come and go."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, Sink] = {}
+        self._stats = LoopStats()
+        self._stats_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="pagedllm-engine", daemon=True)
+        self._started = False
+
+    def start(self) -> "EngineLoop":
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Abort every live request (each gets its final delta) and stop the thread."""
+        if not self._started or not self._thread.is_alive():
+            return
+        stop = _Stop()
+        self._commands.put(stop)
+        stop.done.wait(timeout)
+        self._thread.join(timeout)
+
+    def submit(self, request_id: str, prompt: str | Sequence[int],
+               params: SamplingParams | None = None, sink: Sink | None = None) -> RequestStream | None:
+        """Queue a request. Its deltas go to `sink`, or to the returned RequestStream.
+
+        Bad input is reported to that request alone, as a finished delta with `error` set.
+        """
+        stream = None
+        if sink is None:
+            stream = RequestStream(request_id)
+            sink = stream.put
+        self._commands.put(_Add(request_id, prompt, params or SamplingParams(), sink))
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request in any state; its blocks are freed on the loop's next turn."""
+        self._commands.put(_Abort(request_id))
+
+    def stats(self) -> LoopStats:
+        with self._stats_lock:
+            return LoopStats(**vars(self._stats))
+
+    # ---- the loop thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            busy = self.engine.has_unfinished_requests()
+            try:
+                # Block when idle; when busy, only drain what has arrived.
+                command = self._commands.get(block=not busy)
+            except queue.Empty:
+                command = None
+            while command is not None:
+                if isinstance(command, _Stop):
+                    self._abort_all("server shutting down")
+                    self._update_stats()
+                    command.done.set()
+                    return
+                self._apply(command)
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = None
+            if self.engine.has_unfinished_requests():
+                self._step()
+            self._update_stats()
+
+    def _apply(self, command: _Add | _Abort) -> None:
+        if isinstance(command, _Abort):
+            delta = self.engine.abort_request(command.request_id)
+            if delta is not None:
+                self._emit(delta)
+            return
+        if command.request_id in self._sinks:
+            command.sink(_error(command.request_id, f"request_id {command.request_id!r} is already in use"))
+            return
+        try:
+            self.engine.add_request(command.request_id, command.prompt, command.params)
+        except (ValueError, TypeError) as e:
+            command.sink(_error(command.request_id, str(e)))
+            return
+        self._sinks[command.request_id] = command.sink
+
+    def _step(self) -> None:
+        try:
+            deltas = self.engine.step()
+        except Exception as e:  # a bug or device error: fail the live requests, keep serving
+            logger.exception("engine step failed")
+            self._abort_all(f"engine step failed: {e}")
+            return
+        for delta in deltas:
+            self._emit(delta)
+
+    def _emit(self, delta: StreamDelta) -> None:
+        sink = self._sinks.get(delta.request_id)
+        if delta.finished:
+            self._sinks.pop(delta.request_id, None)
+            self.engine.release(delta.request_id)
+        if sink is not None:
+            try:
+                sink(delta)
+            except Exception:  # a broken consumer must not stop the engine
+                logger.exception("sink of request %s failed", delta.request_id)
+
+    def _abort_all(self, reason: str) -> None:
+        for request_id in list(self._sinks):
+            delta = self.engine.abort_request(request_id)
+            if delta is None:
+                delta = _error(request_id, reason)
+            delta.error = reason
+            self._emit(delta)
+
+    def _update_stats(self) -> None:
+        e = self.engine
+        with self._stats_lock:
+            s = self._stats
+            s.num_running = len(e.scheduler.running)
+            s.num_waiting = len(e.scheduler.waiting)
+            s.kv_cache_usage = e.kv_cache.usage
+            s.num_preemptions = e.scheduler.stats.num_preemptions
+            s.num_prompt_tokens = e.num_prompt_tokens_total
+            s.num_generation_tokens = e.num_generation_tokens_total
+            s.num_steps = e.scheduler.stats.num_steps
+
+
+def _error(request_id: str, message: str) -> StreamDelta:
+    return StreamDelta(request_id=request_id, finished=True, finish_reason="abort", error=message)

@@ -1,0 +1,46 @@
+"""When does a request stop? EOS, stop token ids, max_tokens, and stop strings.
+
+Stop strings are never emitted, not even partly: the streamed text holds back the last
+`max(len(stop)) - 1` characters until it is known that no stop string starts there.
+"""
+from __future__ import annotations
+
+from pagedllm.request import Request, RequestStatus
+
+
+def check_token(r: Request, token: int) -> RequestStatus | None:
+    """Status after appending `token`: stopped by EOS / a stop token id, at max_tokens, or None."""
+    p = r.sampling_params
+    if r.num_output_tokens >= p.min_tokens:
+        if token in p.stop_token_ids:
+            r.stop_reason = token
+            return RequestStatus.FINISHED_STOPPED
+        if not p.ignore_eos and token in r.eos_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+    if r.num_output_tokens >= r.max_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    return None
+
+
+def find_stop_string(r: Request, num_new_chars: int) -> bool:
+    """Cut r.text before the first stop string that ends in the new characters; True if one did."""
+    stops = r.sampling_params.stop
+    if not stops or num_new_chars == 0 or r.num_output_tokens < r.sampling_params.min_tokens:
+        return False
+    start_min = len(r.text) - num_new_chars
+    best: tuple[int, str] | None = None
+    for s in stops:
+        i = r.text.find(s, max(0, start_min - len(s) + 1))
+        if i != -1 and (best is None or i < best[0]):
+            best = (i, s)
+    if best is None:
+        return False
+    r.text = r.text[:best[0]]
+    r.stop_reason = best[1]
+    return True
+
+
+def holdback(r: Request) -> int:
+    """Characters at the end of r.text that may still turn out to begin a stop string."""
+    stops = r.sampling_params.stop
+    return max(map(len, stops)) - 1 if stops else 0
