@@ -37,9 +37,12 @@ class LLMEngine:
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens)
         self.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        model_len = self.model_config.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > model_len:
+            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
+                             f"max_position_embeddings {model_len}")
         # NOTE: never longer than the cache, so a request alone can always run to its end.
-        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
-                                 num_blocks * config.block_size)
+        self.max_model_len = min(config.max_model_len or model_len, num_blocks * config.block_size)
         self.requests: dict[str, Request] = {}
         self._prompts: dict[str, str | None] = {}
         self.num_prompt_tokens_total = 0
@@ -129,14 +132,19 @@ class LLMEngine:
         return [r for r, s in zip(out.requests, sample) if s], result
 
     def _sampling_row(self, r: Request) -> SamplingRow:
+        """The request's SamplingRow, made once and updated only where this step differs."""
+        row = r.sampling_row
         p = r.sampling_params
-        suppress: tuple[int, ...] = ()
+        if row is None:
+            row = r.sampling_row = SamplingRow(params=p, prompt_token_ids=r.prompt_token_ids,
+                                               output_token_ids=(), generator=r.generator)
+        if _uses_penalties(p):
+            row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
         if r.num_output_tokens < p.min_tokens:
-            suppress = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
-        return SamplingRow(params=p, prompt_token_ids=r.prompt_token_ids,
-                           output_token_ids=r.all_token_ids[r.num_prompt_tokens:]
-                           if _needs_history(p) else (),
-                           generator=r.generator, suppress_token_ids=suppress)
+            row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
+        elif row.suppress_token_ids:
+            row.suppress_token_ids = ()
+        return row
 
     def _process(self, out: SchedulerOutput, sampled) -> list[StreamDelta]:
         requests, result = sampled
@@ -200,6 +208,12 @@ class LLMEngine:
         bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
         if bad:
             raise ValueError(f"prompt_token_ids must be ints in [0, {vocab}), got {bad[:5]}")
+        num_blocks, bs = self.kv_cache.num_blocks, self.kv_cache.block_size
+        needed = self.kv_cache.blocks_needed(len(prompt_ids) + 1)
+        if needed > num_blocks:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens needs {needed} KV blocks (with its "
+                             f"first output token), but the whole KV cache has {num_blocks} blocks "
+                             f"of {bs} tokens")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens, but max_model_len is "
                              f"{self.max_model_len} (prompt + at least one output token must fit)")
@@ -220,6 +234,6 @@ class LLMEngine:
         }
 
 
-def _needs_history(p: SamplingParams) -> bool:
+def _uses_penalties(p: SamplingParams) -> bool:
     return (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
             or p.frequency_penalty != 0.0)

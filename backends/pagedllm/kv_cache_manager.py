@@ -29,6 +29,7 @@ class KVCacheManager:
         self.enable_caching = enable_caching
         self.pool = BlockPool(num_blocks, enable_caching)
         self.req_to_blocks: dict[str, list[KVBlock]] = {}
+        self._block_ids: dict[str, list[int]] = {}
         self._num_cached_blocks: dict[str, int] = {}
         self.prefix_stats = PrefixCacheStats()
 
@@ -79,35 +80,45 @@ class KVCacheManager:
             num_new_tokens: tokens to compute this step.
             computed_blocks: prefix-cache hits from get_computed_blocks (only at admission).
         """
-        computed_blocks = computed_blocks or []
-        table = self.req_to_blocks.setdefault(request.request_id, [])
-        num_total = (request.num_computed_tokens + len(computed_blocks) * self.block_size
-                     + num_new_tokens)
-        num_new_blocks = self.blocks_needed(num_total) - len(table) - len(computed_blocks)
-        # Hits that sit on the free list stop being free once touched.
-        num_evictable_hits = sum(1 for b in computed_blocks if b.ref_cnt == 0)
-        if num_new_blocks > self.pool.num_free_blocks - num_evictable_hits:
-            if not table:
-                del self.req_to_blocks[request.request_id]
-            return False
-        if computed_blocks:
-            self.pool.touch(computed_blocks)
-            table.extend(computed_blocks)
-        if num_new_blocks > 0:
-            table.extend(self.pool.allocate(num_new_blocks))
-        if self.enable_caching:
-            self._cache_full_blocks(request, table, num_total // self.block_size)
+        rid = request.request_id
+        bs = self.block_size
+        table = self.req_to_blocks.get(rid)
+        if table is None:
+            table = self.req_to_blocks[rid] = []
+            self._block_ids[rid] = []
+        hits = computed_blocks or ()
+        num_total = request.num_computed_tokens + len(hits) * bs + num_new_tokens
+        num_new_blocks = -(-num_total // bs) - len(table) - len(hits)
+        # NOTE: the common decode step needs no block: keep that path short.
+        if num_new_blocks > 0 or hits:
+            # Hits that sit on the free list stop being free once touched.
+            num_evictable_hits = sum(1 for b in hits if b.ref_cnt == 0)
+            if num_new_blocks > self.pool.num_free_blocks - num_evictable_hits:
+                if not table:
+                    del self.req_to_blocks[rid], self._block_ids[rid]
+                return False
+            new = list(hits)
+            if hits:
+                self.pool.touch(hits)
+            if num_new_blocks > 0:
+                new += self.pool.allocate(num_new_blocks)
+            table.extend(new)
+            self._block_ids[rid].extend(b.block_id for b in new)
+        if self.enable_caching and num_total // bs > self._num_cached_blocks.get(rid, 0):
+            self._cache_full_blocks(request, table, num_total // bs)
         return True
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so its prefix outlives its suffix in the cache."""
         table = self.req_to_blocks.pop(request.request_id, None)
+        self._block_ids.pop(request.request_id, None)
         self._num_cached_blocks.pop(request.request_id, None)
         if table:
             self.pool.release(reversed(table))
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_to_blocks.get(request_id, ())]
+        """The request's block table as ids. NOTE: the live list, not a copy: do not modify it."""
+        return self._block_ids.get(request_id, [])
 
     def _cache_full_blocks(self, request: Request, table: list[KVBlock], num_full: int) -> None:
         start = self._num_cached_blocks.get(request.request_id, 0)

@@ -60,6 +60,7 @@ class Request:
     stop_reason: int | str | None = None
     # Filled by the engine's output processing, opaque to the scheduler.
     generator: Any = None
+    sampling_row: Any = None
     detok: Any = None
     text: str = ""
     num_text_sent: int = 0

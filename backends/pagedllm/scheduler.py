@@ -56,7 +56,6 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.stats = SchedulerStats()
-        self._has_finished_running = False
 
     @property
     def num_unfinished(self) -> int:
@@ -68,7 +67,6 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Choose this step's requests and token counts, allocating their KV slots."""
-        self._drop_finished()
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         i = 0
@@ -110,7 +108,7 @@ class Scheduler:
         if request.is_finished:
             return
         if request.status == RequestStatus.RUNNING:
-            self._has_finished_running = True
+            self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
         request.status = status
@@ -139,8 +137,3 @@ class Scheduler:
         out.requests.append(request)
         out.num_tokens.append(n)
         out.total_tokens += n
-
-    def _drop_finished(self) -> None:
-        if self._has_finished_running:
-            self.running = [r for r in self.running if not r.is_finished]
-            self._has_finished_running = False

@@ -1,0 +1,216 @@
+"""Turns one step's logits into one token per request.
+
+The order follows vLLM: logprobs from the raw logits, then forbidden tokens, penalties, and either
+argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
+
+Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
+needs exactly `vocab` random numbers. A row with its own generator draws them from it alone:
+a seeded request samples the same tokens whatever else is in the batch and wherever it sits.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    """What the sampler needs to know about one request this step.
+
+    Attributes:
+        params: the request's sampling parameters.
+        prompt_token_ids: the prompt (repetition penalty looks at it).
+        output_token_ids: tokens generated so far (all three penalties look at them).
+        generator: the request's own generator when params.seed is set (on the sampler's device;
+            see Sampler.make_generator), else None to use the sampler's shared one.
+        suppress_token_ids: ids forbidden this step (the engine passes EOS + stop_token_ids while
+            fewer than min_tokens were generated). Ids outside the vocabulary are ignored.
+    """
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    generator: torch.Generator | None = None
+    suppress_token_ids: Sequence[int] = ()
+
+
+@dataclass
+class SamplerOutput:
+    """One sampled token per row, and the logprobs of the rows that asked for them.
+
+    Attributes:
+        token_ids: the sampled token of each row.
+        logprobs: per row, {token_id: logprob} of the top params.logprobs tokens plus the sampled
+            one, taken from the raw logits (before penalties and temperature); None where the row
+            did not ask.
+    """
+
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]
+
+
+class Sampler:
+    """Samples a batch of rows, each with its own SamplingParams.
+
+    Args:
+        seed: seed of the shared generator used by rows without their own generator.
+        device: where logits (and so the generators) live.
+    """
+
+    def __init__(self, seed: int = 0, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.generator = self.make_generator(seed)
+
+    def make_generator(self, seed: int) -> torch.Generator:
+        """Returns a generator on the sampler's device, for a request with its own seed."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        return g
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        """Samples one token per row of logits [num_rows, vocab]; does not modify logits."""
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], "
+                             f"got {tuple(logits.shape)}")
+        # NOTE: the hot path of decode benchmarks: keep it free of per-row tensor work.
+        if all(_plain_greedy(r) for r in rows):
+            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+
+        logits = logits.float()
+        logprobs = _raw_logprobs(logits, rows)
+        logits = logits.clone()
+        _suppress(logits, rows)
+        _apply_penalties(logits, rows)
+
+        token_ids = logits.argmax(dim=-1)
+        random_rows = [i for i, r in enumerate(rows) if not r.params.is_greedy]
+        if random_rows:
+            idx = torch.tensor(random_rows, device=logits.device)
+            sampled = self._sample(logits[idx], [rows[i] for i in random_rows])
+            token_ids[idx] = sampled
+        token_list = token_ids.tolist()
+        return SamplerOutput(token_list, _finish_logprobs(logprobs, rows, token_list))
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Temperature, top_k, top_p, min_p, then one random draw per row."""
+        temps = torch.tensor([r.params.temperature for r in rows], device=logits.device)
+        logits = logits / temps.unsqueeze(1)
+        logits = _top_k_top_p(logits, rows)
+        logits = _min_p(logits, rows)
+        probs = logits.softmax(dim=-1)
+
+        q = torch.empty_like(probs)
+        shared = [i for i, r in enumerate(rows) if r.generator is None]
+        if shared:
+            q[shared] = torch.empty(len(shared), probs.shape[1], device=probs.device
+                                    ).exponential_(generator=self.generator)
+        for i, r in enumerate(rows):
+            if r.generator is not None:
+                q[i].exponential_(generator=r.generator)
+        # NOTE: exponential_ may return 0 on some backends; a tiny q keeps the row's winner finite.
+        q.clamp_min_(torch.finfo(q.dtype).tiny)
+        return (probs / q).argmax(dim=-1)
+
+
+def _plain_greedy(row: SamplingRow) -> bool:
+    p = row.params
+    return (p.is_greedy and p.logprobs is None and not row.suppress_token_ids
+            and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+            and p.frequency_penalty == 0.0)
+
+
+def _raw_logprobs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor | None:
+    if all(r.params.logprobs is None for r in rows):
+        return None
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _finish_logprobs(logprobs: torch.Tensor | None, rows: list[SamplingRow],
+                     token_ids: list[int]) -> list[dict[int, float] | None]:
+    out: list[dict[int, float] | None] = [None] * len(rows)
+    if logprobs is None:
+        return out
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    n_max = max(rows[i].params.logprobs for i in wanted)
+    sub = logprobs[wanted]
+    top_vals, top_ids = sub.topk(n_max, dim=-1) if n_max else (sub[:, :0], sub[:, :0].long())
+    sampled = sub.gather(1, torch.tensor([[token_ids[i]] for i in wanted], device=sub.device))
+    top_vals, top_ids, sampled = top_vals.tolist(), top_ids.tolist(), sampled.tolist()
+    for j, i in enumerate(wanted):
+        n = rows[i].params.logprobs
+        entry = dict(zip(top_ids[j][:n], top_vals[j][:n]))
+        entry[token_ids[i]] = sampled[j][0]
+        out[i] = entry
+    return out
+
+
+def _suppress(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    vocab = logits.shape[1]
+    row_idx, tok_idx = [], []
+    for i, r in enumerate(rows):
+        for t in r.suppress_token_ids:
+            if 0 <= t < vocab:
+                row_idx.append(i)
+                tok_idx.append(t)
+    if row_idx:
+        logits[row_idx, tok_idx] = float("-inf")
+
+
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """Repetition penalty (prompt + output), then frequency/presence penalties (output only)."""
+    vocab = logits.shape[1]
+    for i, r in enumerate(rows):
+        p = r.params
+        if p.repetition_penalty != 1.0:
+            seen = [t for t in set(r.prompt_token_ids).union(r.output_token_ids) if t < vocab]
+            if seen:
+                idx = torch.tensor(seen, device=logits.device)
+                vals = logits[i, idx]
+                logits[i, idx] = torch.where(vals > 0, vals / p.repetition_penalty,
+                                             vals * p.repetition_penalty)
+        if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) and r.output_token_ids:
+            counts = Counter(t for t in r.output_token_ids if t < vocab)
+            idx = torch.tensor(list(counts.keys()), device=logits.device)
+            n = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
+            logits[i, idx] -= p.frequency_penalty * n + p.presence_penalty
+
+
+def _top_k_top_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Masks (to -inf) what top_k and top_p exclude; top_p counts what top_k left."""
+    use_k = any(r.params.top_k > 0 for r in rows)
+    use_p = any(r.params.top_p < 1.0 for r in rows)
+    if not (use_k or use_p):
+        return logits
+    vocab = logits.shape[1]
+    k = torch.tensor([min(r.params.top_k, vocab) if r.params.top_k > 0 else vocab
+                      for r in rows], device=logits.device)
+    if not use_p:  # top_k alone: a partial topk is much cheaper than sorting the vocabulary
+        kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1).unsqueeze(1))
+        return logits.masked_fill(logits < kth, float("-inf"))  # ties with the k-th stay in
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    if use_k:
+        ranks = torch.arange(vocab, device=logits.device)
+        sorted_logits.masked_fill_(ranks.unsqueeze(0) >= k.unsqueeze(1), float("-inf"))
+    # A token stays when the tokens ranked above it sum to less than top_p: the smallest set
+    # reaching top_p. Disabled rows get 2.0 so rounding in cumsum can never cut them.
+    top_p = torch.tensor([r.params.top_p if r.params.top_p < 1.0 else 2.0 for r in rows],
+                         device=logits.device)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= top_p.unsqueeze(1)
+    drop[:, 0] = False
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Masks tokens with prob < min_p * max prob, i.e. logit < max logit + log(min_p)."""
+    if not any(r.params.min_p > 0.0 for r in rows):
+        return logits
+    min_p = torch.tensor([r.params.min_p for r in rows], device=logits.device)
+    threshold = logits.max(dim=-1, keepdim=True).values + torch.log(min_p).unsqueeze(1)
+    return logits.masked_fill(logits < threshold, float("-inf"))
