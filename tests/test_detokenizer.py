@@ -132,7 +132,9 @@ def stream(detok: IncrementalDetokenizer, prompt: list[int], output: list[int],
         ids.extend(output[i:i + n])
         i, c = i + n, c + 1
         delta = detok.step([state], [ids])[0]
-        assert not delta.endswith("\ufffd"), (pieces, delta)
+        # NOTE: the byte-level shortcut emits U+FFFD for bytes that are invalid (never for an
+        # incomplete character: the codec holds those back); the window method holds all back.
+        assert state.utf8 is not None or not delta.endswith("\ufffd"), (pieces, delta)
         pieces.append(delta)
     pieces.append(detok.flush(state, ids))
     return "".join(pieces)
@@ -219,8 +221,9 @@ def test_byte_level_deltas_equal_decode_of_output(byte_level_tok, prompt_text, t
 @pytest.mark.parametrize("name, expected", [
     # "Smile" | "▁" "<0xF0>" "<0x9F>" "<0x98>" "<0x80>" "▁" "o" "k"
     ("llama2", [" ", "", "", "", "😀", " ", "o", "k"]),
-    # "Smile" | "Ġð\x9f" "\x98" "\x80" "Ġ" "o" "k"   (bytes of " 😀 ok")
-    ("llama3", ["", "", " 😀", " ", "o", "k"]),
+    # "Smile" | "Ġð\x9f" "\x98" "\x80" "Ġ" "o" "k"   (bytes of " 😀 ok"): the byte-level
+    # shortcut emits the complete space at once and holds back only the emoji's bytes.
+    ("llama3", [" ", "", "😀", " ", "o", "k"]),
 ])
 def test_split_character_is_held_back_until_complete(model_dirs, name, expected):
     tok = Tokenizer.from_dir(model_dirs[name])

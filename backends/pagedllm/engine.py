@@ -73,6 +73,7 @@ class LLMEngine:
         if params.logprobs is not None:
             request.logprobs = []
         request.detok = self.detokenizer.new_state(prompt_ids, params.skip_special_tokens)
+        request.stop_holdback = stop_checker.holdback(request)
         self.requests[request_id] = request
         self._prompts[request_id] = text
         self.num_prompt_tokens_total += len(prompt_ids)
@@ -147,16 +148,18 @@ class LLMEngine:
         return row
 
     def _process(self, out: SchedulerOutput, sampled) -> list[StreamDelta]:
+        """Append the sampled tokens, advance the text, retire finished requests; one delta each.
+
+        NOTE: runs once per running request per step: the engine's hot loop on CPU. Keep it flat.
+        """
         requests, result = sampled
         now = time.monotonic()
         finishing: dict[str, RequestStatus] = {}
-        for i, r in enumerate(requests):
-            token = result.token_ids[i]
-            r.append_token(token)
+        for r, token, lp in zip(requests, result.token_ids, result.logprobs):
+            r.all_token_ids.append(token)
             if r.first_token_time is None:
                 r.first_token_time = now
-            if r.logprobs is not None:
-                lp = result.logprobs[i]
+            if lp is not None:
                 r.logprobs.append(lp)
                 r.cumulative_logprob += lp[token]
             status = stop_checker.check_token(r, token)
@@ -166,29 +169,28 @@ class LLMEngine:
         texts = self.detokenizer.step([r.detok for r in requests], [r.all_token_ids for r in requests])
         deltas = []
         for r, new in zip(requests, texts):
-            status = finishing.get(r.request_id)
+            status = finishing.get(r.request_id) if finishing else None
             if status is not None:
                 new += self.detokenizer.flush(r.detok, r.all_token_ids)
-            r.text += new
-            if stop_checker.find_stop_string(r, len(new)):
-                status = RequestStatus.FINISHED_STOPPED
-            if status is None:
-                deltas.append(self._delta(r, [r.all_token_ids[-1]]))
-            else:
+            if new:
+                r.text += new
+                if r.sampling_params.stop and stop_checker.find_stop_string(r, len(new)):
+                    status = RequestStatus.FINISHED_STOPPED
+            if status is not None:
                 self.scheduler.finish(r, status)
                 deltas.append(self._final_delta(r, [r.all_token_ids[-1]]))
+                continue
+            text = ""
+            sendable = len(r.text) - r.stop_holdback
+            if sendable > r.num_text_sent:
+                text = r.text[r.num_text_sent:sendable]
+                r.num_text_sent = sendable
+            deltas.append(StreamDelta(
+                request_id=r.request_id, token_ids=[r.all_token_ids[-1]], text=text,
+                logprobs=r.logprobs[-1:] if r.logprobs is not None else None,
+                num_prompt_tokens=r.num_prompt_tokens,
+                num_output_tokens=len(r.all_token_ids) - r.num_prompt_tokens))
         return deltas
-
-    def _delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
-        sendable = len(r.text) - stop_checker.holdback(r)
-        text = ""
-        if sendable > r.num_text_sent:
-            text = r.text[r.num_text_sent:sendable]
-            r.num_text_sent = sendable
-        return StreamDelta(request_id=r.request_id, token_ids=token_ids, text=text,
-                           logprobs=r.logprobs[-1:] if r.logprobs is not None else None,
-                           num_prompt_tokens=r.num_prompt_tokens,
-                           num_output_tokens=r.num_output_tokens)
 
     def _final_delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
         text = r.text[r.num_text_sent:]

@@ -64,17 +64,17 @@ class Request:
     detok: Any = None
     text: str = ""
     num_text_sent: int = 0
+    stop_holdback: int = 0
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None
 
+    num_prompt_tokens: int = 0
+
     def __post_init__(self) -> None:
         if not self.all_token_ids:
             self.all_token_ids = list(self.prompt_token_ids)
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:

@@ -11,13 +11,14 @@ from pagedllm.request import Request, RequestStatus
 def check_token(r: Request, token: int) -> RequestStatus | None:
     """Status after appending `token`: stopped by EOS / a stop token id, at max_tokens, or None."""
     p = r.sampling_params
-    if r.num_output_tokens >= p.min_tokens:
+    num_output = len(r.all_token_ids) - r.num_prompt_tokens
+    if num_output >= p.min_tokens:
         if token in p.stop_token_ids:
             r.stop_reason = token
             return RequestStatus.FINISHED_STOPPED
         if not p.ignore_eos and token in r.eos_token_ids:
             return RequestStatus.FINISHED_STOPPED
-    if r.num_output_tokens >= r.max_tokens:
+    if num_output >= r.max_tokens:
         return RequestStatus.FINISHED_LENGTH
     return None
 

@@ -65,6 +65,44 @@ class Tokenizer:
         return self._tok.decode_batch(batch,
                                       skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, skip_special_tokens: bool = True) -> list[bytes] | None:
+        """Each token id's bytes, when decoding is just joining them (byte-level BPE); else None.
+
+        Byte-level BPE (GPT-2, Llama-3, Qwen2) decodes by concatenating per-token bytes and then
+        reading UTF-8, so a streaming decoder needs no window: see detokenizer.py. Mirrors the Rust
+        ByteLevel decoder: a token whose characters all map back to bytes gives those bytes, any
+        other (an added token) its own UTF-8; skipped special tokens give nothing.
+        """
+        if not (isinstance(self._tok.decoder, tokenizers.decoders.ByteLevel)
+                and isinstance(self._tok.model, tokenizers.models.BPE)
+                and not self._tok.model.byte_fallback):
+            return None
+        char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        table = [b""] * self.vocab_size
+        special = set(self.all_special_ids)
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if skip_special_tokens and i in special:
+                continue
+            try:
+                table[i] = bytes(char_to_byte[c] for c in token)
+            except KeyError:
+                table[i] = token.encode("utf-8")
+        return table
+
     def token_to_id(self, token: str) -> int | None:
         """Id of a token string (e.g. "<|endoftext|>"), or None when the vocabulary lacks it."""
         return self._tok.token_to_id(token)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character (byte-level BPE's alphabet)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+                 + list(range(ord("\xae"), ord("\xff") + 1)))
+    chars = list(printable)
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
