@@ -1,0 +1,85 @@
+"""Paged attention layer and the per-step batch description it reads.
+
+The metadata is passed down explicitly through the model's forward (no module-global
+context), so two models or two threads can never see each other's batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import kernels
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes one flattened batch: S sequences, T new tokens in total."""
+
+    slot_mapping: torch.Tensor  # [T] int64: flat cache slot (block_id * block_size + offset) of each new token
+    block_tables: torch.Tensor  # [S, max_blocks] int32, padded with 0
+    seq_lens: torch.Tensor  # [S] int32: context length of each sequence after this step (cached + new)
+    # [S+1] int32: cumulative new-token counts (sequence i's queries are rows qsl[i]:qsl[i+1])
+    query_start_loc: torch.Tensor
+    max_query_len: int
+    max_seq_len: int
+
+
+class Attention(nn.Module):
+    """Writes the step's K/V into the layer's paged cache, then attends over the cache.
+
+    Args:
+        num_heads: Query heads.
+        num_kv_heads: Key/value heads (num_heads must be a multiple: GQA).
+        head_dim: Size of each head.
+        scale: Softmax scale (head_dim ** -0.5 for every supported model).
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Attention for T new tokens.
+
+        Args:
+            q: [T, num_heads, head_dim], already rotated.
+            k, v: [T, num_kv_heads, head_dim] (k rotated).
+            kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; index 0 = K, 1 = V.
+            attn_metadata: The batch description shared by all layers.
+
+        Returns:
+            [T, num_heads * head_dim].
+        """
+        if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
+            raise ValueError(
+                f"kv_cache: expected [2, num_blocks, block_size, num_kv_heads, head_dim], got {list(kv_cache.shape)}"
+            )
+        key_cache, value_cache = kv_cache[0], kv_cache[1]
+        kernels.reshape_and_cache(k, v, key_cache, value_cache, attn_metadata.slot_mapping)
+        out = kernels.paged_attention(
+            q,
+            key_cache,
+            value_cache,
+            attn_metadata.block_tables,
+            attn_metadata.seq_lens,
+            attn_metadata.query_start_loc,
+            self.scale,
+            attn_metadata.max_query_len,
+            attn_metadata.max_seq_len,
+        )
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)

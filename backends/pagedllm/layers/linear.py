@@ -1,0 +1,40 @@
+"""Weight-only building blocks whose parameters start uninitialized.
+
+`nn.Linear` / `nn.Embedding` spend seconds on random init of weights that the loader
+overwrites right away; these allocate empty tensors instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Module):
+    """y = x @ W.T (+ b), W of shape [out_features, in_features].
+
+    A fused projection (q|k|v, gate|up) is one Linear whose rows are the concatenated
+    checkpoint matrices; the loader fills each row range.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Applies the projection to `x` ([..., in_features])."""
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    """Token-id lookup table of shape [num_embeddings, dim]."""
+
+    def __init__(self, num_embeddings: int, dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim, dtype=dtype), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Looks up `ids` (any shape of int64) -> [..., dim]."""
+        return F.embedding(ids, self.weight)

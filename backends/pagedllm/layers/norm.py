@@ -1,0 +1,33 @@
+"""RMSNorm with Hugging Face's numerics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim, as in Llama.
+
+    The statistics are computed in float32 and the result is cast back to the input dtype
+    before the weight multiply, exactly like `LlamaRMSNorm`, so bf16 runs round the same way
+    as transformers does.
+
+    Args:
+        dim: Size of the normalized (last) dimension.
+        eps: Added to the mean square before the reciprocal square root.
+        dtype: Dtype of the weight (the model's dtype).
+    """
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalizes `x` ([..., dim]) and scales it by the weight."""
+        input_dtype = x.dtype
+        h = x.to(torch.float32)
+        variance = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(variance + self.eps)
+        return self.weight * h.to(input_dtype)

@@ -1,0 +1,210 @@
+"""Llama-family decoder over a paged KV cache (Llama, Qwen2, Qwen3, Mistral).
+
+One class covers the family; ModelConfig flags switch the differences: q/k/v bias (Qwen2),
+per-head q/k RMSNorm (Qwen3), tied embeddings. q/k/v and gate/up are fused into one matmul
+each; `checkpoint_targets` tells the loader where each Hugging Face tensor lands.
+
+Inputs are flattened: T tokens of all sequences in one dimension, no padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.layers.attention import Attention, AttentionMetadata
+from pagedllm.layers.linear import Embedding, Linear
+from pagedllm.layers.norm import RMSNorm
+from pagedllm.layers.rotary import RotaryEmbedding, apply_rotary
+from pagedllm.models.config import ModelConfig
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) of this step's positions, [T, 1, head_dim // 2]
+
+
+@dataclass(frozen=True)
+class WeightTarget:
+    """Where one checkpoint tensor lands: rows [row_start, row_end) of a model parameter.
+
+    row_start/row_end are None when the tensor fills the whole parameter.
+    """
+
+    param_name: str
+    row_start: int | None = None
+    row_end: int | None = None
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention block: fused qkv projection, optional q/k norm, RoPE, paged attention."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        hidden = config.hidden_size
+        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, config.attention_bias, dtype)
+        self.o_proj = Linear(self.q_size, hidden, config.attention_out_bias, dtype)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+
+    def forward(
+        self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]; `rope` is the step's (cos, sin)."""
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(-1, self.num_heads, self.head_dim)
+        k = k.reshape(-1, self.num_kv_heads, self.head_dim)
+        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate|up fused."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, False, dtype)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, False, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]."""
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm transformer block with HF's residual order."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(
+        self, rope: Rope, h: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]."""
+        h = h + self.self_attn(rope, self.input_layernorm(h), kv_cache, attn_metadata)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """[T] ids -> [T, hidden] final hidden states."""
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary_emb(positions, h.dtype)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            h = layer(rope, h, kv_cache, attn_metadata)
+        return self.norm(h)
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama-family causal LM over a paged KV cache.
+
+    Args:
+        config: The checkpoint's ModelConfig.
+        dtype: Dtype of every weight and activation (the KV cache must match it).
+
+    Parameters start uninitialized; `pagedllm.models.registry.load_model` fills them.
+    """
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, dtype)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, False, dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Runs T new tokens of a flattened batch, reading and extending the paged cache.
+
+        Args:
+            input_ids: [T] int64 token ids.
+            positions: [T] int64 absolute position of each token in its sequence.
+            kv_caches: One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer.
+            attn_metadata: Where each token's K/V goes and what each sequence attends to.
+
+        Returns:
+            [T, hidden] final hidden states (feed the rows you need to `compute_logits`).
+        """
+        if len(kv_caches) != self.config.num_hidden_layers:
+            raise ValueError(
+                f"kv_caches: expected one tensor per layer ({self.config.num_hidden_layers}), got {len(kv_caches)}"
+            )
+        return self.model(input_ids, positions, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n, vocab] float32 logits."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden_states, weight).float()
+
+    def checkpoint_targets(self) -> dict[str, WeightTarget]:
+        """Maps every Hugging Face tensor name this model needs to where it is loaded.
+
+        The key set is also the list of expected tensors: anything missing from the
+        checkpoint is an error, anything extra is unexpected.
+        """
+        c = self.config
+        q, kv, ffn = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size
+        targets = {
+            "model.embed_tokens.weight": WeightTarget("model.embed_tokens.weight"),
+            "model.norm.weight": WeightTarget("model.norm.weight"),
+        }
+        if not c.tie_word_embeddings:
+            targets["lm_head.weight"] = WeightTarget("lm_head.weight")
+        qkv_rows = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
+        for i in range(c.num_hidden_layers):
+            p = f"model.layers.{i}"
+            for name, (start, end) in qkv_rows.items():
+                targets[f"{p}.self_attn.{name}.weight"] = WeightTarget(f"{p}.self_attn.qkv_proj.weight", start, end)
+                if c.attention_bias:
+                    targets[f"{p}.self_attn.{name}.bias"] = WeightTarget(f"{p}.self_attn.qkv_proj.bias", start, end)
+            own = [f"{p}.self_attn.o_proj.weight", f"{p}.mlp.down_proj.weight"]
+            own += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+            if c.attention_out_bias:
+                own.append(f"{p}.self_attn.o_proj.bias")
+            if c.qk_norm:
+                own += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
+            targets.update({name: WeightTarget(name) for name in own})
+            targets[f"{p}.mlp.gate_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", 0, ffn)
+            targets[f"{p}.mlp.up_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", ffn, 2 * ffn)
+        return targets

@@ -1,0 +1,120 @@
+"""Paged KV-cache kernels: the public entry points the attention layer calls.
+
+Each entry point checks its arguments once, then dispatches on the tensors' device:
+today every device runs the pure-torch reference (`kernels.reference`); the OpenAI Triton
+kernels for CUDA plug in at `_triton_backend` without changing any caller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.reference import paged_attention_ref, reshape_and_cache_ref
+
+__all__ = ["reshape_and_cache", "paged_attention"]
+
+
+def _triton_backend(tensor: torch.Tensor):
+    """Returns the module with Triton kernels to use for `tensor`, or None for the reference.
+
+    NOTE: the seam for the GPU kernels: return a module exposing `reshape_and_cache` and
+    `paged_attention` (same arguments as below) when `tensor.is_cuda` and Triton imports.
+    """
+    return None
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Writes this step's keys/values into the paged cache, in place.
+
+    Args:
+        key, value: [T, num_kv_heads, head_dim] for the T new tokens.
+        key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+        slot_mapping: [T] int64 flat slot (block_id * block_size + offset) per token;
+            -1 marks a token that must not be written (padding).
+
+    Raises:
+        ValueError: shapes or dtypes disagree (the message names the argument).
+    """
+    _check_cache(key_cache, value_cache)
+    for name, t in (("key", key), ("value", value)):
+        if t.dim() != 3 or t.shape[1:] != key_cache.shape[2:]:
+            raise ValueError(f"{name}: expected [T, {key_cache.shape[2]}, {key_cache.shape[3]}], got {list(t.shape)}")
+        if t.dtype != key_cache.dtype:
+            raise ValueError(f"{name}: dtype {t.dtype} differs from the cache's {key_cache.dtype}")
+    if slot_mapping.shape != (key.shape[0],):
+        raise ValueError(f"slot_mapping: expected shape [{key.shape[0]}], got {list(slot_mapping.shape)}")
+    backend = _triton_backend(key)
+    if backend is not None:
+        return backend.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    return reshape_and_cache_ref(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+) -> torch.Tensor:
+    """Attention of each sequence's new queries over its paged context (causal at the end).
+
+    Sequence i's queries (rows qsl[i]:qsl[i+1]) are the last positions of its seq_lens[i]
+    tokens; each sees every cached token before it and the new ones up to itself. This one
+    rule covers prefill, chunked prefill over a cached prefix, and decode.
+
+    Args:
+        query: [T, num_heads, head_dim]; num_heads a multiple of num_kv_heads (GQA).
+        key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+        block_tables: [S, max_blocks] int32, padded with 0.
+        seq_lens: [S] int32 context length of each sequence after this step.
+        query_start_loc: [S+1] int32 cumulative new-token counts.
+        scale: Softmax scale, usually head_dim ** -0.5.
+        max_query_len, max_seq_len: Upper bounds over the batch (the GPU kernels size their
+            launch grid with them; the reference ignores them).
+
+    Returns:
+        [T, num_heads, head_dim] in query's dtype.
+
+    Raises:
+        ValueError: shapes disagree (the message names the argument).
+    """
+    _check_cache(key_cache, value_cache)
+    if query.dim() != 3 or query.shape[2] != key_cache.shape[3]:
+        raise ValueError(f"query: expected [T, num_heads, {key_cache.shape[3]}], got {list(query.shape)}")
+    if query.shape[1] % key_cache.shape[2] != 0:
+        raise ValueError(f"query: {query.shape[1]} heads is not a multiple of {key_cache.shape[2]} kv heads")
+    num_seqs = seq_lens.shape[0]
+    if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs:
+        raise ValueError(f"block_tables: expected [{num_seqs}, max_blocks], got {list(block_tables.shape)}")
+    if query_start_loc.shape != (num_seqs + 1,):
+        raise ValueError(f"query_start_loc: expected shape [{num_seqs + 1}], got {list(query_start_loc.shape)}")
+    backend = _triton_backend(query)
+    if backend is not None:
+        return backend.paged_attention(
+            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, max_query_len, max_seq_len
+        )
+    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
+
+
+def _check_cache(key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
+    if key_cache.dim() != 4:
+        raise ValueError(
+            f"key_cache: expected [num_blocks, block_size, num_kv_heads, head_dim], got {list(key_cache.shape)}"
+        )
+    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
+        raise ValueError("key_cache/value_cache: must be contiguous (kernels write them through flat views)")
+    if value_cache.shape != key_cache.shape or value_cache.dtype != key_cache.dtype:
+        raise ValueError(
+            f"value_cache: {list(value_cache.shape)} {value_cache.dtype} differs from "
+            f"key_cache {list(key_cache.shape)} {key_cache.dtype}"
+        )
