@@ -7,6 +7,8 @@ regex, BOS added by the post-processor) and Llama-2-style (sentencepiece BPE wit
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 import string
@@ -134,7 +136,7 @@ def stream(detok: IncrementalDetokenizer, prompt: list[int], output: list[int],
         delta = detok.step([state], [ids])[0]
         # NOTE: the byte-level shortcut emits U+FFFD for bytes that are invalid (never for an
         # incomplete character: the codec holds those back); the window method holds all back.
-        assert state.utf8 is not None or not delta.endswith("\ufffd"), (pieces, delta)
+        assert state.byte_level or not delta.endswith("\ufffd"), (pieces, delta)
         pieces.append(delta)
     pieces.append(detok.flush(state, ids))
     return "".join(pieces)
@@ -275,7 +277,7 @@ def test_no_new_tokens_gives_empty_delta_and_keeps_state(tok):
     detok = IncrementalDetokenizer(tok)
     prompt = tok.encode("abc def")
     state = detok.new_state(prompt)
-    before = DetokState(state.prefix_offset, state.read_offset, state.skip_special_tokens)
+    before = dataclasses.replace(state)
     assert detok.step([state], [prompt]) == [""]
     assert state == before
     assert detok.flush(state, prompt) == ""

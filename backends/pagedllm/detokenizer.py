@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pagedllm.tokenizer import Tokenizer
 
@@ -44,7 +44,8 @@ class DetokState:
     prefix_offset: int
     read_offset: int
     skip_special_tokens: bool = True
-    utf8: codecs.IncrementalDecoder | None = field(default=None, compare=False)  # byte-level shortcut
+    byte_level: bool = False   # the byte-level shortcut: `pending` holds an incomplete character
+    pending: bytes = b""
 
 
 class IncrementalDetokenizer:
@@ -70,7 +71,10 @@ class IncrementalDetokenizer:
         # one per vocabulary entry) halves the decodes of a step.
         self._one_token_text: dict[bool, dict[int, str]] = {True: {}, False: {}}
         self._token_bytes = {skip: tokenizer.token_bytes(skip) for skip in (True, False)}
-        self._utf8 = codecs.getincrementaldecoder("utf-8")
+        # A token whose bytes are whole characters on their own decodes alike anywhere (after
+        # complete text): most tokens. None where the bytes are a partial or invalid character.
+        self._token_text = {skip: None if table is None else [_complete_text(b) for b in table]
+                            for skip, table in self._token_bytes.items()}
 
     def new_state(self, prompt_token_ids: Sequence[int],
                   skip_special_tokens: bool = True) -> DetokState:
@@ -82,7 +86,7 @@ class IncrementalDetokenizer:
         """
         n = len(prompt_token_ids)
         if self._token_bytes[skip_special_tokens] is not None:
-            return DetokState(n, n, skip_special_tokens, self._utf8(errors="replace"))
+            return DetokState(n, n, skip_special_tokens, byte_level=True)
         prefix = max(n - _PROMPT_CONTEXT, 0)
         if prefix > 0:
             # A UTF-8 character has at most 3 continuation bytes, so at most 3 steps back.
@@ -115,12 +119,16 @@ class IncrementalDetokenizer:
             n = len(ids)
             if n <= state.read_offset:
                 continue
-            if state.utf8 is not None:
-                table = self._token_bytes[state.skip_special_tokens]
-                if n == state.read_offset + 1:
-                    deltas[i] = state.utf8.decode(table[ids[-1]])
+            if state.byte_level:
+                skip = state.skip_special_tokens
+                text = self._token_text[skip][ids[-1]] if n == state.read_offset + 1 else None
+                if text is not None and not state.pending:
+                    deltas[i] = text
                 else:
-                    deltas[i] = state.utf8.decode(b"".join(table[t] for t in ids[state.read_offset:]))
+                    table = self._token_bytes[skip]
+                    data = state.pending + b"".join(table[t] for t in ids[state.read_offset:])
+                    deltas[i], used = codecs.utf_8_decode(data, "replace", False)
+                    state.pending = data[used:]
                 state.read_offset = n
             else:
                 rows[state.skip_special_tokens].append(i)
@@ -161,9 +169,10 @@ class IncrementalDetokenizer:
 
     def flush(self, state: DetokState, all_token_ids: Sequence[int]) -> str:
         """At a request's end: the text still held back, incomplete characters as U+FFFD."""
-        if state.utf8 is not None:
+        if state.byte_level:
             text = self.step([state], [all_token_ids])[0]
-            return text + state.utf8.decode(b"", final=True)
+            rest, state.pending = codecs.utf_8_decode(state.pending, "replace", True)[0], b""
+            return text + rest
         if len(all_token_ids) <= state.read_offset:
             return ""
         prefix_text, full_text = self.tokenizer.decode_batch(
@@ -183,3 +192,10 @@ def _advance(state: DetokState, prefix_text: str, full_text: str, num_ids: int,
     state.prefix_offset = state.read_offset
     state.read_offset = num_ids
     return full_text[len(prefix_text):]
+
+
+def _complete_text(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -74,6 +74,10 @@ class LLMEngine:
             request.logprobs = []
         request.detok = self.detokenizer.new_state(prompt_ids, params.skip_special_tokens)
         request.stop_holdback = stop_checker.holdback(request)
+        request.stop_ids = stop_checker.stopping_ids(request)
+        request.sampling_row = SamplingRow(params=params, prompt_token_ids=prompt_ids,
+                                           output_token_ids=(), generator=request.generator)
+        request.sampling_row_varies = _uses_penalties(params) or params.min_tokens > 0
         self.requests[request_id] = request
         self._prompts[request_id] = text
         self.num_prompt_tokens_total += len(prompt_ids)
@@ -121,24 +125,27 @@ class LLMEngine:
         return self._process(out, sampled)
 
     def _run(self, out: SchedulerOutput):
-        sample = [r.num_computed_tokens + n == r.num_tokens
-                  for r, n in zip(out.requests, out.num_tokens)]
-        rows = [self._sampling_row(r) for r, s in zip(out.requests, sample) if s]
-        result = self.runner.execute(
-            token_ids=[r.all_token_ids for r in out.requests],
-            num_computed=[r.num_computed_tokens for r in out.requests],
-            num_tokens=out.num_tokens,
-            block_tables=[self.kv_cache.block_ids(r.request_id) for r in out.requests],
-            sample=sample, rows=rows)
-        return [r for r, s in zip(out.requests, sample) if s], result
+        token_ids, num_computed, block_tables, sample, rows, sampling = [], [], [], [], [], []
+        block_ids = self.kv_cache.block_ids
+        for r, n in zip(out.requests, out.num_tokens):
+            tokens = r.all_token_ids
+            token_ids.append(tokens)
+            num_computed.append(r.num_computed_tokens)
+            block_tables.append(block_ids(r.request_id))
+            last = r.num_computed_tokens + n == len(tokens)
+            sample.append(last)
+            if last:
+                sampling.append(r)
+                rows.append(self._sampling_row(r) if r.sampling_row_varies else r.sampling_row)
+        result = self.runner.execute(token_ids=token_ids, num_computed=num_computed,
+                                     num_tokens=out.num_tokens, block_tables=block_tables,
+                                     sample=sample, rows=rows)
+        return sampling, result
 
     def _sampling_row(self, r: Request) -> SamplingRow:
-        """The request's SamplingRow, made once and updated only where this step differs."""
+        """Update the parts of a request's SamplingRow that change from step to step."""
         row = r.sampling_row
         p = r.sampling_params
-        if row is None:
-            row = r.sampling_row = SamplingRow(params=p, prompt_token_ids=r.prompt_token_ids,
-                                               output_token_ids=(), generator=r.generator)
         if _uses_penalties(p):
             row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
         if r.num_output_tokens < p.min_tokens:
@@ -162,35 +169,46 @@ class LLMEngine:
             if lp is not None:
                 r.logprobs.append(lp)
                 r.cumulative_logprob += lp[token]
-            status = stop_checker.check_token(r, token)
-            if status is not None:
-                finishing[r.request_id] = status
+            if token in r.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
+                status = stop_checker.check_token(r, token)
+                if status is not None:
+                    finishing[r.request_id] = status
         self.num_generation_tokens_total += len(requests)
         texts = self.detokenizer.step([r.detok for r in requests], [r.all_token_ids for r in requests])
         deltas = []
         for r, new in zip(requests, texts):
-            status = finishing.get(r.request_id) if finishing else None
-            if status is not None:
-                new += self.detokenizer.flush(r.detok, r.all_token_ids)
+            if r.stop_holdback or (finishing and r.request_id in finishing):
+                deltas.append(self._finish_or_hold(r, new, finishing.get(r.request_id)))
+                continue
+            # Common case: no stop strings, not finishing: the delta is the new text.
             if new:
                 r.text += new
-                if r.sampling_params.stop and stop_checker.find_stop_string(r, len(new)):
-                    status = RequestStatus.FINISHED_STOPPED
-            if status is not None:
-                self.scheduler.finish(r, status)
-                deltas.append(self._final_delta(r, [r.all_token_ids[-1]]))
-                continue
-            text = ""
-            sendable = len(r.text) - r.stop_holdback
-            if sendable > r.num_text_sent:
-                text = r.text[r.num_text_sent:sendable]
-                r.num_text_sent = sendable
-            deltas.append(StreamDelta(
-                request_id=r.request_id, token_ids=[r.all_token_ids[-1]], text=text,
-                logprobs=r.logprobs[-1:] if r.logprobs is not None else None,
-                num_prompt_tokens=r.num_prompt_tokens,
-                num_output_tokens=len(r.all_token_ids) - r.num_prompt_tokens))
+                r.num_text_sent += len(new)
+            tokens = r.all_token_ids
+            deltas.append(StreamDelta(r.request_id, [tokens[-1]], new, False, None,
+                                      r.logprobs[-1:] if r.logprobs is not None else None,
+                                      r.num_prompt_tokens, len(tokens) - r.num_prompt_tokens))
         return deltas
+
+    def _finish_or_hold(self, r: Request, new: str, status: RequestStatus | None) -> StreamDelta:
+        """The delta of a request that finishes this step or has stop strings to watch for."""
+        if status is not None:
+            new += self.detokenizer.flush(r.detok, r.all_token_ids)
+        if new:
+            r.text += new
+            if r.sampling_params.stop and stop_checker.find_stop_string(r, len(new)):
+                status = RequestStatus.FINISHED_STOPPED
+        if status is not None:
+            self.scheduler.finish(r, status)
+            return self._final_delta(r, [r.all_token_ids[-1]])
+        text = ""
+        sendable = len(r.text) - r.stop_holdback
+        if sendable > r.num_text_sent:
+            text = r.text[r.num_text_sent:sendable]
+            r.num_text_sent = sendable
+        return StreamDelta(r.request_id, [r.all_token_ids[-1]], text, False, None,
+                           r.logprobs[-1:] if r.logprobs is not None else None,
+                           r.num_prompt_tokens, r.num_output_tokens)
 
     def _final_delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
         text = r.text[r.num_text_sent:]

@@ -83,13 +83,19 @@ class KVCacheManager:
         rid = request.request_id
         bs = self.block_size
         table = self.req_to_blocks.get(rid)
+        if table is not None and not computed_blocks:
+            # NOTE: the common decode step: the tokens fit the blocks the request has.
+            num_total = request.num_computed_tokens + num_new_tokens
+            if num_total <= len(table) * bs:
+                if self.enable_caching and num_total // bs > self._num_cached_blocks.get(rid, 0):
+                    self._cache_full_blocks(request, table, num_total // bs)
+                return True
         if table is None:
             table = self.req_to_blocks[rid] = []
             self._block_ids[rid] = []
         hits = computed_blocks or ()
         num_total = request.num_computed_tokens + len(hits) * bs + num_new_tokens
         num_new_blocks = -(-num_total // bs) - len(table) - len(hits)
-        # NOTE: the common decode step needs no block: keep that path short.
         if num_new_blocks > 0 or hits:
             # Hits that sit on the free list stop being free once touched.
             num_evictable_hits = sum(1 for b in hits if b.ref_cnt == 0)

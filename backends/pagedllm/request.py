@@ -61,6 +61,8 @@ class Request:
     # Filled by the engine's output processing, opaque to the scheduler.
     generator: Any = None
     sampling_row: Any = None
+    sampling_row_varies: bool = False
+    stop_ids: frozenset = frozenset()
     detok: Any = None
     text: str = ""
     num_text_sent: int = 0

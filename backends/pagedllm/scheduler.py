@@ -69,13 +69,19 @@ class Scheduler:
         """Choose this step's requests and token counts, allocating their KV slots."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        allocate = self.kv_cache.allocate_slots
+        # NOTE: the hot loop (once per running request per step): kept flat on purpose.
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            n = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._allocate_or_preempt(request, n, out):
+            remaining = len(request.all_token_ids) - request.num_computed_tokens
+            n = remaining if remaining < budget else budget
+            if not allocate(request, n) and not self._preempt_until_fits(request, n, out):
                 break  # the request preempted itself: it was the newest, nothing follows it
-            self._add(out, request, n)
+            if n < remaining:
+                self.stats.num_partial_prefills += 1
+            out.requests.append(request)
+            out.num_tokens.append(n)
             budget -= n
             i += 1
         # NOTE: no admissions in a step that preempted: memory is short, admitting would thrash.
@@ -95,6 +101,7 @@ class Scheduler:
             self.running.append(request)
             self._add(out, request, n)
             budget -= n
+        out.total_tokens = self.max_num_batched_tokens - budget
         self.stats.num_steps += 1
         return out
 
@@ -114,7 +121,9 @@ class Scheduler:
         request.status = status
         self.kv_cache.free(request)
 
-    def _allocate_or_preempt(self, request: Request, n: int, out: SchedulerOutput) -> bool:
+    def _preempt_until_fits(self, request: Request, n: int, out: SchedulerOutput) -> bool:
+        """Preempt the newest running requests until `request` gets its slots; False if it was
+        preempted itself."""
         while not self.kv_cache.allocate_slots(request, n):
             victim = self.running.pop()
             self._preempt(victim)
@@ -136,4 +145,3 @@ class Scheduler:
             self.stats.num_partial_prefills += 1
         out.requests.append(request)
         out.num_tokens.append(n)
-        out.total_tokens += n

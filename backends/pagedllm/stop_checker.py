@@ -23,6 +23,12 @@ def check_token(r: Request, token: int) -> RequestStatus | None:
     return None
 
 
+def stopping_ids(r: Request) -> frozenset[int]:
+    """Token ids that may stop the request (a fast membership test before check_token)."""
+    p = r.sampling_params
+    return frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(r.eos_token_ids))
+
+
 def find_stop_string(r: Request, num_new_chars: int) -> bool:
     """Cut r.text before the first stop string that ends in the new characters; True if one did."""
     stops = r.sampling_params.stop
