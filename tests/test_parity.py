@@ -6,6 +6,7 @@ prompts sharing prefixes so that the prefix cache hits. Each setting asserts tha
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -21,6 +22,9 @@ NEW_TOKENS = 48
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "default"
 ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral", "default"]
+# NOTE: the GPU check (scripts/check_engine_gpu.py) runs this file with PAGEDLLM_TEST_DEVICE=cuda:
+# both transformers and the engine then run on the GPU, in float32.
+DEVICE = os.environ.get("PAGEDLLM_TEST_DEVICE", "cpu")
 
 
 def random_prompts(vocab: int, seed: int, shared_prefix: int = 0) -> list[list[int]]:
@@ -37,12 +41,13 @@ def random_prompts(vocab: int, seed: int, shared_prefix: int = 0) -> list[list[i
 @torch.inference_mode()
 def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding with transformers' own forward and KV cache, one sequence at a time."""
-    out = model(torch.tensor([prompt]), use_cache=True)
+    out = model(torch.tensor([prompt], device=DEVICE), use_cache=True)
     tokens = []
     for _ in range(n):
         tok = int(out.logits[0, -1].argmax())
         tokens.append(tok)
-        out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(torch.tensor([[tok]], device=DEVICE), past_key_values=out.past_key_values,
+                    use_cache=True)
     return tokens
 
 
@@ -62,7 +67,7 @@ def reference(model_dir: str, prompts: list[list[int]]) -> list[list[int]]:
 
     key = (model_dir, tuple(map(tuple, prompts)))
     if key not in _reference_cache:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE).eval()
         _reference_cache[key] = [hf_greedy(model, p, NEW_TOKENS) for p in prompts]
     return _reference_cache[key]
 
@@ -81,7 +86,7 @@ def test_greedy_matches_transformers(model_dirs, arch, setting):
     if arch not in model_dirs:
         pytest.skip(f"{arch} checkpoint not built")
     model_dir = model_dirs[arch]
-    llm = LLM(model_dir, device="cpu", dtype="float32", block_size=16, **SETTINGS[setting])
+    llm = LLM(model_dir, device=DEVICE, dtype="float32", block_size=16, **SETTINGS[setting])
     vocab = llm.engine.model_config.vocab_size
     prompts = random_prompts(vocab, seed=1, shared_prefix=100 if setting == "prefix" else 0)
     expected = reference(model_dir, prompts)
