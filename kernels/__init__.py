@@ -1,11 +1,21 @@
 """Paged KV-cache kernels: the public entry points the attention layer calls.
 
-Each entry point checks its arguments once, then dispatches on the tensors' device:
-today every device runs the pure-torch reference (`kernels.reference`); the OpenAI Triton
-kernels for CUDA plug in at `_triton_backend` without changing any caller.
+Each entry point checks its arguments once, then dispatches on the tensors' device: CUDA
+tensors run the OpenAI Triton kernels (`kernels.triton_paged_attention`,
+`kernels.triton_reshape_and_cache`), everything else the pure-torch reference
+(`kernels.reference`). `PAGEDLLM_ATTENTION=reference` forces the reference on CUDA too
+(for A/B checks).
+
+NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a
+submodule binds it as an attribute of this package, which would replace the public
+function `kernels.paged_attention` with the module.
 """
 
 from __future__ import annotations
+
+import os
+import types
+import warnings
 
 import torch
 
@@ -13,14 +23,31 @@ from kernels.reference import paged_attention_ref, reshape_and_cache_ref
 
 __all__ = ["reshape_and_cache", "paged_attention"]
 
+_triton_kernels: types.SimpleNamespace | None = None
+_triton_import_error: Exception | None = None
 
-def _triton_backend(tensor: torch.Tensor):
-    """Returns the module with Triton kernels to use for `tensor`, or None for the reference.
 
-    NOTE: the seam for the GPU kernels: return a module exposing `reshape_and_cache` and
-    `paged_attention` (same arguments as below) when `tensor.is_cuda` and Triton imports.
+def _triton_backend(tensor: torch.Tensor) -> types.SimpleNamespace | None:
+    """Returns the Triton kernels to use for `tensor`, or None for the reference.
+
+    CUDA tensors get the Triton launchers when Triton imports (the import is tried once and
+    cached) and `PAGEDLLM_ATTENTION` is not `reference`; CPU tensors always get the reference.
     """
-    return None
+    global _triton_kernels, _triton_import_error
+    if not tensor.is_cuda or os.environ.get("PAGEDLLM_ATTENTION", "").lower() == "reference":
+        return None
+    if _triton_kernels is None and _triton_import_error is None:
+        try:
+            from kernels.triton_paged_attention import paged_attention as triton_paged_attention
+            from kernels.triton_reshape_and_cache import reshape_and_cache as triton_reshape_and_cache
+        except ImportError as e:  # no triton in this environment: the reference still works
+            _triton_import_error = e
+            warnings.warn(f"Triton does not import ({e}): CUDA attention runs the slow torch reference")
+        else:
+            _triton_kernels = types.SimpleNamespace(
+                reshape_and_cache=triton_reshape_and_cache, paged_attention=triton_paged_attention
+            )
+    return _triton_kernels
 
 
 def reshape_and_cache(
@@ -79,8 +106,8 @@ def paged_attention(
         seq_lens: [S] int32 context length of each sequence after this step.
         query_start_loc: [S+1] int32 cumulative new-token counts.
         scale: Softmax scale, usually head_dim ** -0.5.
-        max_query_len, max_seq_len: Upper bounds over the batch (the GPU kernels size their
-            launch grid with them; the reference ignores them).
+        max_query_len, max_seq_len: Maxima over the batch (the GPU kernels pick tile sizes and
+            split-KV with them, never correctness; the reference ignores them).
 
     Returns:
         [T, num_heads, head_dim] in query's dtype.

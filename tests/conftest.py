@@ -6,11 +6,18 @@ built with transformers (the parity oracle) once per session.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # NOTE: must run before anything imports triton (it reads the variable once): without a
+    # GPU the Triton kernels run in Triton's CPU interpreter (tests/test_kernels.py). The
+    # engine is unaffected: CPU tensors always take the torch reference.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
