@@ -20,6 +20,7 @@ import torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineConfig
 from pagedllm.engine import LLMEngine
+from pagedllm.models.config import ModelConfig
 from pagedllm.null_runner import NullRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def scheduling_overhead(model: str, num_requests: int = 256, steps: int = 300) -
 
 
 def engine_vocab(model: str) -> int:
-    return json.loads(Path(model, "config.json").read_text())["vocab_size"]
+    return ModelConfig.from_dir(model).vocab_size
 
 
 def kv_memory(model: str, block_size: int = 16, num_blocks: int = 8192) -> dict:

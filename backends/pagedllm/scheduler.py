@@ -99,7 +99,10 @@ class Scheduler:
                 request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            self._add(out, request, n)
+            if num_cached + n < request.num_tokens:
+                self.stats.num_partial_prefills += 1
+            out.requests.append(request)
+            out.num_tokens.append(n)
             budget -= n
         out.total_tokens = self.max_num_batched_tokens - budget
         self.stats.num_steps += 1
@@ -139,9 +142,3 @@ class Scheduler:
         request.num_preemptions += 1
         self.stats.num_preemptions += 1
         self.waiting.appendleft(request)
-
-    def _add(self, out: SchedulerOutput, request: Request, n: int) -> None:
-        if request.num_computed_tokens + n < request.num_tokens:
-            self.stats.num_partial_prefills += 1
-        out.requests.append(request)
-        out.num_tokens.append(n)
