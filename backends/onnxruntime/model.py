@@ -1,0 +1,142 @@
+"""ONNX Runtime as a Triton Python-based backend, for servers without the native one.
+
+The tritonserver of the `nvidia-pytriton` wheel has no onnxruntime backend. A model whose config
+says `backend: "onnxruntime"` then loads `<backend_dir>/onnxruntime/model.py`, this file, and
+runs the same model.onnx and config.pbtxt the NGC container runs natively:
+
+- the model: `<model_repository>/<version>/<default_model_filename or model.onnx>`;
+- custom ops: `model_operations { op_library_filename }` when that file exists, else the
+  installed onnxruntime-extensions library;
+- dynamic batching: the requests of one execute() call are concatenated along the batch
+  dimension and run once per group whose other dimensions match ([B, 1] strings always do;
+  [B, n] ids group by n; nothing is padded), and the outputs are split back per request;
+- BYTES tensors come as numpy object arrays of bytes: str for ONNX Runtime, bytes back;
+- `parameters { key: "intra_op_thread_count" }` as the native backend reads it.
+
+An error (a bad input, a failed run) is answered per request as a TritonError.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# The stub runs Python isolated (it ignores PYTHONPATH); the launcher passes our paths in it.
+for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+def _to_str(array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor (object array of bytes) as the object array of str ONNX Runtime takes."""
+    return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in array.flat],
+                    dtype=object).reshape(array.shape)
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's string output (object array of str) as a BYTES tensor."""
+    return np.array([x.encode("utf-8") if isinstance(x, str) else x for x in array.flat],
+                    dtype=object).reshape(array.shape)
+
+
+def _op_library(config: dict) -> str:
+    """The custom-op library: the config's op_library_filename if it exists, else the wheel's."""
+    names = (config.get("model_operations") or {}).get("op_library_filename") or []
+    for name in [names] if isinstance(names, str) else names:
+        if os.path.isfile(name):
+            pb_utils.Logger.log_info(f"onnxruntime backend: custom ops from {name} (config)")
+            return name
+    import onnxruntime_extensions
+
+    path = onnxruntime_extensions.get_library_path()
+    pb_utils.Logger.log_info(f"onnxruntime backend: custom ops from {path} (onnxruntime_"
+                             f"extensions; config's {names or 'none'} not found)")
+    return path
+
+
+class TritonPythonModel:
+    """Runs one model.onnx with ONNX Runtime (CPU) for Triton."""
+
+    def initialize(self, args: dict) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.inputs = [(i["name"], i["data_type"]) for i in config.get("input", [])]
+        self.outputs = [(o["name"], o["data_type"]) for o in config.get("output", [])]
+        filename = config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], str(args["model_version"]), filename)
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(_op_library(config))
+        threads = (config.get("parameters") or {}).get("intra_op_thread_count")
+        if threads:
+            options.intra_op_num_threads = int(threads["string_value"])
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        pb_utils.Logger.log_info(f"onnxruntime backend: loaded {path} (ONNX Runtime "
+                                 f"{ort.__version__})")
+
+    def _read(self, request) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, data_type in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"input {name!r} is missing")
+            array = tensor.as_numpy()
+            feeds[name] = _to_str(array) if data_type == "TYPE_STRING" else array
+        return feeds
+
+    def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[list]:
+        """One session.run for requests whose inputs share their non-batch shapes."""
+        if len(feeds) == 1:
+            merged = feeds[0]
+        else:
+            merged = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+        results = self.session.run([name for name, _ in self.outputs], merged)
+        splits = np.cumsum([len(next(iter(f.values()))) for f in feeds])[:-1]
+        per_request = [[] for _ in feeds]
+        for (name, data_type), result in zip(self.outputs, results):
+            if data_type == "TYPE_STRING":
+                result = _to_bytes(result)
+            parts = np.split(result, splits) if self.batched else [result]
+            for tensors, part in zip(per_request, parts):
+                tensors.append(pb_utils.Tensor(name, part))
+        return per_request
+
+    def execute(self, requests: list) -> list:
+        responses = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        feeds = [None] * len(requests)
+        for i, request in enumerate(requests):
+            try:
+                feeds[i] = self._read(request)
+            except Exception as e:  # a bad request fails alone
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                continue
+            # NOTE: without a batch dimension (max_batch_size 0) every request runs alone.
+            key = tuple((k, v.shape[1:]) for k, v in feeds[i].items()) if self.batched else (i,)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            self._respond(members, feeds, responses)
+        return responses
+
+    def _respond(self, members: list[int], feeds: list, responses: list) -> None:
+        """Runs one group; when it fails, each request alone, so one bad request fails alone."""
+        try:
+            outputs = self._run([feeds[i] for i in members])
+        except Exception as e:
+            if len(members) > 1:
+                for i in members:
+                    self._respond([i], feeds, responses)
+            else:
+                responses[members[0]] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"onnxruntime: {e}"))
+            return
+        for i, tensors in zip(members, outputs):
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,86 @@
+"""Fills the model repository for one model directory: ONNX tokenizer models and engine.json.
+
+The config.pbtxt files are committed and do not depend on the model: the tokenizer lives inside
+the ONNX files and the engine reads engine.json. So serving another checkpoint is
+
+    python scripts/build_repository.py --model /path/to/hf_dir [--engine-args '{"max_num_seqs": 64}']
+
+which writes, under the repository (default model_repository/):
+    preprocessing/1/model.onnx   tokenizer.json -> ONNX tokenizer (scripts/export_tokenizer_onnx.py)
+    postprocessing/1/model.onnx  ONNX detokenizer, plus the pass-through of the llm's
+                                 finish_reason and token counts (so every ensemble response
+                                 comes whole from this one step)
+    llm/engine.json              EngineConfig fields: model path, device "auto", your overrides
+    ensemble/1/, llm/1/          the empty version folders Triton wants
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import export_tokenizer_onnx  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models" / "default"
+PASS_THROUGH = (("finish_reason", TensorProto.STRING), ("num_input_tokens", TensorProto.INT32),
+                ("num_output_tokens", TensorProto.INT32))
+
+
+def add_pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Adds inputs llm_<name> -> outputs <name> (Identity) for the llm's per-response fields."""
+    graph = model.graph
+    for name, dtype in PASS_THROUGH:
+        graph.input.append(helper.make_tensor_value_info(f"llm_{name}", dtype, ["batch", 1]))
+        graph.output.append(helper.make_tensor_value_info(name, dtype, ["batch", 1]))
+        graph.node.append(helper.make_node("Identity", [f"llm_{name}"], [name],
+                                           name=f"pass_{name}"))
+    onnx.checker.check_model(model)
+    return model
+
+
+def build(model_dir: Path, repo: Path, engine_args: dict) -> None:
+    model_dir = model_dir.resolve()
+    for name in ("ensemble", "llm", "preprocessing", "postprocessing"):
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    pre = repo / "preprocessing" / "1" / "model.onnx"
+    post = repo / "postprocessing" / "1" / "model.onnx"
+    export_tokenizer_onnx.export(model_dir, pre, post)
+    onnx.save(add_pass_through(onnx.load(str(post))), str(post))
+    llm_dir = (repo / "llm").resolve()
+    try:  # relative when both sit in this checkout: the path then holds inside a container too
+        model_path = os.path.relpath(model_dir, llm_dir) if model_dir.is_relative_to(ROOT) \
+            and llm_dir.is_relative_to(ROOT) else str(model_dir)
+    except ValueError:
+        model_path = str(model_dir)
+    config = {"model": model_path, "device": "auto", **engine_args}
+    (repo / "llm" / "engine.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="Hugging Face checkpoint directory (default: models/default)")
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--engine-args", default="{}",
+                        help="JSON object of EngineConfig fields, e.g. '{\"max_num_seqs\": 64}'")
+    args = parser.parse_args(argv)
+    engine_args = json.loads(args.engine_args)
+    if not isinstance(engine_args, dict):
+        parser.error("--engine-args must be a JSON object")
+    if not (args.model / "config.json").exists():
+        parser.error(f"{args.model} is not a Hugging Face checkpoint directory (no config.json)")
+    build(args.model, args.repo, engine_args)
+    print(f"model repository {args.repo} filled for {args.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

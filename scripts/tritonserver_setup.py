@@ -1,0 +1,111 @@
+"""Gets a real tritonserver 2.51 without Docker, and assembles its backend directory.
+
+The `nvidia-pytriton==0.7.0` wheel carries the server of NGC release 24.10 with its Python backend.
+It is unpacked once into .cache/tritonserver (never pip-installed: the wheel pins numpy<2). The
+backend directory .cache/triton_backends holds:
+
+    python/       libtriton_python.so, triton_python_backend_utils.py, the stub for this Python
+    pagedllm/     -> backends/pagedllm   (the engine's Python-based backend: model.py)
+    onnxruntime/  -> backends/onnxruntime (ONNX Runtime as a Python-based backend, because the
+                     wheel's server has no native onnxruntime backend; see its README)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+WHEEL = "nvidia-pytriton==0.7.0"
+SERVER_DIR = CACHE / "tritonserver"
+BACKEND_DIR = CACHE / "triton_backends"
+STUB_SITE = CACHE / "stub-site"
+# The Python backend of 2.51 returns EMPTY output tensors under numpy 2 (seen here: a [1, 1] INT32
+# output arrived with 0 bytes); the stubs get numpy 1.26 ahead of this environment's numpy 2.
+STUB_NUMPY = "numpy==1.26.4"
+
+
+def ensure_server() -> Path:
+    """Unpacks the server from the wheel (downloading it if needed); returns the unpack root."""
+    binary = SERVER_DIR / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+    if binary.exists():
+        return SERVER_DIR
+    wheels = CACHE / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("nvidia_pytriton-0.7.0-*.whl"))
+    if not found:
+        print(f"downloading {WHEEL} (55 MB, once) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                        WHEEL], check=True)
+        found = sorted(wheels.glob("nvidia_pytriton-0.7.0-*.whl"))
+    tmp = SERVER_DIR.with_suffix(".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(found[0]) as z:
+        members = [m for m in z.namelist()
+                   if m.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/"))]
+        z.extractall(tmp, members)
+    for path in (tmp / "pytriton" / "tritonserver").rglob("*"):
+        if path.is_file() and ("bin" in path.parts or "python_backend_stubs" in path.parts):
+            path.chmod(0o755)
+    shutil.rmtree(SERVER_DIR, ignore_errors=True)
+    tmp.rename(SERVER_DIR)
+    return SERVER_DIR
+
+
+def assemble_backends() -> Path:
+    """Builds the backend directory for the running Python's version; returns it."""
+    server = ensure_server() / "pytriton" / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"the tritonserver wheel has no Python backend stub for Python {version}")
+    python = BACKEND_DIR / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for src in (server / "backends" / "python" / "libtriton_python.so",
+                server / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        dst = python / src.name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            shutil.copy2(src, dst)
+    for name in ("pagedllm", "onnxruntime"):
+        link = BACKEND_DIR / name
+        if not link.is_symlink():
+            shutil.rmtree(link, ignore_errors=True)
+            link.symlink_to(ROOT / "backends" / name, target_is_directory=True)
+    return BACKEND_DIR
+
+
+def ensure_stub_site() -> Path:
+    """Installs numpy<2 for the Python backend stubs into .cache/stub-site (once)."""
+    marker = STUB_SITE / ".installed"
+    if not marker.exists() or marker.read_text() != STUB_NUMPY:
+        shutil.rmtree(STUB_SITE, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(STUB_SITE), STUB_NUMPY], check=True)
+        marker.write_text(STUB_NUMPY)
+    return STUB_SITE
+
+
+def server_env() -> dict[str, str]:
+    """Environment for tritonserver and the Python stubs it starts.
+
+    The stub embeds a shared libpython: the one of the Python running this script goes first on
+    LD_LIBRARY_PATH (else the loader may pick the system's, another patch release). The stub runs
+    Python isolated, so it ignores PYTHONPATH; our backends' model.py put its entries on sys.path
+    themselves, which brings in this virtual environment's site-packages and the engine package.
+    """
+    env = dict(os.environ)
+    libs = [str(SERVER_DIR / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, env.get("LD_LIBRARY_PATH")]))
+    paths = [str(ensure_stub_site()), str(ROOT / "backends"), str(ROOT), *site.getsitepackages()]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+    return env
+
+
+def server_binary() -> Path:
+    return ensure_server() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
