@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install model bench-engine clean
+.PHONY: test install model serve bench-engine clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 # The default model is committed (models/default); this rebuilds it from scratch, offline.
 model: $(STAMP)
 	$(PY) scripts/build_default_model.py --out models/default
+
+# A real tritonserver (from the nvidia-pytriton wheel) in the foreground on 127.0.0.1.
+# MODEL=/path/to/hf_dir, HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002), ENGINE_ARGS='{"max_num_seqs": 64}'.
+serve: $(STAMP)
+	$(PY) scripts/serve.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,153 @@
+"""A real tritonserver for tests: the committed configs, the default model, free ports.
+
+Also a small gRPC streaming helper, so tests read as "send, collect, compare".
+"""
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_repository  # noqa: E402
+import serve  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models" / "default"
+# Small enough that one long request shows in kv_cache_usage_perc; max_model_len bounds prompts.
+ENGINE_ARGS = {"device": "cpu", "num_kv_blocks": 512, "max_model_len": 1024}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    http: int
+    grpc: int
+    metrics: int
+    log: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready",
+                                        timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + "{") or line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0) -> Server:
+    repo = workdir / "model_repository"
+    shutil.copytree(ROOT / "model_repository", repo,
+                    ignore=shutil.ignore_patterns("1", "engine.json"))
+    build_repository.build(DEFAULT_MODEL, repo, {**ENGINE_ARGS, **(engine_args or {})})
+    ports = free_port(), free_port(), free_port()
+    argv, env = serve.server_command(repo, *ports)
+    log = workdir / "tritonserver.log"
+    process = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = Server(process, *ports, log)
+    deadline = time.monotonic() + timeout
+    while not server.ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"tritonserver did not become ready; log:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+    return server
+
+
+def tensor(name: str, value):
+    """A [1, 1] (or [1, n] for lists of ints) tritonclient.grpc input."""
+    import tritonclient.grpc as grpcclient
+    if isinstance(value, str):
+        arr, dtype = np.array([[value.encode()]], dtype=np.object_), "BYTES"
+    elif isinstance(value, bool):
+        arr, dtype = np.array([[value]], dtype=bool), "BOOL"
+    elif isinstance(value, list):
+        arr, dtype = np.array([value], dtype=np.int64), "INT64"
+    else:
+        arr, dtype = np.array([[value]], dtype=np.int32), "INT32"
+    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+@dataclass
+class Result:
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_output_tokens: int | None = None
+    error: str | None = None
+    num_final: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def stream(url: str, text: str, params: dict | None = None, stream: bool = True,
+           model: str = "ensemble", request_id: str = "", timeout: float = 120.0,
+           **inputs) -> Result:
+    """One request over a gRPC stream; collects every response until the final one."""
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    tensors = [tensor("text_input", text), tensor("stream", stream),
+               tensor("exclude_input_in_output", True)]
+    if params is not None:
+        tensors.append(tensor("sampling_parameters", json.dumps(params)))
+    tensors += [tensor(k, v) for k, v in inputs.items()]
+    client.async_stream_infer(model, tensors, request_id=request_id,
+                              enable_empty_final_response=True)
+    out = Result()
+    try:
+        while True:
+            result, error = responses.get(timeout=timeout)
+            if error is not None:
+                out.error = str(error)
+                return out
+            response = result.get_response()
+            if response.outputs:
+                out.pieces.append(result.as_numpy("text_output")[0][0].decode())
+                reason = result.as_numpy("finish_reason")[0][0].decode()
+                out.finish_reason = reason or out.finish_reason
+                out.num_output_tokens = int(result.as_numpy("num_output_tokens")[0][0])
+            if response.parameters["triton_final_response"].bool_param:
+                out.num_final += 1
+                return out
+    finally:
+        client.stop_stream()
+        client.close()
