@@ -142,6 +142,14 @@ def _wait_usage_zero(server, t0: float, limit: float = 1.0) -> float:
     return time.monotonic() - t0
 
 
+def _wait_usage_positive(server) -> None:
+    """The gauges refresh every 50 ms: wait for the running request to show."""
+    deadline = time.monotonic() + 2.0
+    while server.metric("pagedllm:kv_cache_usage_perc") == 0:
+        assert time.monotonic() < deadline, "the running request never showed in the KV usage"
+        time.sleep(0.02)
+
+
 def _start_long(server, model: str, request_id: str):
     """Starts a long streaming request; returns (client, responses) once tokens flow."""
     import tritonclient.grpc as grpcclient
@@ -162,7 +170,7 @@ def _start_long(server, model: str, request_id: str):
     for _ in range(5):
         result, error = responses.get(timeout=60)
         assert error is None
-    assert server.metric("pagedllm:kv_cache_usage_perc") > 0
+    _wait_usage_positive(server)
     return client, responses
 
 
@@ -198,3 +206,37 @@ def test_metrics_exported(server):
         server.metric(name)
     assert server.metric("pagedllm:generation_tokens_total") >= 3
     assert server.metric("pagedllm:e2e_request_latency_seconds_count") >= 1
+
+
+_DISCONNECTING_CLIENT = """
+import json, sys, time
+sys.path[:0] = sys.argv[2:]
+import tritonclient.grpc as grpcclient
+from live_server import tensor
+client = grpcclient.InferenceServerClient(sys.argv[1])
+client.start_stream(callback=lambda result, error: print("token", flush=True))
+params = json.dumps({"max_tokens": 900, "ignore_eos": True})
+client.async_stream_infer("llm", [tensor("input_ids", [1, 2, 3, 4, 5]), tensor("stream", True),
+                                  tensor("sampling_parameters", params)], request_id="gone")
+time.sleep(600)
+"""
+
+
+def test_disconnect_direct_llm_frees_blocks_within_1s(server):
+    """A client process that dies mid-stream (no cancel sent) frees its blocks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    tests = Path(__file__).resolve().parent
+    child = subprocess.Popen([sys.executable, "-c", _DISCONNECTING_CLIENT, server.grpc_url,
+                              str(tests), str(tests.parent / "backends")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(5):
+            assert child.stdout.readline() == "token\n"
+        _wait_usage_positive(server)
+    finally:
+        child.kill()
+        child.wait()
+    elapsed = _wait_usage_zero(server, time.monotonic())
+    assert elapsed < 1.0, f"blocks freed after {elapsed:.2f} s"
