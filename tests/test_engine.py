@@ -103,6 +103,18 @@ def test_stop_string_across_token_boundary_never_emitted(llm):
     assert all_free(llm)
 
 
+def test_one_character_stop_string(llm):
+    """A one-character stop string holds nothing back, and still stops (it once did not)."""
+    p = prompts(1, seed=12)
+    base = llm.generate(p, SamplingParams(temperature=0, max_tokens=60, ignore_eos=True))[0].outputs[0]
+    stop = next(c for c in base.text[len(base.text) // 3:] if not c.isspace())
+    o = llm.generate(p, SamplingParams(temperature=0, max_tokens=60, ignore_eos=True,
+                                       stop=[stop]))[0].outputs[0]
+    assert o.finish_reason == "stop" and o.stop_reason == stop
+    assert o.text == base.text[:base.text.index(stop)]
+    assert all_free(llm)
+
+
 def test_streamed_deltas_concatenate_to_final_text(llm):
     engine = llm.engine
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=32, ignore_eos=True, logprobs=2)

@@ -177,7 +177,8 @@ class LLMEngine:
         texts = self.detokenizer.step([r.detok for r in requests], [r.all_token_ids for r in requests])
         deltas = []
         for r, new in zip(requests, texts):
-            if r.stop_holdback or (finishing and r.request_id in finishing):
+            # (stop_holdback is 0 for one-character stop strings: test the strings themselves.)
+            if r.sampling_params.stop or (finishing and r.request_id in finishing):
                 deltas.append(self._finish_or_hold(r, new, finishing.get(r.request_id)))
                 continue
             # Common case: no stop strings, not finishing: the delta is the new text.
