@@ -21,7 +21,7 @@ import torch
 
 from kernels.reference import paged_attention_ref, reshape_and_cache_ref
 
-__all__ = ["reshape_and_cache", "paged_attention"]
+__all__ = ["reshape_and_cache", "paged_attention", "uses_triton", "decode_num_splits"]
 
 _triton_kernels: types.SimpleNamespace | None = None
 _triton_import_error: Exception | None = None
@@ -131,6 +131,25 @@ def paged_attention(
             query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, max_query_len, max_seq_len
         )
     return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
+
+
+def uses_triton(device: torch.device | str) -> bool:
+    """Whether tensors on `device` run the Triton kernels (else the torch reference)."""
+    return _triton_backend(torch.empty(0, device=device)) is not None
+
+
+def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device | str) -> int:
+    """The KV splits `paged_attention` picks for a pure-decode batch on `device` (1 off the Triton path).
+
+    The choice depends on the batch's longest context; a CUDA graph freezes it at capture, so the
+    model runner captures one graph per value and replays the one this returns.
+    """
+    device = torch.device(device)
+    if not uses_triton(device):
+        return 1
+    from kernels.triton_paged_attention import _num_sms, choose_num_splits
+
+    return choose_num_splits(num_seqs, num_kv_heads, 1, max_seq_len, _num_sms(device))
 
 
 def _check_cache(key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:

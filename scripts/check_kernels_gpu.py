@@ -95,6 +95,24 @@ def time_us(fn, iters: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+def time_us_graph(fn, iters: int, calls_per_graph: int = 10) -> float:
+    """Median time of one fn() in microseconds, launched from a CUDA graph of `calls_per_graph` calls.
+
+    What the kernel costs inside the engine's decode graphs: no host time per launch, no launch gaps.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_graph):
+            fn()
+    return time_us(graph.replay, iters) / calls_per_graph
+
+
 def copy_bandwidth_gbps(iters: int) -> float:
     """Device-to-device copy of 1 GiB: (bytes read + bytes written) / time."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -126,7 +144,8 @@ def _sdpa_call(q, k, v):
 
 
 def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: float, iters: int,
-               with_sdpa: bool) -> tuple[Row, str | None]:
+               with_sdpa: bool, timer=time_us) -> tuple[Row, str | None]:
+    """One decode case, ours and (optionally) SDPA, each timed by `timer(fn, iters)`."""
     from kernels.triton_paged_attention import choose_num_splits, paged_attention, _num_sms
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -148,14 +167,14 @@ def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: floa
     )
     splits = num_splits or choose_num_splits(batch, NUM_KV_HEADS, 1, context, _num_sms(q.device))
     moved = 2 * k.numel() * k.element_size() + 2 * q.numel() * q.element_size()
-    ours_us = time_us(lambda: paged_attention(**args), iters)
+    ours_us = timer(lambda: paged_attention(**args), iters)
     ours = paged_attention(**args)
     ours_gbps = moved / ours_us / 1e3
     sdpa_name = sdpa_us = sdpa_gbps = diff = None
     if with_sdpa:
         sdpa_name, sdpa = _sdpa_call(q[:, :, None], k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
         if sdpa is not None:
-            sdpa_us = time_us(sdpa, iters)
+            sdpa_us = timer(sdpa, iters)
             sdpa_gbps = moved / sdpa_us / 1e3
             diff = (sdpa()[:, :, 0].float() - ours.float()).abs().max().item()
     row = Row(batch, context, splits, ours_us, ours_gbps, 100 * ours_gbps / copy_gbps, sdpa_us, sdpa_gbps, diff)

@@ -25,6 +25,8 @@ class EngineConfig:
         gpu_memory_utilization: share of GPU memory the engine may use (weights + activations + KV).
         cpu_kv_cache_gib: KV-cache size on CPU when num_kv_blocks is None.
         seed: seed of the shared sampling generator (requests without their own seed).
+        enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs for decode
+            steps (vLLM's name). Graphs take a second or two to capture and a little memory.
     """
 
     model: str
@@ -39,6 +41,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gib: float = 1.0
     seed: int = 0
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -63,6 +66,8 @@ class EngineConfig:
             raise ValueError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.enforce_eager, bool):
+            raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -3,14 +3,18 @@
 The batch is ragged, never padded: request i contributes its `num_tokens[i]` new tokens, which attend
 to its cached context through its block table. Only requests whose chunk reaches their last token
 sample (a partial prompt chunk only fills the cache).
+
+On CUDA, pure-decode steps replay a captured CUDA graph (cuda_graphs.py) unless
+`EngineConfig.enforce_eager`; every step's inputs go through preallocated buffers (input_buffers.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+import kernels
 from pagedllm.config import EngineConfig
+from pagedllm.cuda_graphs import DecodeGraphs
+from pagedllm.input_buffers import BatchInput, InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.layers.sampler import Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
@@ -18,15 +22,7 @@ from pagedllm.models.registry import load_model
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-@dataclass
-class BatchInput:
-    """The flattened step, as the model sees it."""
-
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor
+__all__ = ["ModelRunner", "BatchInput"]
 
 
 class ModelRunner:
@@ -39,9 +35,24 @@ class ModelRunner:
         self.dtype = _TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
         self.model = load_model(config.model, model_config, self.dtype, self.device)
+        self.memory_profile: dict[str, int] = {}
         self.num_kv_blocks = config.num_kv_blocks or self._auto_num_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
         self.sampler = Sampler(seed=config.seed, device=self.device)
+        # NOTE: the engine's own max_model_len rule: no request outgrows this many blocks.
+        self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
+                                 self.num_kv_blocks * self.block_size)
+        self.buffers = InputBuffers(
+            max_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),
+            max_seqs=config.max_num_seqs,
+            max_blocks_per_seq=-(-self.max_model_len // self.block_size),
+            block_size=self.block_size, device=self.device)
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not config.enforce_eager and kernels.uses_triton(self.device):
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_caches, self.buffers,
+                max_batch=min(config.max_num_seqs, config.max_num_batched_tokens),
+                max_model_len=self.max_model_len, num_kv_heads=model_config.num_key_value_heads)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -63,6 +74,10 @@ class ModelRunner:
             sample: whether the request's chunk ends at its last token (so it samples), per request.
             rows: one SamplingRow per True in `sample`, in order.
         """
+        if self.graphs is not None and rows and len(rows) == len(num_tokens) == sum(num_tokens):
+            hidden = self.graphs.run(token_ids, num_computed, block_tables)
+            if hidden is not None:
+                return self.sampler(self.model.compute_logits(hidden), rows)
         batch = self.prepare(token_ids, num_computed, num_tokens, block_tables, sample)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
         if not rows:
@@ -72,40 +87,8 @@ class ModelRunner:
 
     def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
                 block_tables: list[list[int]], sample: list[bool]) -> BatchInput:
-        """Build the flattened input tensors (on CPU, then one copy each to the device)."""
-        ids: list[int] = []
-        positions: list[int] = []
-        for toks, c, n in zip(token_ids, num_computed, num_tokens):
-            ids.extend(toks[c:c + n])
-            positions.extend(range(c, c + n))
-        seq_lens = [c + n for c, n in zip(num_computed, num_tokens)]
-        qsl = [0]
-        for n in num_tokens:
-            qsl.append(qsl[-1] + n)
-        max_blocks = max(len(t) for t in block_tables)
-        table = torch.zeros(len(block_tables), max_blocks, dtype=torch.int32)
-        for i, t in enumerate(block_tables):
-            table[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
-        pos = torch.tensor(positions, dtype=torch.int64)
-        seq_index = torch.repeat_interleave(torch.arange(len(num_tokens)), torch.tensor(num_tokens))
-        slots = table[seq_index, pos // self.block_size].to(torch.int64) * self.block_size \
-            + pos % self.block_size
-        logits_indices = [qsl[i + 1] - 1 for i, s in enumerate(sample) if s]
-        to = self.device
-        meta = AttentionMetadata(
-            slot_mapping=slots.to(to),
-            block_tables=table.to(to),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(to),
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(to),
-            max_query_len=max(num_tokens),
-            max_seq_len=max(seq_lens),
-        )
-        return BatchInput(
-            input_ids=torch.tensor(ids, dtype=torch.int64).to(to),
-            positions=pos.to(to),
-            attn_metadata=meta,
-            logits_indices=torch.tensor(logits_indices, dtype=torch.int64).to(to),
-        )
+        """Build the flattened input tensors (in the preallocated buffers, copied to the device)."""
+        return self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample)
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
@@ -126,26 +109,44 @@ class ModelRunner:
         return num_blocks
 
     def _cuda_kv_budget(self) -> int:
-        """Memory share minus weights and the peak of a profiling forward at the full token budget."""
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
+        """Bytes for the KV cache: the memory share, less what the weights and a worst step need.
+
+        A profiling forward at the full token budget (one sequence of max_num_batched_tokens tokens,
+        then logits for max_num_seqs rows) measures the activations' peak. What torch does not
+        allocate (the CUDA context, cuBLAS workspaces, other processes) comes from the driver's
+        free-memory figure. The CUDA graphs' memory pool is taken after the cache; its size is at
+        most the decode activations of max_num_seqs tokens, which the profile's peak already covers
+        twice over, so the activation peak is reserved once more for it.
+        """
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
         n = self.config.max_num_batched_tokens
         bs = self.block_size
         nblocks = -(-n // bs)
         caches = self._allocate_kv_caches(nblocks)
         meta = AttentionMetadata(
-            slot_mapping=torch.arange(n, device=self.device),
-            block_tables=torch.arange(nblocks, dtype=torch.int32, device=self.device)[None],
-            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
-            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
+            slot_mapping=torch.arange(n, device=dev),
+            block_tables=torch.arange(nblocks, dtype=torch.int32, device=dev)[None],
+            seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
+            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=dev),
             max_query_len=n, max_seq_len=n)
         with torch.inference_mode():
-            ids = torch.zeros(n, dtype=torch.int64, device=self.device)
-            hidden = self.model(ids, torch.arange(n, device=self.device), caches, meta)
-            self.model.compute_logits(hidden[-min(n, self.config.max_num_seqs):])
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        del caches, hidden
+            ids = torch.zeros(n, dtype=torch.int64, device=dev)
+            hidden = self.model(ids, torch.arange(n, device=dev), caches, meta)
+            rows = hidden[-1:].expand(self.config.max_num_seqs, -1)
+            self.model.compute_logits(rows).argmax(dim=-1)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        del caches, hidden, rows, ids, meta
         torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        return int(total * self.config.gpu_memory_utilization) - peak
+        free, total = torch.cuda.mem_get_info(dev)
+        non_torch = total - free - torch.cuda.memory_reserved(dev)
+        activations = peak - before
+        budget = int(total * self.config.gpu_memory_utilization) - peak - activations - non_torch
+        self.memory_profile = {"total": total, "weights_and_buffers": before, "profile_peak": peak,
+                               "activations": activations, "non_torch": non_torch,
+                               "kv_budget": budget}
+        return budget

@@ -1,0 +1,231 @@
+"""The step's input tensors, built in preallocated host buffers and copied to the device in two copies.
+
+Building a step's inputs as fresh tensors costs one small pageable host-to-device copy per tensor,
+each of which stalls the host. Here every integer input of a step lives in one of two host buffers
+(pinned on CUDA), filled with numpy, and goes to the device in one non-blocking copy per buffer:
+
+    int64 buffer: | input_ids (T_max) | positions (T_max) | slot_mapping (T_max) | logits_idx (S_max) |
+    int32 buffer: | seq_lens (S_max) | query_start_loc (S_max + 1) | block table, n rows x w cols |
+
+On CPU the "device" buffers are the host buffers themselves (no copy). The device buffers have fixed
+addresses, so CUDA graphs can read their leading slices directly (see cuda_graphs.py).
+
+Block-table rows are kept from step to step: a row is rewritten only when the request at that batch
+position changes or its table grows. That relies on KVCacheManager.block_ids returning a request's live
+list, which only ever grows (NOTE there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pagedllm.layers.attention import AttentionMetadata
+
+
+@dataclass
+class BatchInput:
+    """The flattened step, as the model sees it."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    attn_metadata: AttentionMetadata
+    logits_indices: torch.Tensor
+
+
+class InputBuffers:
+    """Preallocated host/device buffers for a step's integer inputs.
+
+    Args:
+        max_tokens: most tokens in one step (the scheduler's token budget, or more).
+        max_seqs: most requests in one step.
+        max_blocks_per_seq: longest block table a request can have (max_model_len / block_size).
+        block_size: tokens per KV block.
+        device: where the model runs; host buffers are pinned when it is CUDA.
+    """
+
+    def __init__(self, max_tokens: int, max_seqs: int, max_blocks_per_seq: int, block_size: int,
+                 device: torch.device) -> None:
+        self.max_tokens = max_tokens
+        self.max_seqs = max_seqs
+        self.max_blocks_per_seq = max_blocks_per_seq
+        self.block_size = block_size
+        self.device = device
+        pin = device.type == "cuda"
+        t, s = max_tokens, max_seqs
+        self._i64_host = torch.zeros(3 * t + s, dtype=torch.int64, pin_memory=pin)
+        self._i32_host = torch.zeros(2 * s + 1 + s * max_blocks_per_seq, dtype=torch.int32,
+                                     pin_memory=pin)
+        self._i64 = self._i64_host.numpy()
+        self._i32 = self._i32_host.numpy()
+        if pin:
+            self.i64 = torch.zeros_like(self._i64_host, device=device)
+            self.i32 = torch.zeros_like(self._i32_host, device=device)
+        else:
+            self.i64, self.i32 = self._i64_host, self._i32_host
+        self._table_off = 2 * s + 1
+        # Block tables as last written, one row per batch position (host memory, not pinned).
+        self._table = np.zeros((s, max_blocks_per_seq), dtype=np.int32)
+        self._rows: list[list[int] | None] = [None] * s
+        self._row_lens = [0] * s
+        self._arange = np.arange(max(t, s) + 1, dtype=np.int64)
+        self._copied = torch.cuda.Event() if pin else None
+        self._copy_pending = False
+
+    # ---- device views (fixed addresses: CUDA graphs read these) ---------------------------------
+
+    def input_ids(self, n: int) -> torch.Tensor:
+        return self.i64[:n]
+
+    def positions(self, n: int) -> torch.Tensor:
+        return self.i64[self.max_tokens:self.max_tokens + n]
+
+    def slot_mapping(self, n: int) -> torch.Tensor:
+        return self.i64[2 * self.max_tokens:2 * self.max_tokens + n]
+
+    def seq_lens(self, n: int) -> torch.Tensor:
+        return self.i32[:n]
+
+    def block_table_staging(self, num_seqs: int, width: int) -> torch.Tensor:
+        """The step's block table as copied: [num_seqs, width], contiguous."""
+        off = self._table_off
+        return self.i32[off:off + num_seqs * width].view(num_seqs, width)
+
+    # ---- filling --------------------------------------------------------------------------------
+
+    def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
+                block_tables: list[list[int]], sample: list[bool]) -> BatchInput:
+        """Fill and copy a ragged step (prefill, chunked prefill, decode or a mix); views of it."""
+        num_seqs = len(num_tokens)
+        if num_seqs > self.max_seqs:
+            raise ValueError(f"step has {num_seqs} requests, more than max_num_seqs={self.max_seqs}")
+        nt = np.asarray(num_tokens, dtype=np.int64)
+        qsl = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(nt, out=qsl[1:])
+        total = int(qsl[-1])
+        if total > self.max_tokens:
+            raise ValueError(f"step has {total} tokens, more than the buffers hold ({self.max_tokens})")
+        self._wait_for_last_copy()
+        width = self._fill_table(block_tables)
+        nc = np.asarray(num_computed, dtype=np.int64)
+        t = self.max_tokens
+        i64 = self._i64
+        # positions: token j of request i sits at num_computed[i] + (j - qsl[i])
+        pos = i64[t:t + total]
+        np.subtract(self._arange[:total], np.repeat(qsl[:-1] - nc, nt), out=pos)
+        seq_index = np.repeat(self._arange[:num_seqs], nt)
+        self._slots(seq_index, pos, i64[2 * t:2 * t + total])
+        ids = i64[:total]
+        if total == num_seqs:  # every request computes one token: decode
+            ids[:] = [toks[c] for toks, c in zip(token_ids, num_computed)]
+        else:
+            flat: list[int] = []
+            for toks, c, n in zip(token_ids, num_computed, num_tokens):
+                flat.extend(toks[c:c + n])
+            ids[:] = flat
+        logits_idx = (qsl[1:] - 1)[np.asarray(sample, dtype=bool)]
+        i64[3 * t:3 * t + len(logits_idx)] = logits_idx
+        s = self.max_seqs
+        i32 = self._i32
+        seq_lens = nc + nt
+        i32[:num_seqs] = seq_lens
+        i32[s:s + num_seqs + 1] = qsl
+        self._stage_table(num_seqs, width)
+        self._copy(2 * s + 1 + num_seqs * width)
+        meta = AttentionMetadata(
+            slot_mapping=self.slot_mapping(total),
+            block_tables=self.block_table_staging(num_seqs, width),
+            seq_lens=self.seq_lens(num_seqs),
+            query_start_loc=self.i32[s:s + num_seqs + 1],
+            max_query_len=int(nt.max()),
+            max_seq_len=int(seq_lens.max()),
+        )
+        return BatchInput(input_ids=self.input_ids(total), positions=self.positions(total),
+                          attn_metadata=meta,
+                          logits_indices=self.i64[3 * t:3 * t + len(logits_idx)])
+
+    def prepare_decode(self, token_ids: list[list[int]], num_computed: list[int],
+                       block_tables: list[list[int]], padded: int) -> tuple[int, int]:
+        """Fill and copy a pure-decode step of n requests, padded to `padded` rows for a graph.
+
+        Padding rows get token 0 at position 0, slot -1 (their K/V are not written) and context
+        length 1 (they attend to slot 0 of whatever block their table row names: a valid block,
+        so the values are finite, and nothing reads their outputs).
+
+        Returns:
+            (width, max_seq_len): the staged block table is [n, width] (block_table_staging);
+            the caller copies it into the graph's own table.
+        """
+        n = len(num_computed)
+        if not n <= padded <= min(self.max_seqs, self.max_tokens):
+            raise ValueError(f"padded={padded} must be in [{n}, {min(self.max_seqs, self.max_tokens)}]")
+        self._wait_for_last_copy()
+        width = self._fill_table(block_tables)
+        t, s = self.max_tokens, self.max_seqs
+        i64, i32 = self._i64, self._i32
+        pos = i64[t:t + padded]
+        pos[:n] = num_computed
+        pos[n:] = 0
+        ids = i64[:padded]
+        ids[:n] = [toks[c] for toks, c in zip(token_ids, num_computed)]
+        ids[n:] = 0
+        slots = i64[2 * t:2 * t + padded]
+        self._slots(self._arange[:n], pos[:n], slots[:n])
+        slots[n:] = -1
+        seq_lens = i32[:padded]
+        np.add(pos, 1, out=seq_lens, casting="unsafe")
+        seq_lens[n:] = 1
+        self._stage_table(n, width)
+        self._copy(2 * s + 1 + n * width)
+        return width, int(seq_lens[:n].max())
+
+    def _fill_table(self, block_tables: list[list[int]]) -> int:
+        """Bring the host table rows up to date; returns the widest row (at least 1)."""
+        tbl, rows, lens = self._table, self._rows, self._row_lens
+        width = 1
+        for i, blocks in enumerate(block_tables):
+            n = len(blocks)
+            if n > self.max_blocks_per_seq:
+                raise ValueError(f"a request holds {n} KV blocks, more than max_model_len allows "
+                                 f"({self.max_blocks_per_seq})")
+            old = lens[i]
+            if rows[i] is not blocks or n < old:
+                tbl[i, :n] = blocks
+                rows[i] = blocks
+            elif n > old:
+                # NOTE: the same live list as last step, grown at its end (KVCacheManager.block_ids).
+                tbl[i, old:n] = blocks[old:]
+            lens[i] = n
+            if n > width:
+                width = n
+        return width
+
+    def _slots(self, seq_index: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        bs = self.block_size
+        out[:] = self._table[seq_index, pos // bs]
+        out *= bs
+        out += pos % bs
+
+    def _stage_table(self, num_seqs: int, width: int) -> None:
+        off = self._table_off
+        self._i32[off:off + num_seqs * width].reshape(num_seqs, width)[:] = self._table[:num_seqs, :width]
+
+    def _copy(self, i32_len: int) -> None:
+        """One non-blocking copy per buffer (the int32 one up to `i32_len`)."""
+        if self._copied is None:
+            return
+        self.i64.copy_(self._i64_host, non_blocking=True)
+        self.i32[:i32_len].copy_(self._i32_host[:i32_len], non_blocking=True)
+        self._copied.record()
+        self._copy_pending = True
+
+    def _wait_for_last_copy(self) -> None:
+        """The host buffers are about to be rewritten: the last copy out of them must be done.
+
+        Usually it is (the step read its sampled tokens back, which waited for it); a step that
+        only fills the cache (a partial prompt chunk) samples nothing and does not wait.
+        """
+        if self._copy_pending:
+            self._copied.synchronize()
+            self._copy_pending = False
