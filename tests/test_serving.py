@@ -240,3 +240,15 @@ def test_disconnect_direct_llm_frees_blocks_within_1s(server):
         child.wait()
     elapsed = _wait_usage_zero(server, time.monotonic())
     assert elapsed < 1.0, f"blocks freed after {elapsed:.2f} s"
+
+
+def test_perf_analyzer_short_run_against_ensemble(server):
+    """The real perf_analyzer 2.51 (gRPC streaming, workload prompts) completes against ensemble."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import perf_analyzer
+    result = perf_analyzer.quick_ensemble(server.grpc_url)
+    level = result["levels"][0]
+    assert level["num_errors"] == 0
+    assert level["output_tok_s"] > 0 and level["num_requests"] > 0

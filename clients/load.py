@@ -1,0 +1,541 @@
+#!/usr/bin/env python3
+"""Load generator for the `ensemble` model: gRPC streaming, asyncio, one stream per request.
+
+    python clients/load.py --concurrency 32                     # the `nano` workload, 256 requests
+    python clients/load.py --request-rate 4 --num-requests 64   # Poisson arrivals, 4 requests/s
+    python clients/load.py --concurrency 32 --scale 0.25 --offline models/default   # + offline ratio
+    python clients/load.py --workload serve --json docs/benchmarks/serve_cpu.json   # 1, 16, 64, 256
+
+Reports output tok/s, TTFT and ITL (mean, p50, p99). `--offline MODEL_DIR` runs the same prompts
+through the offline engine (`pagedllm.LLM`) in this process afterwards and prints the ratio, the
+cost of the Triton layer.
+
+Workloads (DESIGN.md):
+  nano   256 requests; prompt and output lengths each uniform in [100, 1024] (times --scale);
+         random token ids below 10000; ignore_eos; max_tokens = output length; seed 0.
+  serve  the same prompts at concurrency 1, 16, 64 and 256 (or the --concurrency given).
+
+Prompts are text, since `ensemble` takes text: for each request, `length` token ids are drawn
+(seed 0) uniformly from [0, min(10000, vocab)) without special tokens, decoded with the model's
+tokenizer.json, re-encoded, cut to `length` ids and decoded again. The prompt so made encodes to
+about `length` tokens (the server's exact count is reported as num_input_tokens); the same seed and
+tokenizer give the same texts on every machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = ROOT / "models" / "default"
+SERVE_CONCURRENCIES = (1, 16, 64, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    """The requests of one benchmark run, in arrival order.
+
+    Attributes:
+        name: "nano" or "serve".
+        prompt_lens: target prompt length (tokens) of each request.
+        output_lens: max_tokens of each request (ignore_eos makes it the exact output length).
+        prompts: prompt text of each request (empty until `attach_prompts`).
+        seed: the seed of every random choice.
+        scale: the factor applied to both length ranges.
+    """
+
+    name: str
+    prompt_lens: list[int]
+    output_lens: list[int]
+    prompts: list[str] = field(default_factory=list)
+    seed: int = 0
+    scale: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.output_lens)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "num_requests": len(self), "seed": self.seed,
+                "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
+                "output_len_range": _scaled_range(self.scale), "ignore_eos": True,
+                "target_prompt_tokens": sum(self.prompt_lens),
+                "target_output_tokens": sum(self.output_lens)}
+
+
+def _scaled_range(scale: float) -> list[int]:
+    return [max(1, round(100 * scale)), max(1, round(1024 * scale))]
+
+
+def nano_lengths(num_requests: int = 256, seed: int = 0, scale: float = 1.0
+                 ) -> tuple[list[int], list[int]]:
+    """Prompt and output lengths of the `nano` workload, each uniform in [100, 1024] * scale.
+
+    With scale 1 these are exactly scripts/bench_engine.py's `nano_lengths` (same draws, same order).
+    """
+    if num_requests < 1:
+        raise ValueError(f"num_requests must be >= 1, got {num_requests}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    rng = random.Random(seed)
+    prompts = [rng.randint(100, 1024) for _ in range(num_requests)]
+    outputs = [rng.randint(100, 1024) for _ in range(num_requests)]
+    if scale != 1.0:
+        prompts = [max(1, round(n * scale)) for n in prompts]
+        outputs = [max(1, round(n * scale)) for n in outputs]
+    return prompts, outputs
+
+
+def make_workload(name: str = "nano", num_requests: int = 256, seed: int = 0,
+                  scale: float = 1.0) -> Workload:
+    """The named workload's lengths (no prompt text yet)."""
+    if name not in ("nano", "serve"):
+        raise ValueError(f"workload must be 'nano' or 'serve', got {name!r}")
+    prompt_lens, output_lens = nano_lengths(num_requests, seed, scale)
+    return Workload(name, prompt_lens, output_lens, seed=seed, scale=scale)
+
+
+def prompt_token_ids(lengths: Sequence[int], vocab_size: int, special_ids: Sequence[int] = (),
+                     seed: int = 0, id_limit: int = 10000) -> list[list[int]]:
+    """Random token ids below min(id_limit, vocab_size), without special ids; one list per length."""
+    high = min(id_limit, vocab_size)
+    special = set(special_ids)
+    pool = [i for i in range(high) if i not in special]
+    if not pool:
+        raise ValueError("no ordinary token ids below the limit")
+    rng = random.Random(seed)
+    return [[rng.choice(pool) for _ in range(n)] for n in lengths]
+
+
+def prompt_texts(tokenizer, lengths: Sequence[int], seed: int = 0) -> list[str]:
+    """Deterministic prompt texts of about `lengths[i]` tokens each (see the module docstring).
+
+    Args:
+        tokenizer: a `tokenizers.Tokenizer` (the model's tokenizer.json).
+    """
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    special = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
+    texts = []
+    for ids, n in zip(prompt_token_ids(lengths, vocab, special, seed), lengths):
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        again = tokenizer.encode(text, add_special_tokens=False).ids[:n]
+        texts.append(tokenizer.decode(again, skip_special_tokens=True))
+    return texts
+
+
+def attach_prompts(workload: Workload, model_dir: str | Path) -> Workload:
+    """Fills `workload.prompts` from the model's tokenizer.json."""
+    import tokenizers
+
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"--model-dir has no tokenizer.json: {path}")
+    workload.prompts = prompt_texts(tokenizers.Tokenizer.from_file(str(path)),
+                                    workload.prompt_lens, workload.seed)
+    return workload
+
+
+def poisson_arrivals(num_requests: int, rate: float, seed: int = 0) -> list[float]:
+    """Arrival times (s from the start) of a Poisson process of `rate` requests/s; first at 0."""
+    if not rate > 0:
+        raise ValueError(f"request rate must be > 0, got {rate}")
+    rng = random.Random(seed)
+    t, times = 0.0, []
+    for _ in range(num_requests):
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation, as numpy's default; nan if empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class RequestRecord:
+    """What one request saw: when it started, and each response's time and running token count."""
+
+    index: int
+    start: float = 0.0
+    times: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    num_input_tokens: int = 0
+    finish_reason: str = ""
+    error: str = ""
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.counts[-1] if self.counts else 0
+
+    def ttft(self) -> float | None:
+        """Seconds from sending to the first response that carries a token."""
+        for t, c in zip(self.times, self.counts):
+            if c > 0:
+                return t - self.start
+        return None
+
+    def itls(self) -> list[float]:
+        """Inter-token latencies: each gap between responses, spread over the tokens it brought.
+
+        NOTE: `counts` are running totals (num_output_tokens of each response), so a response
+        that brings k tokens after a gap g contributes k latencies of g / k.
+        """
+        out: list[float] = []
+        prev_t, prev_c = None, 0
+        for t, c in zip(self.times, self.counts):
+            if c > prev_c:
+                if prev_t is not None and prev_c > 0:
+                    k = c - prev_c
+                    out.extend([(t - prev_t) / k] * k)
+                prev_t, prev_c = t, c
+        return out
+
+
+def _dist(values: Sequence[float], scale: float = 1000.0) -> dict:
+    return {"mean": (sum(values) / len(values) * scale) if values else math.nan,
+            "p50": percentile(values, 50) * scale, "p99": percentile(values, 99) * scale}
+
+
+def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict:
+    """Throughput and latency figures of one run (latencies in milliseconds)."""
+    ok = [r for r in records if not r.error]
+    out_tokens = sum(r.num_output_tokens for r in ok)
+    ttfts = [x for x in (r.ttft() for r in ok) if x is not None]
+    itls = [x for r in ok for x in r.itls()]
+    e2e = [r.times[-1] - r.start for r in ok if r.times]
+    return {
+        "num_requests": len(records), "num_errors": len(records) - len(ok),
+        "wall_s": wall_s, "input_tokens": sum(r.num_input_tokens for r in ok),
+        "output_tokens": out_tokens,
+        "output_tok_s": out_tokens / wall_s if wall_s > 0 else math.nan,
+        "requests_s": len(ok) / wall_s if wall_s > 0 else math.nan,
+        "ttft_ms": _dist(ttfts), "itl_ms": _dist(itls), "e2e_ms": _dist(e2e),
+        "errors": sorted({r.error for r in records if r.error})[:5],
+    }
+
+
+def format_summary(label: str, s: dict) -> str:
+    return (f"{label}: {s['output_tok_s']:.1f} output tok/s ({s['output_tokens']} tokens, "
+            f"{s['num_requests']} requests, {s['num_errors']} errors, {s['wall_s']:.1f} s)\n"
+            f"  TTFT ms  mean {s['ttft_ms']['mean']:.1f}  p50 {s['ttft_ms']['p50']:.1f}  "
+            f"p99 {s['ttft_ms']['p99']:.1f}\n"
+            f"  ITL ms   mean {s['itl_ms']['mean']:.2f}  p50 {s['itl_ms']['p50']:.2f}  "
+            f"p99 {s['itl_ms']['p99']:.2f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton client
+# ---------------------------------------------------------------------------------------------
+
+def _inputs(prompt: str, max_tokens: int, params: dict):
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    def tensor(name, value, dtype):
+        t = grpcclient.InferInput(name, list(value.shape), dtype)
+        t.set_data_from_numpy(value)
+        return t
+
+    return [
+        tensor("text_input", np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"),
+        tensor("stream", np.array([[True]], dtype=bool), "BOOL"),
+        tensor("sampling_parameters", np.array([[json.dumps(params).encode()]], dtype=object),
+               "BYTES"),
+        tensor("exclude_input_in_output", np.array([[True]], dtype=bool), "BOOL"),
+        tensor("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+    ]
+
+
+def _scalar(result, name):
+    value = result.as_numpy(name)
+    return None if value is None else value.reshape(-1)[0]
+
+
+async def _one_request(client, model: str, record: RequestRecord, prompt: str, max_tokens: int,
+                       params: dict, timeout: float) -> None:
+    """Streams one request on its own gRPC stream, recording each response's time and count.
+
+    NOTE: tritonclient's asyncio `stream_infer` cannot ask for Triton's empty final response, so
+    the end of a request is its response with a non-empty `finish_reason` (or a
+    `triton_final_response` parameter, should one come). The request iterator stays open until
+    then, so the stream is not half-closed while responses are in flight.
+    """
+    done = asyncio.Event()
+
+    async def requests():
+        yield {"model_name": model, "inputs": _inputs(prompt, max_tokens, params),
+               "request_id": str(record.index)}
+        await done.wait()
+
+    record.start = time.perf_counter()
+    stream = client.stream_infer(requests(), stream_timeout=timeout)
+    try:
+        async for result, error in stream:
+            now = time.perf_counter()
+            if error is not None:
+                record.error = str(error)
+                break
+            count = _scalar(result, "num_output_tokens")
+            reason = _scalar(result, "finish_reason")
+            reason = reason.decode() if isinstance(reason, bytes) else (reason or "")
+            if count is not None:
+                record.times.append(now)
+                record.counts.append(int(count))
+            n_in = _scalar(result, "num_input_tokens")
+            if n_in is not None:
+                record.num_input_tokens = int(n_in)
+            params_ = result.get_response().parameters
+            final = ("triton_final_response" in params_
+                     and params_["triton_final_response"].bool_param)
+            if reason or final:
+                record.finish_reason = reason
+                break
+        else:
+            if not record.finish_reason:
+                record.error = "stream ended before the final response"
+    except Exception as e:  # grpc errors (deadline, unavailable) end this request only
+        record.error = f"{type(e).__name__}: {e}"
+    finally:
+        done.set()
+        stream.cancel()
+
+
+class _Progress:
+    """tqdm if installed, else a one-line counter on stderr."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.n, self.desc, self.enabled = total, 0, desc, enabled
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=desc, unit="req", leave=False)
+            except ImportError:
+                pass
+
+    def update(self) -> None:
+        self.n += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self.enabled:
+            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+async def run_load(url: str, model: str, workload: Workload, concurrency: int | None = None,
+                   request_rate: float | None = None, sampling: dict | None = None,
+                   timeout: float = 600.0, progress: bool = True) -> dict:
+    """Sends every request of `workload` and returns `summarize`'s figures.
+
+    At most `concurrency` requests are in flight (None: no limit); with `request_rate`, requests
+    arrive as a Poisson process of that rate (seeded by the workload's seed).
+    """
+    import tritonclient.grpc.aio as grpcclient
+
+    if concurrency is None and request_rate is None:
+        raise ValueError("give concurrency or request_rate")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    base = {"temperature": 0.0, "ignore_eos": True, **(sampling or {})}
+    records = [RequestRecord(i) for i in range(len(workload))]
+    arrivals = (poisson_arrivals(len(workload), request_rate, workload.seed)
+                if request_rate else [0.0] * len(workload))
+    gate = asyncio.Semaphore(concurrency) if concurrency else None
+    label = f"c={concurrency}" if concurrency else f"rate={request_rate}/s"
+    bar = _Progress(len(workload), label, progress)
+    client = grpcclient.InferenceServerClient(url=url)
+    try:
+        await _check_ready(client, url, model)
+        t0 = time.perf_counter()
+
+        async def launch(i: int) -> None:
+            delay = t0 + arrivals[i] - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if gate:
+                async with gate:
+                    await _send(i)
+            else:
+                await _send(i)
+
+        async def _send(i: int) -> None:
+            await _one_request(client, model, records[i], workload.prompts[i],
+                               workload.output_lens[i], base, timeout)
+            bar.update()
+
+        await asyncio.gather(*(launch(i) for i in range(len(workload))))
+        wall = time.perf_counter() - t0
+    finally:
+        bar.close()
+        await client.close()
+    summary = summarize(records, wall)
+    summary.update({"concurrency": concurrency, "request_rate": request_rate})
+    return summary
+
+
+async def _check_ready(client, url: str, model: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        ready = await client.is_model_ready(model)
+    except InferenceServerException as e:
+        raise SystemExit(f"error: cannot reach Triton's gRPC endpoint at {url}: {e}\n"
+                         "Is the server running (`make serve`)? Or pass --url HOST:PORT.")
+    if not ready:
+        raise SystemExit(f"error: model {model!r} is not ready on {url}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline engine, for the ratio
+# ---------------------------------------------------------------------------------------------
+
+def run_offline(model_dir: str | Path, workload: Workload, engine_args: dict | None = None,
+                sampling: dict | None = None) -> dict:
+    """Output tok/s of the offline engine (`pagedllm.LLM`) on the same prompts, all at once.
+
+    A short warm-up runs first and is not timed.
+    """
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model_dir), **{"device": "cpu", **(engine_args or {})})
+    base = {"temperature": 0.0, "ignore_eos": True, **(sampling or {})}
+    llm.generate(workload.prompts[:2], SamplingParams(**{**base, "max_tokens": 4}))
+    params = [SamplingParams(**{**base, "max_tokens": n}) for n in workload.output_lens]
+    t0 = time.perf_counter()
+    outs = llm.generate(list(workload.prompts), params)
+    wall = time.perf_counter() - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"wall_s": wall, "output_tokens": out_tokens,
+            "input_tokens": sum(len(o.prompt_token_ids) for o in outs),
+            "output_tok_s": out_tokens / wall, "engine_args": {"device": "cpu", **(engine_args or {})}}
+
+
+def load_engine_args(path: str | None) -> dict:
+    """Engine arguments from a JSON file (the `llm` model's engine_args.json), or {}."""
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    data.pop("model", None)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def _environment() -> dict:
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:
+        commit = ""
+    return {"device": f"{platform.machine()} cpu, {_ncpu()} threads (client side)",
+            "python": platform.python_version(), "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _ncpu() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--url", default="localhost:8001", help="Triton gRPC HOST:PORT (default %(default)s)")
+    p.add_argument("--model", default="ensemble", help="model name (default %(default)s)")
+    p.add_argument("--workload", choices=("nano", "serve"), default="nano")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--concurrency", type=int, nargs="+",
+                   help="requests in flight (several values: one run each); default 32, "
+                        "or 1 16 64 256 for --workload serve")
+    g.add_argument("--request-rate", type=float, help="Poisson arrivals, requests per second")
+    p.add_argument("--num-requests", type=int, default=256, help="default %(default)s")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply prompt and output lengths (e.g. 0.25 for a quick CPU run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
+                   help="checkpoint whose tokenizer.json makes the prompts (default models/default)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--offline", metavar="MODEL_DIR",
+                   help="also run the same prompts through the offline engine and print the ratio")
+    p.add_argument("--engine-args", metavar="JSON",
+                   help="engine arguments for --offline (e.g. the llm model's JSON), to match the server")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per request stream")
+    p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workload = attach_prompts(make_workload(args.workload, args.num_requests, args.seed, args.scale),
+                              args.model_dir)
+    sampling = {"temperature": args.temperature}
+    if args.request_rate:
+        settings = [(None, args.request_rate)]
+    else:
+        default = list(SERVE_CONCURRENCIES) if args.workload == "serve" else [32]
+        settings = [(c, None) for c in (args.concurrency or default)]
+    runs = []
+    for concurrency, rate in settings:
+        s = asyncio.run(run_load(args.url, args.model, workload, concurrency, rate, sampling,
+                                 args.timeout, not args.no_progress))
+        label = f"triton {args.model} " + (f"concurrency {concurrency}" if concurrency
+                                           else f"request rate {rate}/s")
+        print(format_summary(label, s), flush=True)
+        runs.append(s)
+    result = {"workload": workload.describe(), "url": args.url, "model": args.model,
+              "sampling": {"ignore_eos": True, **sampling}, "environment": _environment(),
+              "runs": runs}
+    if args.offline:
+        off = run_offline(args.offline, workload, load_engine_args(args.engine_args), sampling)
+        result["offline"] = off
+        print(f"offline engine: {off['output_tok_s']:.1f} output tok/s "
+              f"({off['output_tokens']} tokens, {off['wall_s']:.1f} s)")
+        for s in runs:
+            s["ratio_to_offline"] = s["output_tok_s"] / off["output_tok_s"]
+            print(f"  triton/offline at {s['concurrency'] or s['request_rate']}: "
+                  f"{s['ratio_to_offline']:.1%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if any(s["num_errors"] for s in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+#!/usr/bin/env python3
+"""Runs Triton's real `perf_analyzer` (2.51, the server's release) against the model repository.
+
+    python scripts/perf_analyzer.py setup                      # fetch the binary, print its path
+    python scripts/perf_analyzer.py ensemble                   # `serve` workload, gRPC streaming
+    python scripts/perf_analyzer.py ensemble --quick           # ~10 s smoke run (tests)
+    python scripts/perf_analyzer.py preprocessing              # dynamic batching on vs off, c=1..64
+
+The binary comes out of the `tritonclient==2.51.0` wheel (never installed: it pins numpy<2 and
+protobuf<5) and is cached in .cache/perf_analyzer/ with `libcudart.so.12` taken from the
+`nvidia-cuda-runtime-cu12` wheel (also not installed); it needs Debian's `libb64-0d`, which this
+script installs with apt-get when it runs as root.
+
+`ensemble` feeds perf_analyzer the `nano` workload's prompts (clients/load.py makes them) as an
+--input-data JSON file and computes output tok/s, TTFT and ITL from its --profile-export-file.
+`preprocessing` measures the model as configured (dynamic batching) and a copy whose config has no
+`dynamic_batching` block, served by a second tritonserver started on free ports from a temporary
+model repository. Results go to docs/benchmarks/perf_analyzer_*.json/.csv/.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "clients"))
+import load  # noqa: E402  (clients/load.py: workloads and percentiles)
+
+CACHE = ROOT / ".cache" / "perf_analyzer"
+WHEELS = ROOT / ".cache" / "wheels"
+BENCH = ROOT / "docs" / "benchmarks"
+CLIENT_WHEEL = "tritonclient==2.51.0"
+CUDART_WHEEL = "nvidia-cuda-runtime-cu12==12.9.79"
+PREPROCESS_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The binary
+# ---------------------------------------------------------------------------------------------
+
+def _download(spec: str, pattern: str) -> Path:
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    found = sorted(WHEELS.glob(pattern))
+    if not found:
+        print(f"downloading {spec} (once; not installed) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "-d", str(WHEELS), spec], check=True)
+        found = sorted(WHEELS.glob(pattern))
+    if not found:
+        raise RuntimeError(f"pip download {spec} gave no file matching {pattern}")
+    return found[-1]
+
+
+def _extract(wheel: Path, member_suffix: str, dest: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if n.endswith(member_suffix)]
+        if not names:
+            raise RuntimeError(f"{wheel.name} has no {member_suffix}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".partial")
+        with z.open(names[0]) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
+        tmp.chmod(0o755)
+        tmp.rename(dest)
+
+
+def _ensure_libb64() -> None:
+    listed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    if "libb64.so.0d" in listed:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError("perf_analyzer needs libb64: run `sudo apt-get install -y libb64-0d`")
+    print("installing libb64-0d (apt-get) ...", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "libb64-0d"], env=env,
+                      capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "libb64-0d"], env=env, check=True,
+                       capture_output=True)
+
+
+def ensure_perf_analyzer() -> tuple[Path, dict[str, str]]:
+    """The cached perf_analyzer binary and the environment it runs in (fetched on first use)."""
+    binary, lib = CACHE / "bin" / "perf_analyzer", CACHE / "lib"
+    if not binary.exists():
+        _extract(_download(CLIENT_WHEEL, "tritonclient-2.51.0-*.whl"),
+                 "data/bin/perf_analyzer", binary)
+    if not (lib / "libcudart.so.12").exists():
+        _extract(_download(CUDART_WHEEL, "nvidia_cuda_runtime_cu12-*.whl"),
+                 "lib/libcudart.so.12", lib / "libcudart.so.12")
+    _ensure_libb64()
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p)
+    return binary, env
+
+
+# ---------------------------------------------------------------------------------------------
+# Input data and results
+# ---------------------------------------------------------------------------------------------
+
+def ensemble_input_data(workload: load.Workload, params: dict | None = None) -> dict:
+    """perf_analyzer --input-data JSON for `ensemble`: one entry per workload request.
+
+    Shapes leave out the batch dimension (perf_analyzer adds it: -b 1).
+    """
+    sampling = json.dumps({"temperature": 0.0, "ignore_eos": True, **(params or {})})
+    return {"data": [
+        {"text_input": {"content": [prompt], "shape": [1]},
+         "stream": {"content": [True], "shape": [1]},
+         "exclude_input_in_output": {"content": [True], "shape": [1]},
+         "max_tokens": {"content": [n], "shape": [1]},
+         "sampling_parameters": {"content": [sampling], "shape": [1]}}
+        for prompt, n in zip(workload.prompts, workload.output_lens)]}
+
+
+def text_input_data(input_name: str, texts: list[str]) -> dict:
+    """--input-data JSON for a model with one BYTES input (the tokenizer)."""
+    return {"data": [{input_name: {"content": [t], "shape": [1]}} for t in texts]}
+
+
+def parse_profile_export(path: Path) -> list[dict]:
+    """Per concurrency: output tok/s, TTFT and ITL from perf_analyzer's --profile-export-file.
+
+    Output tokens are read from the responses' running `num_output_tokens` (load.py's
+    RequestRecord does the maths); responses without it (an empty final) carry no token.
+    """
+    data = json.loads(Path(path).read_text())
+    results = []
+    for exp in data.get("experiments", []):
+        records = []
+        starts, ends = [], []
+        for i, req in enumerate(exp.get("requests", [])):
+            rec = load.RequestRecord(i, start=req["timestamp"] / 1e9)
+            outputs = req.get("response_outputs") or [{}] * len(req.get("response_timestamps", []))
+            for t, out in zip(req.get("response_timestamps", []), outputs):
+                n = (out or {}).get("num_output_tokens")
+                if n is None:
+                    continue
+                rec.times.append(t / 1e9)
+                rec.counts.append(_first_int(n))
+            records.append(rec)
+            starts.append(rec.start)
+            ends.append(max(req.get("response_timestamps") or [req["timestamp"]]) / 1e9)
+        wall = (max(ends) - min(starts)) if records else math.nan
+        summary = load.summarize(records, wall)
+        summary["concurrency"] = exp.get("experiment", {}).get("value")
+        results.append(summary)
+    return results
+
+
+def _first_int(value) -> int:
+    """num_output_tokens as perf_analyzer exports it (a number, a list, or a base64/raw dict)."""
+    if isinstance(value, dict):
+        value = value.get("content", value.get("data", 0))
+    while isinstance(value, list):
+        value = value[0] if value else 0
+    return int(value)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """perf_analyzer's -f CSV as dicts of floats (Concurrency, Inferences/Second, latencies in us)."""
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    head = lines[0].split(",")
+    rows = []
+    for ln in lines[1:]:
+        vals = ln.split(",")
+        rows.append({h: _num(v) for h, v in zip(head, vals)})
+    return rows
+
+
+def _num(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def environment() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"device": f"cpu ({platform.machine()}, {len(os.sched_getaffinity(0))} threads; "
+                      "server and perf_analyzer on the same machine)",
+            "perf_analyzer": "2.51.0 (tritonclient==2.51.0 wheel)", "tritonserver": "2.51.0",
+            "python": platform.python_version(), "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def run_pa(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Runs perf_analyzer with `args`; raises with its output if it fails."""
+    binary, env = ensure_perf_analyzer()
+    cmd = [str(binary), *args]
+    print("$ perf_analyzer " + " ".join(args), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# ensemble
+# ---------------------------------------------------------------------------------------------
+
+def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
+                 concurrencies: tuple[int, ...] = (1, 16), num_requests: int = 64,
+                 scale: float = 0.25, model_dir: str | Path = load.DEFAULT_MODEL_DIR,
+                 requests_per_level: int | None = None, out_dir: Path | None = None,
+                 timeout: float = 3600.0) -> dict:
+    """perf_analyzer over gRPC streaming against `ensemble` with the workload's prompts.
+
+    Each concurrency level sends `requests_per_level` requests (default: 2 per slot, at least
+    8) as one count window, so a level ends when its requests do.
+    """
+    workload = load.attach_prompts(load.make_workload("serve", num_requests, 0, scale), model_dir)
+    work = Path(out_dir or tempfile.mkdtemp(prefix="pa_ensemble_"))
+    work.mkdir(parents=True, exist_ok=True)
+    data_file = work / "input_data.json"
+    data_file.write_text(json.dumps(ensemble_input_data(workload)))
+    levels = []
+    for c in concurrencies:
+        count = requests_per_level or max(8, 2 * c)
+        export, csv = work / f"export_c{c}.json", work / f"ensemble_c{c}.csv"
+        proc = run_pa(["-m", model, "-u", url, "-i", "grpc", "--streaming",
+                       "--input-data", str(data_file), "--concurrency-range", f"{c}:{c}",
+                       "--measurement-mode", "count_windows",
+                       "--measurement-request-count", str(count), "--max-trials", "3",
+                       "--stability-percentage", "999",
+                       "--profile-export-file", str(export), "-f", str(csv)], timeout)
+        figures = parse_profile_export(export)[0]
+        figures["concurrency"] = c
+        figures["perf_analyzer_csv"] = read_csv(csv)[0] if csv.exists() else {}
+        figures["perf_analyzer_stdout_tail"] = proc.stdout[-1500:]
+        levels.append(figures)
+        print(load.format_summary(f"perf_analyzer {model} concurrency {c}", figures), flush=True)
+    return {"workload": workload.describe(), "model": model, "url": url, "protocol": "grpc",
+            "streaming": True, "environment": environment(), "levels": levels}
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing, with and without dynamic batching
+# ---------------------------------------------------------------------------------------------
+
+def strip_dynamic_batching(config: str, new_name: str) -> str:
+    """config.pbtxt text without its `dynamic_batching { ... }` block, renamed to `new_name`."""
+    start = re.search(r"^\s*dynamic_batching\s*\{", config, flags=re.M)
+    if start is not None:
+        depth, i = 0, config.index("{", start.start())
+        for j in range(i, len(config)):
+            depth += {"{": 1, "}": -1}.get(config[j], 0)
+            if depth == 0:
+                config = config[:start.start()] + config[j + 1:]
+                break
+    if re.search(r"^\s*name\s*:", config, flags=re.M):
+        config = re.sub(r'^(\s*name\s*:\s*)"[^"]*"', rf'\1"{new_name}"', config, count=1,
+                        flags=re.M)
+    else:
+        config = f'name: "{new_name}"\n' + config
+    return config
+
+
+def preprocessing_texts(n: int = 64, scale: float = 0.125,
+                        model_dir: str | Path = load.DEFAULT_MODEL_DIR) -> list[str]:
+    """Prompt texts of the nano workload with lengths times `scale` (0.125: 13-128 tokens)."""
+    return load.attach_prompts(load.make_workload("nano", n, 0, scale), model_dir).prompts
+
+
+def measure_model(url: str, model: str, input_name: str, texts: list[str],
+                  concurrencies=PREPROCESS_CONCURRENCY, interval_ms: int = 3000,
+                  work: Path | None = None, timeout: float = 600.0) -> list[dict]:
+    """perf_analyzer over gRPC at each concurrency: throughput (infer/s) and latency (ms)."""
+    work = Path(work or tempfile.mkdtemp(prefix="pa_pre_"))
+    data_file = work / f"{model}_input.json"
+    data_file.write_text(json.dumps(text_input_data(input_name, texts)))
+    rows = []
+    for c in concurrencies:
+        csv = work / f"{model}_c{c}.csv"
+        run_pa(["-m", model, "-u", url, "-i", "grpc", "--async", "--input-data", str(data_file),
+                "--concurrency-range", f"{c}:{c}", "-p", str(interval_ms),
+                # NOTE: 3 windows, averaged, no stability gate: on the shared 2-core machine
+                # perf_analyzer's default 10 % gate rarely passes and then fails the run.
+                "--max-trials", "3", "-s", "999", "-f", str(csv)], timeout)
+        r = read_csv(csv)[0]
+        row = {"concurrency": c, "throughput_infer_s": r["Inferences/Second"],
+               "p50_latency_ms": r.get("p50 latency", math.nan) / 1000,
+               "p99_latency_ms": r.get("p99 latency", math.nan) / 1000,
+               "avg_latency_ms": (r.get("Client Send", 0) + r.get("Network+Server Send/Recv", 0)
+                                  + r.get("Server Queue", 0) + r.get("Server Compute Input", 0)
+                                  + r.get("Server Compute Infer", 0)
+                                  + r.get("Server Compute Output", 0)
+                                  + r.get("Client Recv", 0)) / 1000,
+               "server_queue_ms": r.get("Server Queue", math.nan) / 1000,
+               "server_compute_infer_ms": r.get("Server Compute Infer", math.nan) / 1000}
+        rows.append(row)
+        print(f"{model} c={c}: {row['throughput_infer_s']:.1f} infer/s, "
+              f"p50 {row['p50_latency_ms']:.1f} ms", flush=True)
+    return rows
+
+
+def plot_preprocessing(result: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for key, label in (("dynamic_batching", "dynamic batching"), ("no_batching", "no batching")):
+        rows = result[key]
+        ax.plot([r["concurrency"] for r in rows], [r["throughput_infer_s"] for r in rows],
+                marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency (requests in flight)")
+    ax.set_ylabel("throughput (infer/s)")
+    ax.set_title(f"preprocessing (ONNX tokenizer), perf_analyzer gRPC\n"
+                 f"{result['speedup_at_max']:.1f}x at concurrency {result['max_concurrency']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TempServer:
+    """A tritonserver (the wheel's, set up by scripts/tritonserver_setup.py) on free local ports.
+
+    Used as a context manager; stops the server on exit. The log goes to `<repo>/../server.log`.
+    """
+
+    def __init__(self, repo: Path, models: list[str], ready_timeout: float = 180.0):
+        self.repo, self.models, self.ready_timeout = repo, models, ready_timeout
+        self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = repo.parent / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"localhost:{self.grpc}"
+
+    def __enter__(self) -> "TempServer":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import serve
+
+        cmd, env = serve.server_command(self.repo, self.http, self.grpc, self.metrics)
+        cmd += ["--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models]]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT)
+        import tritonclient.grpc as grpcclient
+        client = grpcclient.InferenceServerClient(self.url)
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if all(client.is_model_ready(m) for m in self.models):
+                    return self
+            except Exception:
+                pass
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"tritonserver did not get {self.models} ready; log "
+                           f"{self.log}:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def build_preprocessing_repo(src_repo: Path, dest: Path, model: str = "preprocessing",
+                             nobatch_name: str = "preprocessing_nobatch") -> tuple[str, str]:
+    """A model repository with `model` as configured and a copy without dynamic batching."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = src_repo / model
+    if not (src / "config.pbtxt").exists():
+        raise RuntimeError(f"{src}/config.pbtxt not found: build the model repository first "
+                           "(`make serve` does)")
+    shutil.copytree(src, dest / model, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(src, dest / nobatch_name, symlinks=True, dirs_exist_ok=True)
+    cfg = dest / nobatch_name / "config.pbtxt"
+    cfg.write_text(strip_dynamic_batching(cfg.read_text(), nobatch_name))
+    return model, nobatch_name
+
+
+def text_input_name(url: str, model: str) -> str:
+    """The name of the model's (first) BYTES input, from the server's model metadata."""
+    import tritonclient.grpc as grpcclient
+    meta = grpcclient.InferenceServerClient(url).get_model_metadata(model, as_json=True)
+    for inp in meta["inputs"]:
+        if inp["datatype"] == "BYTES":
+            return inp["name"]
+    raise RuntimeError(f"{model} has no BYTES input: {meta['inputs']}")
+
+
+def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
+                      interval_ms: int = 2000, attempts: int = 3,
+                      text_scale: float = 0.125) -> dict:
+    """Measures `preprocessing` with its dynamic batching and without.
+
+    Each variant gets its own temporary server (one model loaded). A level whose run fails
+    (the server went away: on a shared machine another job may stop it) is retried on a
+    restarted server, up to `attempts` times.
+    """
+    work = Path(tempfile.mkdtemp(prefix="pa_pre_"))
+    with_b, without_b = build_preprocessing_repo(src_repo, work / "repo")
+    texts = preprocessing_texts(scale=text_scale)
+    lo, hi = load._scaled_range(text_scale)
+    results, name = {}, "text_input"
+    for key, model in (("dynamic_batching", with_b), ("no_batching", without_b)):
+        rows, server = [], None
+        try:
+            for c in concurrencies:
+                for attempt in range(attempts):
+                    try:
+                        if server is None or server.proc.poll() is not None:
+                            server = TempServer(work / "repo", [model]).__enter__()
+                            name = text_input_name(server.url, model)
+                        rows += measure_model(server.url, model, name, texts, (c,), interval_ms,
+                                              work)
+                        break
+                    except RuntimeError as e:
+                        print(f"{model} c={c}: attempt {attempt + 1} failed: "
+                              f"{str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                        if server is not None:
+                            server.__exit__(None, None, None)
+                            server = None
+                        if attempt == attempts - 1:
+                            raise
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+        results[key] = rows
+    top = max(concurrencies)
+    speedup = (results["dynamic_batching"][-1]["throughput_infer_s"]
+               / results["no_batching"][-1]["throughput_infer_s"])
+    return {"model": "preprocessing", "protocol": "grpc", "environment": environment(),
+            "config": (src_repo / with_b / "config.pbtxt").read_text(),
+            "input": f"{name}: 64 texts, nano workload prompts at scale {text_scale} "
+                     f"({lo}-{hi} tokens)", "text_scale": text_scale,
+            "measurement": f"perf_analyzer: 3 time windows of {interval_ms} ms per level, "
+                           "averaged (no stability gate); each variant on its own server",
+            **results, "max_concurrency": top, "speedup_at_max": speedup}
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    keys = list(rows[0])
+    path.write_text(",".join(keys) + "\n" + "".join(
+        ",".join(str(r[k]) for k in keys) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("setup", help="fetch the perf_analyzer binary and print its path")
+    e = sub.add_parser("ensemble", help="the serve workload against ensemble (gRPC streaming)")
+    e.add_argument("--url", default="localhost:8001")
+    e.add_argument("--model", default="ensemble")
+    e.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    e.add_argument("--num-requests", type=int, default=64, help="distinct prompts (default 64)")
+    e.add_argument("--requests-per-level", type=int, help="default: max(8, 2 x concurrency)")
+    e.add_argument("--scale", type=float, default=0.25,
+                   help="nano lengths times this (default 0.25: a CPU-sized run)")
+    e.add_argument("--model-dir", default=str(load.DEFAULT_MODEL_DIR))
+    e.add_argument("--quick", action="store_true",
+                   help="~10 s smoke run: concurrency 2, 8 requests of 8-16 tokens")
+    e.add_argument("--json", help="default docs/benchmarks/perf_analyzer_ensemble.json "
+                                  "(--quick: print only)")
+    pre = sub.add_parser("preprocessing", help="preprocessing with vs without dynamic batching")
+    pre.add_argument("--repo", default=str(ROOT / "model_repository"),
+                     help="model repository holding the built preprocessing model")
+    pre.add_argument("--concurrency", type=int, nargs="+", default=list(PREPROCESS_CONCURRENCY))
+    pre.add_argument("--interval-ms", type=int, default=2000)
+    pre.add_argument("--text-scale", type=float, default=0.125,
+                     help="prompt lengths: nano's [100, 1024] times this (default %(default)s)")
+    pre.add_argument("--out", default=str(BENCH / "perf_analyzer_preprocessing"),
+                     help="output path prefix (.json, .csv, .png)")
+    args = p.parse_args(argv)
+
+    if args.cmd == "setup":
+        binary, env = ensure_perf_analyzer()
+        print(binary)
+        print(f"LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}")
+        return 0
+    if args.cmd == "ensemble":
+        if args.quick:
+            result = quick_ensemble(args.url, args.model, args.model_dir)
+        else:
+            result = run_ensemble(args.url, args.model, tuple(args.concurrency), args.num_requests,
+                                  args.scale, args.model_dir, args.requests_per_level)
+        out = args.json or (None if args.quick else str(BENCH / "perf_analyzer_ensemble.json"))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+            print(f"wrote {out}")
+        return 0 if all(lv["num_errors"] == 0 for lv in result["levels"]) else 1
+    result = run_preprocessing(Path(args.repo), tuple(args.concurrency), args.interval_ms,
+                               text_scale=args.text_scale)
+    prefix = Path(args.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_csv([{"mode": m, **r} for m in ("dynamic_batching", "no_batching") for r in result[m]],
+              prefix.with_suffix(".csv"))
+    plot_preprocessing(result, prefix.with_suffix(".png"))
+    print(f"speedup at concurrency {result['max_concurrency']}: {result['speedup_at_max']:.2f}x; "
+          f"wrote {prefix}.json/.csv/.png")
+    return 0
+
+
+def quick_ensemble(url: str = "localhost:8001", model: str = "ensemble",
+                   model_dir: str | Path = load.DEFAULT_MODEL_DIR) -> dict:
+    """A ~10 s perf_analyzer run against `ensemble` for tests: concurrency 2, 8 short requests.
+
+    Returns the same dict as `run_ensemble`; raises RuntimeError if perf_analyzer fails.
+    """
+    return run_ensemble(url, model, (2,), num_requests=8, scale=1 / 64, model_dir=model_dir,
+                        requests_per_level=8, timeout=120.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
