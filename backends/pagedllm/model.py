@@ -5,7 +5,8 @@ triton_metrics.py, and all engine logic behind EngineLoop. Three threads meet he
 
     Triton's execute()  -> loop.submit(...)                     (returns at once: decoupled)
     engine thread       -> sink: puts each delta on one queue   (never blocks on Triton)
-    sender thread       -> pops deltas, sends responses, polls cancellation, updates metrics
+    sender thread       -> drains the queue, one response per request per drain (deltas that
+                           piled up while it sent are merged), polls cancellation, metrics
 
 Every request gets exactly one response flagged FINAL: its last delta, its error, or the reply
 to a cancel.
@@ -42,7 +43,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from pagedllm.config import EngineConfig  # noqa: E402
 from pagedllm.engine import LLMEngine  # noqa: E402
 from pagedllm.engine_loop import EngineLoop  # noqa: E402
-from pagedllm.outputs import StreamDelta  # noqa: E402
+from pagedllm.outputs import StreamDelta, coalesce  # noqa: E402
 from pagedllm.request_inputs import parse_inputs  # noqa: E402
 from pagedllm.text_ids import TextIds  # noqa: E402
 from pagedllm.triton_metrics import TritonMetrics  # noqa: E402
@@ -143,14 +144,20 @@ class TritonPythonModel:
 
     def _send_loop(self) -> None:
         last_poll = last_stats = time.monotonic()
-        while True:
+        running = True
+        while running:
             try:
-                delta = self._deltas.get(timeout=STATS_EVERY_S)
+                batch = [self._deltas.get(timeout=STATS_EVERY_S)]
             except queue.Empty:
-                delta = False
-            if delta is None:
-                return
-            if delta:
+                batch = []
+            while True:  # drain: when sending lags the engine, coalesce into fewer responses
+                try:
+                    batch.append(self._deltas.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:  # finalize(): send what came before, then stop
+                batch, running = batch[:batch.index(None)], False
+            for delta in coalesce(batch):
                 try:
                     self._send(delta)
                 except Exception:  # one bad send must not stop the others' responses

@@ -54,3 +54,25 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+
+
+def coalesce(deltas: list[StreamDelta]) -> list[StreamDelta]:
+    """One delta per request, in first-seen order: token ids, text and logprobs joined.
+
+    A server that falls behind the engine sends one response per request for everything that
+    piled up, rather than one per step: fewer, larger responses, the same concatenated text.
+    The deltas are merged in place (the first of each request absorbs the later ones).
+    """
+    merged: dict[str, StreamDelta] = {}
+    for d in deltas:
+        m = merged.get(d.request_id)
+        if m is None:
+            merged[d.request_id] = d
+            continue
+        m.token_ids = m.token_ids + d.token_ids
+        m.text += d.text
+        if d.logprobs is not None:
+            m.logprobs = (m.logprobs or []) + d.logprobs
+        m.finished, m.finish_reason, m.error = d.finished, d.finish_reason, d.error
+        m.num_prompt_tokens, m.num_output_tokens = d.num_prompt_tokens, d.num_output_tokens
+    return list(merged.values())
