@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -80,29 +81,42 @@ def build_shape(name: str, out_dir: Path):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
     model.save_pretrained(out_dir, safe_serialization=True)
-    write_tokenizer(out_dir / "tokenizer.json", config.vocab_size)
+    write_tokenizer(out_dir / "tokenizer.json", config.vocab_size,
+                    {config.bos_token_id: "<|begin_of_text|>", config.eos_token_id: "<|end_of_text|>"})
     return model
 
 
-def write_tokenizer(path: Path, vocab_size: int) -> None:
+def write_tokenizer(path: Path, vocab_size: int, special: dict[int, str] | None = None) -> None:
     """A byte-level BPE tokenizer.json with exactly vocab_size tokens (random models emit any id).
 
-    Tokens are the 256 byte characters, then 2- and 3-character strings of them: every id decodes,
-    through the same byte-level path as Llama-3's and Qwen's tokenizers.
+    The default model's tokenizer (a real trained byte-level BPE, GPT-2 pre-tokenization) fills
+    the first ids, so text encodes as with a real tokenizer (and as its ONNX export does); filler
+    tokens "x y" (a space between two non-space byte characters: never a whole pre-token, so
+    never produced by encoding, only by sampling) fill up to vocab_size. `special` puts special
+    tokens at given ids (a BOS/EOS, as real checkpoints have).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from pagedllm.tokenizer import _bytes_to_unicode
 
-    alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for tok in _strings(alphabet):
-        if len(vocab) == vocab_size:
-            break
-        vocab[tok] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(path))
+    special = special or {}
+    data = json.loads((Path(__file__).resolve().parent.parent / "models" / "default"
+                       / "tokenizer.json").read_text())
+    vocab: dict[str, int] = dict(data["model"]["vocab"])
+    taken = set(vocab.values())
+    space = _bytes_to_unicode()[ord(" ")]
+    alphabet = [c for b, c in _bytes_to_unicode().items() if not chr(b).isspace()]
+    fillers = itertools.chain((a + space + b for a in alphabet for b in alphabet),
+                              (a + space + b + c for a in alphabet for b in alphabet for c in alphabet))
+    added = list(data["added_tokens"])
+    for i in range(vocab_size):
+        if i in special:
+            vocab[special[i]] = i
+            added.append({"id": i, "content": special[i], "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True})
+        elif i not in taken:
+            vocab[next(fillers)] = i
+    data["model"]["vocab"] = vocab
+    data["added_tokens"] = added
+    path.write_text(json.dumps(data, ensure_ascii=False))
 
 
 def _strings(alphabet):

@@ -13,7 +13,8 @@ UTF-8 reading of the tokens' bytes joined:
   as U+FFFD) are spelled with the vocabulary's 256 single-byte tokens, which every byte-level
   BPE vocabulary holds.
 
-Either way the concatenated decodes of a request's responses equal its full text.
+Either way the concatenated decodes of a request's responses equal its full text. (One limit of
+the ONNX ops, not of this module: they drop NUL characters, which only random models emit.)
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ class TextIds:
                              "(GPT-2, Llama-3, Qwen2 style); this tokenizer is not one")
         special = set(tokenizer.all_special_ids)
         self._table = table
-        # Ids the detokenizer would not print as their bytes: special tokens are skipped there.
-        self._spelled = special
+        # Ids the detokenizer would not print as their bytes: special tokens are skipped there,
+        # and the ONNX ops read strings as C strings, so a token holding a NUL byte is cut at it.
+        self._spelled = special | {i for i, b in enumerate(table) if b"\x00" in b and len(b) > 1}
         byte_ids: dict[int, int] = {}
         for i, b in enumerate(table):
             if len(b) == 1 and i not in special:

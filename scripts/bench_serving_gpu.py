@@ -1,0 +1,163 @@
+"""Serving benchmark on the GPU machine: the `serve` workload through `ensemble`, vs offline.
+
+The GPU machine has no pip index, and a device call carries at most 64 MiB with the tree, so the
+pieces travel in two calls (the machine keeps ignored files between calls while it is warm):
+
+    here:    python scripts/bench_serving_gpu.py pack        # .gpu/ (server) and .gpu2/ (the rest)
+    call 1:  python scripts/bench_serving_gpu.py unpack      # carry [".gpu"]: tritonserver -> .cache
+    call 2:  python scripts/bench_serving_gpu.py run         # carry [".gpu2"]: wheels, ONNX files
+
+`run` builds the llama-1b shape (random bf16 weights; scripts/bench_gpu.py), fills a model
+repository (the committed configs, the carried ONNX tokenizer models, engine.json on cuda),
+starts tritonserver (the nvidia-pytriton wheel's 2.51) and runs clients/load.py at concurrency 1,
+16, 64 and 256 (the `nano` prompts; fewer requests at low concurrency to fit one call), the last
+also through the offline engine in the client's process for the ratio. Results: $OUT/serving-*.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "backends")]
+
+import tritonserver_setup as setup  # noqa: E402
+
+PACK1, PACK2 = ROOT / ".gpu", ROOT / ".gpu2"
+CLIENT_SITE = setup.CACHE / "client-site"
+WHEELS = ["numpy==1.26.4", "tritonclient==2.73.0", "protobuf==6.33.6", "python-rapidjson",
+          "onnxruntime-extensions==0.15.2"]
+LEVELS = [(1, 8), (16, 64), (64, 256), (256, 256)]  # (concurrency, requests)
+
+
+def pack() -> None:
+    """Builds the two bundles on the development machine (Python 3.12 wheels for the GPU machine)."""
+    import bench_gpu
+    import build_repository
+    import export_tokenizer_onnx
+    import onnx
+    server = setup.ensure_server()
+    PACK1.mkdir(exist_ok=True)
+    with tarfile.open(PACK1 / "tritonserver.tar.xz", "w:xz") as tar:
+        def keep(info: tarfile.TarInfo):
+            stubs = "python_backend_stubs/"
+            if "libpython3-" in info.name or (stubs in info.name and f"{stubs}3.12" not in info.name
+                                              and not info.name.endswith(stubs.rstrip("/"))):
+                return None
+            return info
+        for name in ("pytriton", "nvidia_pytriton.libs"):
+            tar.add(server / name, arcname=name, filter=keep)
+    PACK2.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64",
+                    "--platform", "manylinux2014_x86_64", "-d", str(PACK2), *WHEELS], check=True)
+    tok = PACK2 / "llama1b_tok"
+    tok.mkdir(exist_ok=True)
+    shape = bench_gpu.SHAPES["llama-1b"]
+    bench_gpu.write_tokenizer(tok / "tokenizer.json", shape["vocab_size"],
+                              {shape["bos_token_id"]: "<|begin_of_text|>",
+                               shape["eos_token_id"]: "<|end_of_text|>"})
+    (tok / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    export_tokenizer_onnx.export(tok, tok / "pre.onnx", tok / "post.onnx")
+    onnx.save(build_repository.add_pass_through(onnx.load(str(tok / "post.onnx"))),
+              str(tok / "post.onnx"))
+
+
+def unpack() -> None:
+    shutil.rmtree(setup.SERVER_DIR, ignore_errors=True)
+    setup.SERVER_DIR.mkdir(parents=True)
+    with tarfile.open(PACK1 / "tritonserver.tar.xz") as tar:
+        tar.extractall(setup.SERVER_DIR)
+    print("tritonserver unpacked:", setup.server_binary().exists())
+
+
+def _install(patterns: list[str], target: Path) -> None:
+    wheels = [str(w) for p in patterns for w in PACK2.glob(p)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                    "--target", str(target), *wheels], check=True)
+
+
+def run() -> None:
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    if not setup.server_binary().exists():
+        raise SystemExit("run `unpack` first (call 1, carry .gpu)")
+    shutil.rmtree(setup.STUB_SITE, ignore_errors=True)
+    _install(["numpy-*.whl", "onnxruntime_extensions-*.whl"], setup.STUB_SITE)
+    (setup.STUB_SITE / ".installed").write_text(setup.STUB_NUMPY)
+    _install(["tritonclient-*.whl", "protobuf-*.whl", "python_rapidjson-*.whl"], CLIENT_SITE)
+
+    import torch
+    import bench_gpu
+    work = Path("/tmp/pagedllm-serving")
+    ckpt = work / "llama-1b"
+    shutil.rmtree(work, ignore_errors=True)
+    ckpt.mkdir(parents=True)
+    model = bench_gpu.build_shape("llama-1b", ckpt)
+    del model
+    torch.cuda.empty_cache()
+    shutil.copy(PACK2 / "llama1b_tok" / "tokenizer.json", ckpt / "tokenizer.json")
+
+    repo = work / "model_repository"
+    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("1", "engine.json"))
+    for name, onnx_file in (("preprocessing", "pre.onnx"), ("postprocessing", "post.onnx")):
+        (repo / name / "1").mkdir()
+        shutil.copy(PACK2 / "llama1b_tok" / onnx_file, repo / name / "1" / "model.onnx")
+    for name in ("ensemble", "llm"):
+        (repo / name / "1").mkdir()
+    engine_args = {"model": str(ckpt), "device": "cuda", "dtype": "bfloat16",
+                   "num_kv_blocks": 40000, "max_num_seqs": 256, "max_num_batched_tokens": 2048}
+    (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
+
+    import serve
+    argv, env = serve.server_command(repo, 8000, 8001, 8002)
+    log = out / "tritonserver.log"
+    t0 = time.monotonic()
+    server = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() - t0 > 400:
+                    raise SystemExit(f"server not ready:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        print(f"server ready after {time.monotonic() - t0:.1f} s", flush=True)
+        client_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(CLIENT_SITE), str(ROOT / "backends"), str(ROOT)]))
+        summary = {"device": torch.cuda.get_device_name(), "engine_args": engine_args,
+                   "workload": "serve (nano prompts, text through ensemble, gRPC streaming)",
+                   "server_ready_s": time.monotonic() - t0, "levels": []}
+        for concurrency, num in LEVELS:
+            path = out / f"serving-c{concurrency}.json"
+            cmd = [sys.executable, str(ROOT / "clients" / "load.py"), "--url", "127.0.0.1:8001",
+                   "--concurrency", str(concurrency), "--num-requests", str(num),
+                   "--model-dir", str(ckpt), "--json", str(path), "--no-progress",
+                   "--timeout", "600"]
+            if concurrency == LEVELS[-1][0]:
+                cmd += ["--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json")]
+            t1 = time.monotonic()
+            done = subprocess.run(cmd, env=client_env, capture_output=True, text=True, timeout=400)
+            print(f"--- concurrency {concurrency} ({time.monotonic() - t1:.0f} s)\n"
+                  f"{done.stdout[-2500:]}\n{done.stderr[-1500:]}", flush=True)
+            if path.exists():
+                summary["levels"].append(json.loads(path.read_text()))
+            (out / "serving-gpu.json").write_text(json.dumps(summary, indent=1))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    {"pack": pack, "unpack": unpack, "run": run}[sys.argv[1]]()
