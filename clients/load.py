@@ -253,22 +253,10 @@ def format_summary(label: str, s: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _inputs(prompt: str, max_tokens: int, params: dict):
-    import numpy as np
-    import tritonclient.grpc.aio as grpcclient
-
-    def tensor(name, value, dtype):
-        t = grpcclient.InferInput(name, list(value.shape), dtype)
-        t.set_data_from_numpy(value)
-        return t
-
-    return [
-        tensor("text_input", np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"),
-        tensor("stream", np.array([[True]], dtype=bool), "BOOL"),
-        tensor("sampling_parameters", np.array([[json.dumps(params).encode()]], dtype=object),
-               "BYTES"),
-        tensor("exclude_input_in_output", np.array([[True]], dtype=bool), "BOOL"),
-        tensor("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
-    ]
+    """The ensemble's inputs for one streamed request (clients/generate.py builds them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from generate import build_inputs
+    return build_inputs(prompt, True, max_tokens, params)
 
 
 def _scalar(result, name):
