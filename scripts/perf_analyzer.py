@@ -14,8 +14,10 @@ script installs with apt-get when it runs as root.
 `ensemble` feeds perf_analyzer the `nano` workload's prompts (clients/load.py makes them) as an
 --input-data JSON file and computes output tok/s, TTFT and ITL from its --profile-export-file.
 `preprocessing` measures the model as configured (dynamic batching) and a copy whose config has no
-`dynamic_batching` block, served by a second tritonserver started on free ports from a temporary
-model repository. Results go to docs/benchmarks/perf_analyzer_*.json/.csv/.png.
+`dynamic_batching` block (same instances, same everything else), each served by its own
+tritonserver (started as `make serve` starts it, on free ports, from a temporary model
+repository), alternately at each concurrency, with the same perf_analyzer options and input.
+Results go to docs/benchmarks/perf_analyzer_*.json/.csv/.png.
 """
 from __future__ import annotations
 
@@ -277,21 +279,34 @@ def preprocessing_texts(n: int = 64, scale: float = 0.125,
 
 
 def measure_model(url: str, model: str, input_name: str, texts: list[str],
-                  concurrencies=PREPROCESS_CONCURRENCY, interval_ms: int = 3000,
-                  work: Path | None = None, timeout: float = 600.0) -> list[dict]:
-    """perf_analyzer over gRPC at each concurrency: throughput (infer/s) and latency (ms)."""
+                  concurrencies=PREPROCESS_CONCURRENCY, interval_ms: int = 2000,
+                  work: Path | None = None, timeout: float = 300.0,
+                  pa_threads: int = 1) -> list[dict]:
+    """perf_analyzer over gRPC (--async) at each concurrency: throughput (infer/s), latency (ms)
+    and the server's mean batch size (its inference / execution counts over the run).
+
+    `pa_threads` is perf_analyzer's --max-threads: its worker threads, which keep all
+    `concurrency` requests in flight between them. NOTE: 1 by default: perf_analyzer shares this
+    machine's 2 cores with the server, and its default 4 workers (each with its own gRPC
+    completion-queue thread) cost it about twice the CPU per request (measured: 5.1 vs 3.0 CPU
+    seconds for the same run), taken from the server being measured.
+    """
     work = Path(work or tempfile.mkdtemp(prefix="pa_pre_"))
     data_file = work / f"{model}_input.json"
     data_file.write_text(json.dumps(text_input_data(input_name, texts)))
     rows = []
     for c in concurrencies:
         csv = work / f"{model}_c{c}.csv"
+        before = _model_counts(url, model)
         run_pa(["-m", model, "-u", url, "-i", "grpc", "--async", "--input-data", str(data_file),
                 "--concurrency-range", f"{c}:{c}", "-p", str(interval_ms),
+                "--max-threads", str(pa_threads),
                 # NOTE: 3 windows, averaged, no stability gate: on the shared 2-core machine
                 # perf_analyzer's default 10 % gate rarely passes and then fails the run.
                 "--max-trials", "3", "-s", "999", "-f", str(csv)], timeout)
+        after = _model_counts(url, model)
         r = read_csv(csv)[0]
+        executions = after[1] - before[1]
         row = {"concurrency": c, "throughput_infer_s": r["Inferences/Second"],
                "p50_latency_ms": r.get("p50 latency", math.nan) / 1000,
                "p99_latency_ms": r.get("p99 latency", math.nan) / 1000,
@@ -301,11 +316,21 @@ def measure_model(url: str, model: str, input_name: str, texts: list[str],
                                   + r.get("Server Compute Output", 0)
                                   + r.get("Client Recv", 0)) / 1000,
                "server_queue_ms": r.get("Server Queue", math.nan) / 1000,
-               "server_compute_infer_ms": r.get("Server Compute Infer", math.nan) / 1000}
+               "server_compute_infer_ms": r.get("Server Compute Infer", math.nan) / 1000,
+               "mean_batch": round((after[0] - before[0]) / executions, 2) if executions
+               else math.nan}
         rows.append(row)
         print(f"{model} c={c}: {row['throughput_infer_s']:.1f} infer/s, "
-              f"p50 {row['p50_latency_ms']:.1f} ms", flush=True)
+              f"p50 {row['p50_latency_ms']:.1f} ms, mean batch {row['mean_batch']}", flush=True)
     return rows
+
+
+def _model_counts(url: str, model: str) -> tuple[int, int]:
+    """The model's (inference count, execution count) from the server's statistics."""
+    import tritonclient.grpc as grpcclient
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(model, as_json=True)
+    s = stats["model_stats"][0]
+    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
 def plot_preprocessing(result: dict, png: Path) -> None:
@@ -321,8 +346,12 @@ def plot_preprocessing(result: dict, png: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("throughput (infer/s)")
-    ax.set_title(f"preprocessing (ONNX tokenizer), perf_analyzer gRPC\n"
-                 f"{result['speedup_at_max']:.1f}x at concurrency {result['max_concurrency']}")
+    lo, hi = load._scaled_range(result.get("text_scale", 0.125))
+    ax.set_title(f"preprocessing (ONNX tokenizer), perf_analyzer gRPC, prompts of {lo}-{hi} "
+                 f"tokens\n{result['speedup_at_max']:.1f}x at concurrency "
+                 f"{result['max_concurrency']} (paired runs: "
+                 f"{', '.join(map(str, result.get('paired_speedups_at_max', [])))})",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -340,14 +369,16 @@ def _free_port() -> int:
 class TempServer:
     """A tritonserver (the wheel's, set up by scripts/tritonserver_setup.py) on free local ports.
 
-    Used as a context manager; stops the server on exit. The log goes to `<repo>/../server.log`.
+    Used as a context manager; stops the server on exit. Started as `make serve` starts it
+    (scripts/serve.py's server_command), loading only `models`. The log goes to
+    `<repo>/../server_<first model>.log`.
     """
 
     def __init__(self, repo: Path, models: list[str], ready_timeout: float = 180.0):
         self.repo, self.models, self.ready_timeout = repo, models, ready_timeout
         self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
         self.proc: subprocess.Popen | None = None
-        self.log = repo.parent / "server.log"
+        self.log = repo.parent / f"server_{models[0]}.log"
 
     @property
     def url(self) -> str:
@@ -412,53 +443,79 @@ def text_input_name(url: str, model: str) -> str:
 
 
 def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
-                      interval_ms: int = 2000, attempts: int = 3,
-                      text_scale: float = 0.125) -> dict:
-    """Measures `preprocessing` with its dynamic batching and without.
+                      interval_ms: int = 2000, repeats: int = 3, text_scale: float = 0.125,
+                      pa_threads: int = 1, attempts: int = 3) -> dict:
+    """Measures `preprocessing` with its dynamic batching and without, interleaved.
 
-    Each variant gets its own temporary server (one model loaded). A level whose run fails
-    (the server went away: on a shared machine another job may stop it) is retried on a
-    restarted server, up to `attempts` times.
+    Each variant has its own temporary server (one model loaded); both stay up, and at each
+    concurrency the two are measured alternately, `repeats` times, so that both see the same
+    machine (its speed drifts). A level reports the run of median throughput; the speedup is
+    the ratio of the medians at the top concurrency, and each repeat's paired ratio is kept.
+    A run whose server went away is retried on a restarted server, up to `attempts` times.
+    NOTE: tritonserver 2.51's gRPC front end was seen to crash (SIGSEGV in request release)
+    under this load a few times in ~100 runs.
     """
     work = Path(tempfile.mkdtemp(prefix="pa_pre_"))
     with_b, without_b = build_preprocessing_repo(src_repo, work / "repo")
+    variants = (("dynamic_batching", with_b), ("no_batching", without_b))
     texts = preprocessing_texts(scale=text_scale)
     lo, hi = load._scaled_range(text_scale)
-    results, name = {}, "text_input"
-    for key, model in (("dynamic_batching", with_b), ("no_batching", without_b)):
-        rows, server = [], None
-        try:
-            for c in concurrencies:
-                for attempt in range(attempts):
-                    try:
-                        if server is None or server.proc.poll() is not None:
-                            server = TempServer(work / "repo", [model]).__enter__()
-                            name = text_input_name(server.url, model)
-                        rows += measure_model(server.url, model, name, texts, (c,), interval_ms,
-                                              work)
-                        break
-                    except RuntimeError as e:
-                        print(f"{model} c={c}: attempt {attempt + 1} failed: "
-                              f"{str(e).strip().splitlines()[-1]}", file=sys.stderr)
-                        if server is not None:
-                            server.__exit__(None, None, None)
-                            server = None
-                        if attempt == attempts - 1:
-                            raise
-        finally:
-            if server is not None:
-                server.__exit__(None, None, None)
-        results[key] = rows
+    servers: dict[str, TempServer] = {}
+    runs = {key: {c: [] for c in concurrencies} for key, _ in variants}
+    name = "text_input"
+
+    def measure(model: str, c: int) -> dict:
+        nonlocal name
+        for attempt in range(attempts):
+            try:
+                server = servers.get(model)
+                if server is None or server.proc.poll() is not None:
+                    if server is not None:
+                        server.__exit__(None, None, None)
+                    server = servers[model] = TempServer(work / "repo", [model]).__enter__()
+                    name = text_input_name(server.url, model)
+                return measure_model(server.url, model, name, texts, (c,), interval_ms, work,
+                                     pa_threads=pa_threads)[0]
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                print(f"{model} c={c}: attempt {attempt + 1} failed: "
+                      f"{str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                if servers.get(model) is not None:
+                    servers.pop(model).__exit__(None, None, None)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    try:
+        for c in concurrencies:
+            for _ in range(repeats):
+                for key, model in variants:
+                    runs[key][c].append(measure(model, c))
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
+    results = {}
+    for key, _ in variants:
+        results[key] = []
+        for c in concurrencies:
+            ordered = sorted(runs[key][c], key=lambda r: r["throughput_infer_s"])
+            row = dict(ordered[(len(ordered) - 1) // 2])
+            row["repeats_infer_s"] = [r["throughput_infer_s"] for r in runs[key][c]]
+            results[key].append(row)
     top = max(concurrencies)
     speedup = (results["dynamic_batching"][-1]["throughput_infer_s"]
                / results["no_batching"][-1]["throughput_infer_s"])
+    paired = [round(b["throughput_infer_s"] / n["throughput_infer_s"], 2) for b, n in
+              zip(runs["dynamic_batching"][top], runs["no_batching"][top])]
     return {"model": "preprocessing", "protocol": "grpc", "environment": environment(),
             "config": (src_repo / with_b / "config.pbtxt").read_text(),
             "input": f"{name}: 64 texts, nano workload prompts at scale {text_scale} "
                      f"({lo}-{hi} tokens)", "text_scale": text_scale,
-            "measurement": f"perf_analyzer: 3 time windows of {interval_ms} ms per level, "
-                           "averaged (no stability gate); each variant on its own server",
-            **results, "max_concurrency": top, "speedup_at_max": speedup}
+            "measurement": f"perf_analyzer --async --max-threads {pa_threads}: 3 time windows "
+                           f"of {interval_ms} ms per run, averaged (no stability gate); "
+                           f"{repeats} runs per level, the two variants alternating (each on "
+                           "its own server); a level shows its median run",
+            **results, "max_concurrency": top, "speedup_at_max": speedup,
+            "paired_speedups_at_max": paired}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -495,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="model repository holding the built preprocessing model")
     pre.add_argument("--concurrency", type=int, nargs="+", default=list(PREPROCESS_CONCURRENCY))
     pre.add_argument("--interval-ms", type=int, default=2000)
+    pre.add_argument("--repeats", type=int, default=3,
+                     help="runs per level and variant, alternating (default %(default)s)")
+    pre.add_argument("--pa-threads", type=int, default=1,
+                     help="perf_analyzer --max-threads (default %(default)s)")
     pre.add_argument("--text-scale", type=float, default=0.125,
                      help="prompt lengths: nano's [100, 1024] times this (default %(default)s)")
     pre.add_argument("--out", default=str(BENCH / "perf_analyzer_preprocessing"),
@@ -519,15 +580,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
         return 0 if all(lv["num_errors"] == 0 for lv in result["levels"]) else 1
     result = run_preprocessing(Path(args.repo), tuple(args.concurrency), args.interval_ms,
-                               text_scale=args.text_scale)
+                               args.repeats, args.text_scale, args.pa_threads)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv([{"mode": m, **r} for m in ("dynamic_batching", "no_batching") for r in result[m]],
+    write_csv([{"mode": m, **{k: v for k, v in r.items() if k != "repeats_infer_s"},
+                "repeats_infer_s": " ".join(map(str, r["repeats_infer_s"]))}
+               for m in ("dynamic_batching", "no_batching") for r in result[m]],
               prefix.with_suffix(".csv"))
     plot_preprocessing(result, prefix.with_suffix(".png"))
-    print(f"speedup at concurrency {result['max_concurrency']}: {result['speedup_at_max']:.2f}x; "
-          f"wrote {prefix}.json/.csv/.png")
+    print(f"speedup at concurrency {result['max_concurrency']}: {result['speedup_at_max']:.2f}x "
+          f"(paired runs: {result['paired_speedups_at_max']}); wrote {prefix}.json/.csv/.png")
     return 0
 
 

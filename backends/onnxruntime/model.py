@@ -32,9 +32,16 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 def _to_str(array: np.ndarray) -> np.ndarray:
-    """A BYTES tensor (object array of bytes) as the object array of str ONNX Runtime takes."""
-    return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in array.flat],
-                    dtype=object).reshape(array.shape)
+    """A BYTES tensor (object array of bytes) as the object array of str ONNX Runtime takes.
+
+    (ONNX Runtime would str() a bytes item: "b'...'". A fixed-width numpy bytes array it reads
+    as C strings, past an item that fills its width: no shortcut there.) Raises
+    UnicodeDecodeError for an item that is not UTF-8.
+    """
+    items = array.ravel().tolist()
+    out = np.empty(len(items), dtype=object)
+    out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in items]
+    return out.reshape(array.shape)
 
 
 def _to_bytes(array: np.ndarray) -> np.ndarray:
@@ -66,8 +73,11 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.inputs = [(i["name"], i["data_type"]) for i in config.get("input", [])]
-        self.outputs = [(o["name"], o["data_type"]) for o in config.get("output", [])]
+        self.inputs = [(i["name"], i["data_type"] == "TYPE_STRING")
+                       for i in config.get("input", [])]
+        self.outputs = [(o["name"], o["data_type"] == "TYPE_STRING")
+                        for o in config.get("output", [])]
+        self.output_names = [name for name, _ in self.outputs]
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], str(args["model_version"]), filename)
         options = ort.SessionOptions()
@@ -77,34 +87,47 @@ class TritonPythonModel:
             options.intra_op_num_threads = int(threads["string_value"])
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         pb_utils.Logger.log_info(f"onnxruntime backend: loaded {path} (ONNX Runtime "
-                                 f"{ort.__version__})")
+                                 f"{ort.__version__}, intra_op_num_threads "
+                                 f"{options.intra_op_num_threads or 'default'})")
 
     def _read(self, request) -> dict[str, np.ndarray]:
+        """The request's inputs as Triton gives them (BYTES: object arrays of bytes)."""
         feeds = {}
-        for name, data_type in self.inputs:
+        for name, _ in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
-            array = tensor.as_numpy()
-            feeds[name] = _to_str(array) if data_type == "TYPE_STRING" else array
+            feeds[name] = tensor.as_numpy()
         return feeds
+
+    def _merge(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The inputs of requests that share their non-batch shapes, as one batch."""
+        merged = {}
+        for name, is_string in self.inputs:
+            array = feeds[0][name] if len(feeds) == 1 else np.concatenate([f[name] for f in feeds])
+            merged[name] = _to_str(array) if is_string else array
+        return merged
+
+    def _split(self, results: list[np.ndarray], feeds: list[dict]) -> list[list]:
+        """The outputs of one run, per request (views: no copy)."""
+        per_request = [[] for _ in feeds]
+        if self.batched and len(feeds) > 1:
+            first, bounds, end = self.inputs[0][0], [], 0
+            for f in feeds:
+                bounds.append((end, end + len(f[first])))
+                end = bounds[-1][1]
+        else:
+            bounds = [(None, None)]
+        for (name, is_string), result in zip(self.outputs, results):
+            if is_string:
+                result = _to_bytes(result)
+            for tensors, (lo, hi) in zip(per_request, bounds):
+                tensors.append(pb_utils.Tensor(name, result if lo is None else result[lo:hi]))
+        return per_request
 
     def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[list]:
         """One session.run for requests whose inputs share their non-batch shapes."""
-        if len(feeds) == 1:
-            merged = feeds[0]
-        else:
-            merged = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-        results = self.session.run([name for name, _ in self.outputs], merged)
-        splits = np.cumsum([len(next(iter(f.values()))) for f in feeds])[:-1]
-        per_request = [[] for _ in feeds]
-        for (name, data_type), result in zip(self.outputs, results):
-            if data_type == "TYPE_STRING":
-                result = _to_bytes(result)
-            parts = np.split(result, splits) if self.batched else [result]
-            for tensors, part in zip(per_request, parts):
-                tensors.append(pb_utils.Tensor(name, part))
-        return per_request
+        return self._split(self.session.run(self.output_names, self._merge(feeds)), feeds)
 
     def execute(self, requests: list) -> list:
         responses = [None] * len(requests)
@@ -117,7 +140,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
                 continue
             # NOTE: without a batch dimension (max_batch_size 0) every request runs alone.
-            key = tuple((k, v.shape[1:]) for k, v in feeds[i].items()) if self.batched else (i,)
+            key = tuple(v.shape[1:] for v in feeds[i].values()) if self.batched else (i,)
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             self._respond(members, feeds, responses)
