@@ -91,3 +91,23 @@ def test_shutdown_finishes_live_requests(tiny_checkpoints):
     deltas = list(stream)
     assert deltas[-1].finished and deltas[-1].error
     assert engine.kv_cache.num_free_blocks == 64
+
+
+def test_engine_built_on_the_loop_thread(tiny_checkpoints):
+    """A factory builds the engine on the loop's thread; its error reaches start()'s caller."""
+    built_on = []
+
+    def build():
+        built_on.append(threading.current_thread().name)
+        return LLMEngine(EngineConfig(model=tiny_checkpoints["llama"], num_kv_blocks=64))
+
+    loop = EngineLoop(build).start()
+    try:
+        assert built_on == ["pagedllm-engine"] and loop.engine is not None
+        deltas = list(loop.submit("a", [5, 6, 7], SamplingParams(max_tokens=3, ignore_eos=True)))
+        assert sum(len(d.token_ids) for d in deltas) == 3 and deltas[-1].finished
+    finally:
+        loop.shutdown()
+    with pytest.raises(ValueError, match="block_size"):
+        EngineLoop(lambda: LLMEngine(EngineConfig(model=tiny_checkpoints["llama"],
+                                                  block_size=0))).start()

@@ -25,6 +25,8 @@ class EngineConfig:
         gpu_memory_utilization: share of GPU memory the engine may use (weights + activations + KV).
         cpu_kv_cache_gib: KV-cache size on CPU when num_kv_blocks is None.
         seed: seed of the shared sampling generator (requests without their own seed).
+        cpu_threads: torch intra-op threads on CPU (set on the engine's thread); None keeps torch's
+            default, one per core. A server on a small machine leaves cores to Triton with 1.
         enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs for decode
             steps (vLLM's name). Graphs take a second or two to capture and a little memory.
     """
@@ -42,6 +44,7 @@ class EngineConfig:
     cpu_kv_cache_gib: float = 1.0
     seed: int = 0
     enforce_eager: bool = False
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -66,6 +69,8 @@ class EngineConfig:
             raise ValueError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.cpu_threads is not None:
+            _positive_int("cpu_threads", self.cpu_threads)
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
 

@@ -81,9 +81,11 @@ class TritonPythonModel:
         if engine_args.get("device", "auto") == "auto":
             import torch
             engine_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        engine = LLMEngine(EngineConfig(**engine_args))
-        self.text_ids = {skip: TextIds(engine.tokenizer, skip) for skip in (True, False)}
-        self.loop = EngineLoop(engine).start()
+        config = EngineConfig(**engine_args)
+        # Built on the loop's thread: torch's CPU thread pools are per thread (see EngineLoop).
+        self.loop = EngineLoop(lambda: LLMEngine(config)).start()
+        tokenizer = self.loop.engine.tokenizer
+        self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
                                       "version": args["model_version"]})
         self._ids = itertools.count()

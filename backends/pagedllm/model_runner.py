@@ -32,6 +32,8 @@ class ModelRunner:
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
+        if self.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
         self.dtype = _TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
         self.model = load_model(config.model, model_config, self.dtype, self.device)
