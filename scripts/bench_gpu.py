@@ -95,15 +95,16 @@ def write_tokenizer(path: Path, vocab_size: int, special: dict[int, str] | None 
     never produced by encoding, only by sampling) fill up to vocab_size. `special` puts special
     tokens at given ids (a BOS/EOS, as real checkpoints have).
     """
-    from pagedllm.tokenizer import _bytes_to_unicode
+    from pagedllm.byte_tokens import bytes_to_unicode
 
     special = special or {}
     data = json.loads((Path(__file__).resolve().parent.parent / "models" / "default"
                        / "tokenizer.json").read_text())
     vocab: dict[str, int] = dict(data["model"]["vocab"])
     taken = set(vocab.values())
-    space = _bytes_to_unicode()[ord(" ")]
-    alphabet = [c for b, c in _bytes_to_unicode().items() if not chr(b).isspace()]
+    space = bytes_to_unicode()[ord(" ")]
+    # By code point: printable bytes first, then the others (GPT-2's order).
+    alphabet = sorted(c for b, c in bytes_to_unicode().items() if not chr(b).isspace())
     fillers = itertools.chain((a + space + b for a in alphabet for b in alphabet),
                               (a + space + b + c for a in alphabet for b in alphabet for c in alphabet))
     added = list(data["added_tokens"])

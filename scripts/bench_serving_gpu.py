@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,19 +116,10 @@ def run() -> None:
     (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
 
     import serve
-    argv, env = serve.server_command(repo, 8000, 8001, 8002)
     log = out / "tritonserver.log"
     t0 = time.monotonic()
-    server = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = serve.launch(repo, 8000, 8001, 8002, log, timeout=400)
     try:
-        while True:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() - t0 > 400:
-                    raise SystemExit(f"server not ready:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
         print(f"server ready after {time.monotonic() - t0:.1f} s", flush=True)
         client_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(CLIENT_SITE), str(ROOT / "backends"), str(ROOT)]))
@@ -152,11 +142,7 @@ def run() -> None:
                 summary["levels"].append(json.loads(path.read_text()))
             (out / "serving-gpu.json").write_text(json.dumps(summary, indent=1))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        serve.stop(server)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients"))
 import load  # noqa: E402  (clients/load.py: workloads and percentiles)
 
+sys.path.insert(0, str(ROOT / "scripts"))
+import serve  # noqa: E402  (scripts/serve.py: the server `make serve` runs)
+
 CACHE = ROOT / ".cache" / "perf_analyzer"
 WHEELS = ROOT / ".cache" / "wheels"
 BENCH = ROOT / "docs" / "benchmarks"
@@ -359,13 +362,6 @@ def plot_preprocessing(result: dict, png: Path) -> None:
     plt.close(fig)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TempServer:
     """A tritonserver (the wheel's, set up by scripts/tritonserver_setup.py) on free local ports.
 
@@ -376,7 +372,7 @@ class TempServer:
 
     def __init__(self, repo: Path, models: list[str], ready_timeout: float = 180.0):
         self.repo, self.models, self.ready_timeout = repo, models, ready_timeout
-        self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
+        self.http, self.grpc, self.metrics = serve.free_port(), serve.free_port(), serve.free_port()
         self.proc: subprocess.Popen | None = None
         self.log = repo.parent / f"server_{models[0]}.log"
 
@@ -385,36 +381,16 @@ class TempServer:
         return f"localhost:{self.grpc}"
 
     def __enter__(self) -> "TempServer":
-        sys.path.insert(0, str(ROOT / "scripts"))
-        import serve
-
-        cmd, env = serve.server_command(self.repo, self.http, self.grpc, self.metrics)
-        cmd += ["--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models]]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, "w"),
-                                     stderr=subprocess.STDOUT)
-        import tritonclient.grpc as grpcclient
-        client = grpcclient.InferenceServerClient(self.url)
-        deadline = time.time() + self.ready_timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if all(client.is_model_ready(m) for m in self.models):
-                    return self
-            except Exception:
-                pass
-            time.sleep(0.5)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"tritonserver did not get {self.models} ready; log "
-                           f"{self.log}:\n{self.log.read_text()[-3000:]}")
+        # Explicit model control: the server is ready once exactly these models are.
+        self.proc = serve.launch(self.repo, self.http, self.grpc, self.metrics, self.log,
+                                 ["--model-control-mode=explicit",
+                                  *[f"--load-model={m}" for m in self.models]],
+                                 timeout=self.ready_timeout)
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc:
+            serve.stop(self.proc)
 
 
 def build_preprocessing_repo(src_repo: Path, dest: Path, model: str = "preprocessing",

@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +37,47 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-timeout-secs=3", f"--log-verbose={log_verbose}"]
     return argv, setup.server_env()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(repo: Path, http_port: int, grpc_port: int, metrics_port: int, log: Path,
+           extra_args: list[str] = (), timeout: float = 180.0) -> subprocess.Popen:
+    """Starts tritonserver in the background (output to `log`); returns once it is ready.
+
+    Raises:
+        RuntimeError: it exited or was not ready within `timeout` s (the log's tail says why).
+    """
+    argv, env = server_command(repo, http_port, grpc_port, metrics_port)
+    process = subprocess.Popen([*argv, *extra_args], env=env, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready",
+                                        timeout=1) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"tritonserver did not become ready; log {log}:\n"
+                               f"{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import queue
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +24,6 @@ import serve  # noqa: E402
 DEFAULT_MODEL = ROOT / "models" / "default"
 # Small enough that one long request shows in kv_cache_usage_perc; max_model_len bounds prompts.
 ENGINE_ARGS = {"device": "cpu", "num_kv_blocks": 512, "max_model_len": 1024}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -62,11 +54,7 @@ class Server:
         raise KeyError(name)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        serve.stop(self.process, timeout=20)
 
 
 def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0) -> Server:
@@ -74,17 +62,9 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
     shutil.copytree(ROOT / "model_repository", repo,
                     ignore=shutil.ignore_patterns("1", "engine.json"))
     build_repository.build(DEFAULT_MODEL, repo, {**ENGINE_ARGS, **(engine_args or {})})
-    ports = free_port(), free_port(), free_port()
-    argv, env = serve.server_command(repo, *ports)
+    ports = serve.free_port(), serve.free_port(), serve.free_port()
     log = workdir / "tritonserver.log"
-    process = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    server = Server(process, *ports, log)
-    deadline = time.monotonic() + timeout
-    while not server.ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"tritonserver did not become ready; log:\n{log.read_text()[-4000:]}")
-        time.sleep(0.25)
+    server = Server(serve.launch(repo, *ports, log, timeout=timeout), *ports, log)
     return server
 
 

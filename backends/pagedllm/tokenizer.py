@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import tokenizers
 
+from pagedllm.byte_tokens import bytes_to_unicode
+
 
 class Tokenizer:
     """Encodes text to token ids and decodes ids back, as the checkpoint's tokenizer.json says.
@@ -77,7 +79,7 @@ class Tokenizer:
                 and isinstance(self._tok.model, tokenizers.models.BPE)
                 and not self._tok.model.byte_fallback):
             return None
-        char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
         table = [b""] * self.vocab_size
         special = set(self.all_special_ids)
         for token, i in self._tok.get_vocab(with_added_tokens=True).items():
@@ -92,17 +94,3 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         """Id of a token string (e.g. "<|endoftext|>"), or None when the vocabulary lacks it."""
         return self._tok.token_to_id(token)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character (byte-level BPE's alphabet)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-                 + list(range(ord("\xae"), ord("\xff") + 1)))
-    chars = list(printable)
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
