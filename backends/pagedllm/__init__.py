@@ -12,6 +12,7 @@ _EXPORTS = {
     "LLMEngine": "pagedllm.engine",
     "EngineConfig": "pagedllm.config",
     "EngineLoop": "pagedllm.engine_loop",
+    "EngineProcess": "pagedllm.engine_process",
     "SamplingParams": "pagedllm.sampling_params",
     "RequestOutput": "pagedllm.outputs",
     "CompletionOutput": "pagedllm.outputs",

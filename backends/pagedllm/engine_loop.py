@@ -77,7 +77,8 @@ class _Stop:
 class EngineLoop:
     """Runs `engine.step()` on its own thread while requests come and go."""
 
-    def __init__(self, engine: LLMEngine | Callable[[], LLMEngine]) -> None:
+    def __init__(self, engine: LLMEngine | Callable[[], LLMEngine],
+                 after_turn: Callable[[], None] | None = None) -> None:
         """
         Args:
             engine: an engine, or a function that builds one; the loop then builds it on its own
@@ -85,8 +86,12 @@ class EngineLoop:
                 keeps CPU thread pools per thread, and an engine built on one thread and stepped
                 on another ran at half speed on CPU here (a second OpenMP team competing for the
                 cores: 253 vs 537 tok/s on 2 cores).
+            after_turn: called on the loop thread after each turn (commands applied, a step
+                run, stats updated), and once more after the shutdown's aborts; EngineProcess
+                sends each step's deltas in one message from here.
         """
         self._factory = engine if callable(engine) else None
+        self._after_turn = after_turn
         self.engine: LLMEngine | None = None if callable(engine) else engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, Sink] = {}
@@ -158,7 +163,7 @@ class EngineLoop:
             while command is not None:
                 if isinstance(command, _Stop):
                     self._abort_all("server shutting down")
-                    self._update_stats()
+                    self._end_turn()
                     command.done.set()
                     return
                 self._apply(command)
@@ -168,7 +173,7 @@ class EngineLoop:
                     command = None
             if self.engine.has_unfinished_requests():
                 self._step()
-            self._update_stats()
+            self._end_turn()
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
@@ -177,12 +182,12 @@ class EngineLoop:
                 self._emit(delta)
             return
         if command.request_id in self._sinks:
-            command.sink(_error(command.request_id, f"request_id {command.request_id!r} is already in use"))
+            command.sink(error_delta(command.request_id, f"request_id {command.request_id!r} is already in use"))
             return
         try:
             self.engine.add_request(command.request_id, command.prompt, command.params)
         except (ValueError, TypeError) as e:
-            command.sink(_error(command.request_id, str(e)))
+            command.sink(error_delta(command.request_id, str(e)))
             return
         self._sinks[command.request_id] = command.sink
 
@@ -211,9 +216,14 @@ class EngineLoop:
         for request_id in list(self._sinks):
             delta = self.engine.abort_request(request_id)
             if delta is None:
-                delta = _error(request_id, reason)
+                delta = error_delta(request_id, reason)
             delta.error = reason
             self._emit(delta)
+
+    def _end_turn(self) -> None:
+        self._update_stats()
+        if self._after_turn is not None:
+            self._after_turn()
 
     def _update_stats(self) -> None:
         e = self.engine
@@ -228,5 +238,6 @@ class EngineLoop:
             s.num_steps = e.scheduler.stats.num_steps
 
 
-def _error(request_id: str, message: str) -> StreamDelta:
+def error_delta(request_id: str, message: str) -> StreamDelta:
+    """The finished delta that tells a request it failed (or was refused) and why."""
     return StreamDelta(request_id=request_id, finished=True, finish_reason="abort", error=message)

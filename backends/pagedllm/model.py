@@ -1,10 +1,12 @@
 """Triton entry of the `llm` model (a Python-based backend): requests in, engine deltas out.
 
 Thin on purpose: parsing lives in request_inputs.py, ids-for-text in text_ids.py, metrics in
-triton_metrics.py, and all engine logic behind EngineLoop. Three threads meet here:
+triton_metrics.py, and all engine logic behind EngineLoop, which runs in a child process
+(EngineProcess; engine.json `"engine_process": false` keeps it on a thread here). Three
+threads meet here:
 
     Triton's execute()  -> loop.submit(...)                     (returns at once: decoupled)
-    engine thread       -> sink: puts each delta on one queue   (never blocks on Triton)
+    engine              -> sink: puts each delta on one queue   (never blocks on Triton)
     sender thread       -> drains the queue, one response per request per drain (deltas that
                            piled up while it sent are merged), polls cancellation, metrics
 
@@ -43,9 +45,11 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from pagedllm.config import EngineConfig  # noqa: E402
 from pagedllm.engine import LLMEngine  # noqa: E402
 from pagedllm.engine_loop import EngineLoop  # noqa: E402
+from pagedllm.engine_process import EngineProcess  # noqa: E402
 from pagedllm.outputs import StreamDelta, coalesce  # noqa: E402
 from pagedllm.request_inputs import parse_inputs  # noqa: E402
 from pagedllm.text_ids import TextIds  # noqa: E402
+from pagedllm.tokenizer import Tokenizer  # noqa: E402
 from pagedllm.triton_metrics import TritonMetrics  # noqa: E402
 
 logger = logging.getLogger("pagedllm.triton")
@@ -81,10 +85,13 @@ class TritonPythonModel:
         if engine_args.get("device", "auto") == "auto":
             import torch
             engine_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        in_process = engine_args.pop("engine_process", True) is False
         config = EngineConfig(**engine_args)
-        # Built on the loop's thread: torch's CPU thread pools are per thread (see EngineLoop).
-        self.loop = EngineLoop(lambda: LLMEngine(config)).start()
-        tokenizer = self.loop.engine.tokenizer
+        if in_process:  # built on the loop's thread: torch's CPU pools are per thread
+            self.loop = EngineLoop(lambda: LLMEngine(config)).start()
+        else:  # its own process: this one's GIL is busy sending responses (see EngineProcess)
+            self.loop = EngineProcess(config).start()
+        tokenizer = Tokenizer.from_dir(config.model)
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
                                       "version": args["model_version"]})

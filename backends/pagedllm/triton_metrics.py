@@ -46,12 +46,20 @@ class TritonMetrics:
                           "num_prompt_tokens": f[4].Metric(labels=labels),
                           "num_generation_tokens": f[5].Metric(labels=labels)}
         self._counted = dict.fromkeys(self._counters, 0)
+        self._last: LoopStats | None = None
         self.ttft = f[6].Metric(labels=labels, buckets=_TTFT_BUCKETS)
         self.itl = f[7].Metric(labels=labels, buckets=_ITL_BUCKETS)
         self.e2e = f[8].Metric(labels=labels, buckets=_E2E_BUCKETS)
 
     def update(self, stats: LoopStats) -> None:
-        """Sets the gauges and moves the counters up to the engine's totals."""
+        """Sets the gauges and moves the counters up to the engine's totals.
+
+        Skipped when nothing changed: each set is a round trip to the server, and an idle
+        server polling 20 times a second took 6 % of a core from a benchmark beside it.
+        """
+        if stats == self._last:
+            return
+        self._last = stats
         self.kv_cache_usage.set(stats.kv_cache_usage)
         self.running.set(stats.num_running)
         self.waiting.set(stats.num_waiting)
