@@ -6,6 +6,11 @@ pieces travel in two calls (the machine keeps ignored files between calls while 
     here:    python scripts/bench_serving_gpu.py pack        # .gpu/ (server) and .gpu2/ (the rest)
     call 1:  python scripts/bench_serving_gpu.py unpack      # carry [".gpu"]: tritonserver -> .cache
     call 2:  python scripts/bench_serving_gpu.py run         # carry [".gpu2"]: wheels, ONNX files
+    call 3:  python scripts/bench_serving_gpu.py preprocessing   # the same machine, warm
+
+`preprocessing` runs scripts/perf_analyzer.py's preprocessing comparison (dynamic batching vs
+none, the default model's tokenizer, perf_analyzer 2.51 over gRPC) on the GPU machine's CPU
+cores, where the load generator does not share two cores with the server.
 
 `run` builds the llama-1b shape (random bf16 weights; scripts/bench_gpu.py), fills a model
 repository (the committed configs, the carried ONNX tokenizer models, engine.json on cuda),
@@ -53,6 +58,12 @@ def pack() -> None:
             return info
         for name in ("pytriton", "nvidia_pytriton.libs"):
             tar.add(server / name, arcname=name, filter=keep)
+    import perf_analyzer
+    perf_analyzer.ensure_perf_analyzer()
+    with tarfile.open(PACK1 / "perf_analyzer.tar.xz", "w:xz") as tar:
+        tar.add(perf_analyzer.CACHE / "bin", arcname="bin")
+        tar.add(perf_analyzer.CACHE / "lib" / "libcudart.so.12", arcname="lib/libcudart.so.12")
+        tar.add(Path("/usr/lib/x86_64-linux-gnu/libb64.so.0d"), arcname="lib/libb64.so.0d")
     PACK2.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64",
@@ -67,6 +78,8 @@ def pack() -> None:
     export_tokenizer_onnx.export(tok, tok / "pre.onnx", tok / "post.onnx")
     onnx.save(build_repository.add_pass_through(onnx.load(str(tok / "post.onnx"))),
               str(tok / "post.onnx"))
+    shutil.copy(ROOT / "model_repository" / "preprocessing" / "1" / "model.onnx",
+                PACK2 / "default_pre.onnx")  # built by `make serve` here
 
 
 def unpack() -> None:
@@ -75,6 +88,10 @@ def unpack() -> None:
     with tarfile.open(PACK1 / "tritonserver.tar.xz") as tar:
         tar.extractall(setup.SERVER_DIR)
     print("tritonserver unpacked:", setup.server_binary().exists())
+    import perf_analyzer
+    with tarfile.open(PACK1 / "perf_analyzer.tar.xz") as tar:
+        tar.extractall(perf_analyzer.CACHE)
+    print("perf_analyzer unpacked:", (perf_analyzer.CACHE / "bin" / "perf_analyzer").exists())
 
 
 def _install(patterns: list[str], target: Path) -> None:
@@ -83,15 +100,43 @@ def _install(patterns: list[str], target: Path) -> None:
                     "--target", str(target), *wheels], check=True)
 
 
-def run() -> None:
-    out = Path(os.environ.get("OUT", "/tmp/out"))
-    out.mkdir(parents=True, exist_ok=True)
+def _install_sites() -> None:
     if not setup.server_binary().exists():
         raise SystemExit("run `unpack` first (call 1, carry .gpu)")
+    if (setup.STUB_SITE / ".installed").exists() and CLIENT_SITE.exists():
+        return
     shutil.rmtree(setup.STUB_SITE, ignore_errors=True)
     _install(["numpy-*.whl", "onnxruntime_extensions-*.whl"], setup.STUB_SITE)
     (setup.STUB_SITE / ".installed").write_text(setup.STUB_NUMPY)
     _install(["tritonclient-*.whl", "protobuf-*.whl", "python_rapidjson-*.whl"], CLIENT_SITE)
+
+
+def _client_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(CLIENT_SITE), str(ROOT / "backends"), str(ROOT)]))
+
+
+def preprocessing() -> None:
+    """perf_analyzer: `preprocessing` with vs without dynamic batching, on this machine's CPUs."""
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    _install_sites()
+    repo = Path("/tmp/pagedllm-preprocessing")
+    shutil.rmtree(repo, ignore_errors=True)
+    (repo / "preprocessing" / "1").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "preprocessing" / "config.pbtxt",
+                repo / "preprocessing" / "config.pbtxt")
+    shutil.copy(PACK2 / "default_pre.onnx", repo / "preprocessing" / "1" / "model.onnx")
+    cmd = [sys.executable, str(ROOT / "scripts" / "perf_analyzer.py"), "preprocessing",
+           "--repo", str(repo), "--concurrency", "1", "16", "64",
+           "--out", str(out / "perf_analyzer_preprocessing_gpu_host")]
+    subprocess.run(cmd, env=_client_env(), check=True, timeout=560)
+
+
+def run() -> None:
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    _install_sites()
 
     import torch
     import bench_gpu
@@ -121,8 +166,7 @@ def run() -> None:
     server = serve.launch(repo, 8000, 8001, 8002, log, timeout=400)
     try:
         print(f"server ready after {time.monotonic() - t0:.1f} s", flush=True)
-        client_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(CLIENT_SITE), str(ROOT / "backends"), str(ROOT)]))
+        client_env = _client_env()
         summary = {"device": torch.cuda.get_device_name(), "engine_args": engine_args,
                    "workload": "serve (nano prompts, text through ensemble, gRPC streaming)",
                    "server_ready_s": time.monotonic() - t0, "levels": []}
@@ -146,4 +190,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    {"pack": pack, "unpack": unpack, "run": run}[sys.argv[1]]()
+    {"pack": pack, "unpack": unpack, "run": run, "preprocessing": preprocessing}[sys.argv[1]]()

@@ -82,7 +82,7 @@ def _extract(wheel: Path, member_suffix: str, dest: Path) -> None:
 
 def _ensure_libb64() -> None:
     listed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    if "libb64.so.0d" in listed:
+    if "libb64.so.0d" in listed or (CACHE / "lib" / "libb64.so.0d").exists():  # carried (GPU machine)
         return
     if os.geteuid() != 0:
         raise RuntimeError("perf_analyzer needs libb64: run `sudo apt-get install -y libb64-0d`")
@@ -195,7 +195,9 @@ def _num(v: str):
 def environment() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
-    return {"device": f"cpu ({platform.machine()}, {len(os.sched_getaffinity(0))} threads; "
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if line.startswith("model name")), platform.machine())
+    return {"device": f"cpu ({model}, {len(os.sched_getaffinity(0))} threads; "
                       "server and perf_analyzer on the same machine)",
             "perf_analyzer": "2.51.0 (tritonclient==2.51.0 wheel)", "tritonserver": "2.51.0",
             "python": platform.python_version(), "commit": commit,
@@ -564,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats_infer_s": " ".join(map(str, r["repeats_infer_s"]))}
                for m in ("dynamic_batching", "no_batching") for r in result[m]],
               prefix.with_suffix(".csv"))
-    plot_preprocessing(result, prefix.with_suffix(".png"))
+    try:
+        plot_preprocessing(result, prefix.with_suffix(".png"))
+    except ImportError as e:  # the GPU machine has no matplotlib; plot the JSON elsewhere
+        print(f"no plot: {e}", file=sys.stderr)
     print(f"speedup at concurrency {result['max_concurrency']}: {result['speedup_at_max']:.2f}x "
           f"(paired runs: {result['paired_speedups_at_max']}); wrote {prefix}.json/.csv/.png")
     return 0

@@ -98,12 +98,14 @@ def server_env() -> dict[str, str]:
     LD_LIBRARY_PATH (else the loader may pick the system's, another patch release). The stub runs
     Python isolated, so it ignores PYTHONPATH; our backends' model.py put its entries on sys.path
     themselves, which brings in this virtual environment's site-packages and the engine package.
+    The `llm` model's engine process (a spawned child) runs this same interpreter.
     """
     env = dict(os.environ)
     libs = [str(SERVER_DIR / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, env.get("LD_LIBRARY_PATH")]))
     paths = [str(ensure_stub_site()), str(ROOT / "backends"), str(ROOT), *site.getsitepackages()]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+    env.setdefault("PAGEDLLM_PYTHON", sys.executable)  # the engine process's interpreter
     return env
 
 
