@@ -7,6 +7,7 @@ pieces travel in two calls (the machine keeps ignored files between calls while 
     call 1:  python scripts/bench_serving_gpu.py unpack      # carry [".gpu"]: tritonserver -> .cache
     call 2:  python scripts/bench_serving_gpu.py run         # carry [".gpu2"]: wheels, ONNX files
     call 3:  python scripts/bench_serving_gpu.py preprocessing   # the same machine, warm
+    or:      python scripts/bench_serving_gpu.py compare     # concurrency 64, engine process vs thread
 
 `preprocessing` runs scripts/perf_analyzer.py's preprocessing comparison (dynamic batching vs
 none, the default model's tokenizer, perf_analyzer 2.51 over gRPC) on the GPU machine's CPU
@@ -133,7 +134,9 @@ def preprocessing() -> None:
     subprocess.run(cmd, env=_client_env(), check=True, timeout=560)
 
 
-def run() -> None:
+def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
+        tag: str = "", post_instances: int | None = None) -> None:
+    """The serve workload at `levels` ((concurrency, requests); the last also offline)."""
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     _install_sites()
@@ -150,15 +153,19 @@ def run() -> None:
     shutil.copy(PACK2 / "llama1b_tok" / "tokenizer.json", ckpt / "tokenizer.json")
 
     repo = work / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("1", "engine.json"))
+    shutil.copytree(ROOT / "model_repository", repo,
+                    ignore=shutil.ignore_patterns("1", "engine.json", "configs"))
     for name, onnx_file in (("preprocessing", "pre.onnx"), ("postprocessing", "post.onnx")):
         (repo / name / "1").mkdir()
         shutil.copy(PACK2 / "llama1b_tok" / onnx_file, repo / name / "1" / "model.onnx")
     for name in ("ensemble", "llm"):
         (repo / name / "1").mkdir()
+    import host_configs
+    host_configs.write_host_configs(repo, post_instances)  # None: by this machine's CPUs
     engine_args = {"model": str(ckpt), "device": "cuda", "dtype": "bfloat16",
                    "num_kv_blocks": 40000, "max_num_seqs": 256, "max_num_batched_tokens": 2048}
-    (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
+    (repo / "llm" / "engine.json").write_text(json.dumps({**engine_args,
+                                                          "engine_process": engine_process}))
 
     import serve
     log = out / "tritonserver.log"
@@ -167,16 +174,17 @@ def run() -> None:
     try:
         print(f"server ready after {time.monotonic() - t0:.1f} s", flush=True)
         client_env = _client_env()
-        summary = {"device": torch.cuda.get_device_name(), "engine_args": engine_args,
+        summary = {"device": torch.cuda.get_device_name(),
+                   "engine_args": {**engine_args, "engine_process": engine_process},
                    "workload": "serve (nano prompts, text through ensemble, gRPC streaming)",
                    "server_ready_s": time.monotonic() - t0, "levels": []}
-        for concurrency, num in LEVELS:
-            path = out / f"serving-c{concurrency}.json"
+        for concurrency, num in levels:
+            path = out / f"serving{tag}-c{concurrency}.json"
             cmd = [sys.executable, str(ROOT / "clients" / "load.py"), "--url", "127.0.0.1:8001",
                    "--concurrency", str(concurrency), "--num-requests", str(num),
                    "--model-dir", str(ckpt), "--json", str(path), "--no-progress",
                    "--timeout", "600"]
-            if concurrency == LEVELS[-1][0]:
+            if concurrency == levels[-1][0] and concurrency == LEVELS[-1][0]:
                 cmd += ["--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json")]
             t1 = time.monotonic()
             done = subprocess.run(cmd, env=client_env, capture_output=True, text=True, timeout=400)
@@ -184,10 +192,33 @@ def run() -> None:
                   f"{done.stdout[-2500:]}\n{done.stderr[-1500:]}", flush=True)
             if path.exists():
                 summary["levels"].append(json.loads(path.read_text()))
-            (out / "serving-gpu.json").write_text(json.dumps(summary, indent=1))
+                summary["levels"][-1]["server_stats"] = _model_stats()
+            (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
     finally:
         serve.stop(server)
 
 
+def _model_stats() -> dict:
+    """Per model: inferences, executions, mean queue and compute-infer ms (cumulative)."""
+    import urllib.request
+    stats = json.load(urllib.request.urlopen("http://127.0.0.1:8000/v2/models/stats"))
+    return {s["name"]: {"inferences": s["inference_count"], "executions": s["execution_count"],
+                        **{f"{k}_ms": round(v["ns"] / max(1, v["count"]) / 1e6, 3)
+                           for k, v in s["inference_stats"].items()
+                           if k in ("queue", "compute_infer")}}
+            for s in stats["model_stats"]}
+
+
+def compare_engine_process(concurrency: int = 64, requests: int = 256) -> None:
+    """One level: engine on a thread / in a process, postprocessing with 1 or 4 instances."""
+    for engine_process, post in ((False, 1), (True, 1), (True, 4), (False, 4)):
+        run([(concurrency, requests)], engine_process,
+            f"-{'process' if engine_process else 'thread'}-post{post}", post)
+
+
 if __name__ == "__main__":
-    {"pack": pack, "unpack": unpack, "run": run, "preprocessing": preprocessing}[sys.argv[1]]()
+    if sys.argv[1] == "run" and len(sys.argv) > 2:  # run C:N ...: only these levels
+        run([tuple(map(int, level.split(":"))) for level in sys.argv[2:]])
+    else:
+        {"pack": pack, "unpack": unpack, "run": run, "preprocessing": preprocessing,
+         "compare": compare_engine_process}[sys.argv[1]]()

@@ -13,6 +13,9 @@ which writes, under the repository (default model_repository/):
     llm/engine.json              EngineConfig fields: model path, device "auto", cpu_threads 1,
                                  your overrides
     ensemble/1/, llm/1/          the empty version folders Triton wants
+    postprocessing/configs/host.pbtxt
+                                 on machines with 8+ CPUs: config.pbtxt with more instances
+                                 (tritonserver --model-config-name=host picks it; see below)
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import export_tokenizer_onnx  # noqa: E402
+from host_configs import write_host_configs  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 PASS_THROUGH = (("finish_reason", TensorProto.STRING), ("num_input_tokens", TensorProto.INT32),
@@ -66,6 +70,7 @@ def build(model_dir: Path, repo: Path, engine_args: dict) -> None:
     # 366 output tok/s through the ensemble). Ignored on CUDA; ENGINE_ARGS overrides it.
     config = {"model": model_path, "device": "auto", "cpu_threads": 1, **engine_args}
     (repo / "llm" / "engine.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_host_configs(repo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
             "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=3", f"--log-verbose={log_verbose}"]
+            "--exit-timeout-secs=3", f"--log-verbose={log_verbose}",
+            "--model-config-name=host"]  # configs/host.pbtxt where build_repository wrote one
     return argv, setup.server_env()
 
 
