@@ -252,3 +252,61 @@ def test_perf_analyzer_short_run_against_ensemble(server):
     level = result["levels"][0]
     assert level["num_errors"] == 0
     assert level["output_tok_s"] > 0 and level["num_requests"] > 0
+
+
+def test_a_killed_server_leaves_no_llm_stub_or_engine_process(tmp_path):
+    """SIGKILL the server mid-stream: its llm stub and engine process exit within seconds."""
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    own = start_server(tmp_path)
+    try:
+        streaming = threading.Thread(target=stream, args=(own.grpc_url, "def fib(n):"),
+                                     kwargs={"params": {"max_tokens": 4000, "ignore_eos": True}},
+                                     daemon=True)
+        streaming.start()
+        _wait_usage_positive(own)
+        family = _descendants(own.process.pid)
+        stub = [pid for pid, cmd in family.items() if "llm/1/model.py" in cmd]
+        engine = [pid for pid, cmd in family.items() if "multiprocessing" in cmd
+                  and "resource_tracker" not in cmd]
+        assert len(stub) == 1 and len(engine) == 1, family
+        os.kill(own.process.pid, signal.SIGKILL)
+        own.process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
+                                                  _state(p) != "Z" for p in stub + engine):
+            time.sleep(0.1)
+        alive = [p for p in stub + engine if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+        assert not alive, f"still running 10 s after the server died: {[family[p] for p in alive]}"
+    finally:
+        own.stop()
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every process below `pid`."""
+    from pathlib import Path
+    parents, cmds = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parents[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier}
+        found.update({p: cmds[p] for p in frontier})
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return "gone"
+    return stat[stat.rindex(")") + 2]

@@ -184,7 +184,8 @@ def _serve(config: EngineConfig, commands, results) -> None:
     """The child's main: builds the engine, then applies commands until told to stop.
 
     The engine thread sends, after each loop turn, the deltas that turn made and the stats
-    (one message per step, not per token). A closed command pipe (the parent died) stops it.
+    (one message per step, not per token). A closed command pipe (the parent died) stops it,
+    and sends to a parent that is gone are dropped, so the engine can still wind down.
     """
     from pagedllm.engine import LLMEngine
     from pagedllm.engine_loop import EngineLoop
@@ -197,8 +198,11 @@ def _serve(config: EngineConfig, commands, results) -> None:
         if outbox or stats != last_stats[0]:
             batch = outbox[:]
             outbox.clear()
-            results.send((batch, stats))
             last_stats[0] = stats
+            try:
+                results.send((batch, stats))
+            except OSError:  # the parent is gone; its EOF on the command pipe stops us next
+                pass
 
     loop = EngineLoop(lambda: LLMEngine(config), after_turn=flush)
     try:
