@@ -83,8 +83,9 @@ class EngineProcess:
             raise RuntimeError(f"the engine process was not ready in {self._start_timeout:.0f} s")
         try:
             kind, detail = self._results.recv()
-        except EOFError:
-            kind, detail = "error", f"exit code {self._process.join(5) or self._process.exitcode}"
+        except EOFError:  # it died before it could say why (killed, out of memory)
+            self._process.join(5)
+            kind, detail = "error", f"it exited with code {self._process.exitcode}"
         if kind != "ready":
             self._process.join(5)
             raise RuntimeError(f"the engine process failed to start: {detail}")
