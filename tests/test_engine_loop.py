@@ -1,29 +1,22 @@
-"""EngineLoop: the engine on its own thread, as the Triton adapter will use it."""
+"""EngineLoop (the engine on its own thread) and EngineProcess (that loop in a child process):
+the contract both keep — streams end once, errors stay per request, aborts free blocks."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from pagedllm import EngineConfig, EngineLoop, LLMEngine, SamplingParams
+from polling import wait_until
+from pagedllm import EngineConfig, EngineLoop, EngineProcess, LLMEngine, SamplingParams
 
 
-@pytest.fixture()
-def loop(tiny_checkpoints):
-    engine = LLMEngine(EngineConfig(model=tiny_checkpoints["llama"], num_kv_blocks=256, max_model_len=512))
-    loop = EngineLoop(engine).start()
+@pytest.fixture(params=["thread", "process"])
+def loop(request, tiny_checkpoints):
+    """One contract, two homes: EngineLoop on a thread here, EngineProcess in a child."""
+    config = EngineConfig(model=tiny_checkpoints["llama"], num_kv_blocks=256, max_model_len=512)
+    loop = (EngineLoop(LLMEngine(config)) if request.param == "thread" else EngineProcess(config)).start()
     yield loop
     loop.shutdown()
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_streams_from_many_threads_each_end_once(loop):
@@ -45,7 +38,8 @@ def test_streams_from_many_threads_each_end_once(loop):
         assert deltas[-1].finish_reason == "length" and deltas[-1].error is None
         assert sum(len(d.token_ids) for d in deltas) == 12
     assert wait_until(lambda: loop.stats().kv_cache_usage == 0.0)
-    assert loop.engine.requests == {}, "finished requests are released"
+    if isinstance(loop, EngineLoop):  # an EngineProcess's engine lives in its child
+        assert loop.engine.requests == {}, "finished requests are released"
 
 
 def test_bad_request_gets_its_own_error_and_others_finish(loop):
