@@ -254,6 +254,21 @@ def test_perf_analyzer_short_run_against_ensemble(server):
     assert level["output_tok_s"] > 0 and level["num_requests"] > 0
 
 
+def test_engine_on_a_stub_thread_serves_the_same(tmp_path, offline):
+    """engine.json "engine_process": false keeps the engine on a thread of the stub."""
+    own = start_server(tmp_path, {"engine_process": False})
+    try:
+        family = _descendants(own.process.pid)
+        assert not [cmd for cmd in family.values() if "spawn_main" in cmd], family
+        params = {"max_tokens": 24, "temperature": 0}
+        for prompt in PROMPTS[:2]:
+            result = stream(own.grpc_url, prompt, params)
+            assert result.error is None and result.num_final == 1
+            assert result.text == _offline_text(offline, prompt, params)
+    finally:
+        own.stop()
+
+
 def test_a_killed_server_leaves_no_llm_stub_or_engine_process(tmp_path):
     """SIGKILL the server mid-stream: its llm stub and engine process exit within seconds."""
     import os
