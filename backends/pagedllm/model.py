@@ -86,12 +86,12 @@ class TritonPythonModel:
         if engine_args.get("device", "auto") == "auto":
             import torch
             engine_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        in_process = engine_args.pop("engine_process", True) is False
+        own_process = bool(engine_args.pop("engine_process", True))
         config = EngineConfig(**engine_args)
-        if in_process:  # built on the loop's thread: torch's CPU pools are per thread
-            self.loop = EngineLoop(lambda: LLMEngine(config)).start()
-        else:  # its own process: this one's GIL is busy sending responses (see EngineProcess)
+        if own_process:  # this process's GIL is busy sending responses (see EngineProcess)
             self.loop = EngineProcess(config).start()
+        else:  # built on the loop's thread: torch's CPU pools are per thread
+            self.loop = EngineLoop(lambda: LLMEngine(config)).start()
         tokenizer = Tokenizer.from_dir(config.model)
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
