@@ -6,6 +6,7 @@ prompts sharing prefixes so that the prefix cache hits. Each setting asserts tha
 """
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from pathlib import Path
@@ -41,13 +42,14 @@ def random_prompts(vocab: int, seed: int, shared_prefix: int = 0) -> list[list[i
 @torch.inference_mode()
 def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding with transformers' own forward and KV cache, one sequence at a time."""
+    # transformers 5.x calls the KV cache `cache` (in and out); older releases `past_key_values`.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(torch.tensor([prompt], device=DEVICE), use_cache=True)
     tokens = []
     for _ in range(n):
         tok = int(out.logits[0, -1].argmax())
         tokens.append(tok)
-        out = model(torch.tensor([[tok]], device=DEVICE), past_key_values=out.past_key_values,
-                    use_cache=True)
+        out = model(torch.tensor([[tok]], device=DEVICE), use_cache=True, **{name: out[name]})
     return tokens
 
 
