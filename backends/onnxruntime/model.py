@@ -30,6 +30,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from stub_watchdog import exit_with_server  # noqa: E402
+
 
 def _to_str(array: np.ndarray) -> np.ndarray:
     """A BYTES tensor (object array of bytes) as the object array of str ONNX Runtime takes.
@@ -86,6 +88,7 @@ class TritonPythonModel:
         if threads:
             options.intra_op_num_threads = int(threads["string_value"])
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        exit_with_server()
         pb_utils.Logger.log_info(f"onnxruntime backend: loaded {path} (ONNX Runtime "
                                  f"{ort.__version__}, intra_op_num_threads "
                                  f"{options.intra_op_num_threads or 'default'})")

@@ -51,6 +51,7 @@ from pagedllm.request_inputs import parse_inputs  # noqa: E402
 from pagedllm.text_ids import TextIds  # noqa: E402
 from pagedllm.tokenizer import Tokenizer  # noqa: E402
 from pagedllm.triton_metrics import TritonMetrics  # noqa: E402
+from stub_watchdog import exit_with_server  # noqa: E402
 
 logger = logging.getLogger("pagedllm.triton")
 
@@ -58,7 +59,6 @@ INPUTS = ("input_ids", "input_lengths", "stream", "sampling_parameters",
           "exclude_input_in_output", "max_tokens", "cancel")
 CANCEL_POLL_S = 0.2
 STATS_EVERY_S = 0.05
-SERVER_POLL_S = 0.5
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -103,8 +103,7 @@ class TritonPythonModel:
         self._sender = threading.Thread(target=self._send_loop, name="pagedllm-sender",
                                         daemon=True)
         self._sender.start()
-        threading.Thread(target=_exit_with_server, args=(os.getppid(),), daemon=True,
-                         name="pagedllm-watchdog").start()
+        exit_with_server()
         logger.info("pagedllm engine ready: %s", engine_args)
 
     def execute(self, requests):
@@ -228,18 +227,6 @@ class TritonPythonModel:
             if not live.cancelled and live.sender.is_cancelled():
                 live.cancelled = True
                 self.loop.abort(request_id)
-
-
-def _exit_with_server(server_pid: int) -> None:
-    """Ends this stub (and so the engine process) once tritonserver, its parent, is gone.
-
-    Seen with 2.51: a server stopped mid-stream left this stub running for an hour, its
-    sender blocked in a metrics call to the dead server, holding the engine's memory.
-    """
-    while os.getppid() == server_pid:
-        time.sleep(SERVER_POLL_S)
-    logger.error("tritonserver (pid %d) is gone; this stub exits", server_pid)
-    os._exit(1)
 
 
 def _response(ids: list[int], delta: StreamDelta):
