@@ -135,8 +135,9 @@ def preprocessing() -> None:
 
 
 def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
-        tag: str = "", post_instances: int | None = None) -> None:
-    """The serve workload at `levels` ((concurrency, requests); the last also offline)."""
+        tag: str = "", post_instances: int | None = None, offline: bool = True) -> None:
+    """The serve workload at `levels` ((concurrency, requests)); with `offline`, the last level's
+    prompts also go through the offline engine, for the ratio."""
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     _install_sites()
@@ -184,7 +185,7 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
                    "--concurrency", str(concurrency), "--num-requests", str(num),
                    "--model-dir", str(ckpt), "--json", str(path), "--no-progress",
                    "--timeout", "600"]
-            if concurrency == levels[-1][0] and concurrency == LEVELS[-1][0]:
+            if offline and concurrency == levels[-1][0]:
                 cmd += ["--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json")]
             t1 = time.monotonic()
             done = subprocess.run(cmd, env=client_env, capture_output=True, text=True, timeout=400)
@@ -213,7 +214,7 @@ def compare_engine_process(concurrency: int = 64, requests: int = 256) -> None:
     """One level: engine on a thread / in a process, postprocessing with 1 or 4 instances."""
     for engine_process, post in ((False, 1), (True, 1), (True, 4), (False, 4)):
         run([(concurrency, requests)], engine_process,
-            f"-{'process' if engine_process else 'thread'}-post{post}", post)
+            f"-{'process' if engine_process else 'thread'}-post{post}", post, offline=False)
 
 
 if __name__ == "__main__":

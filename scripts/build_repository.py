@@ -15,7 +15,8 @@ which writes, under the repository (default model_repository/):
     ensemble/1/, llm/1/          the empty version folders Triton wants
     postprocessing/configs/host.pbtxt
                                  on machines with 8+ CPUs: config.pbtxt with more instances
-                                 (tritonserver --model-config-name=host picks it; see below)
+                                 (tritonserver --model-config-name=host picks it;
+                                 scripts/host_configs.py)
 """
 from __future__ import annotations
 

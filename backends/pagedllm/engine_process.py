@@ -200,14 +200,15 @@ def _serve(config: EngineConfig, commands, results) -> None:
     from pagedllm.engine_loop import EngineLoop
 
     outbox: list[StreamDelta] = []
-    last_stats: list[LoopStats | None] = [None]
+    last_stats: LoopStats | None = None
 
     def flush() -> None:  # on the engine thread
+        nonlocal last_stats
         stats = loop.stats()
-        if outbox or stats != last_stats[0]:
+        if outbox or stats != last_stats:
             rows = [_as_row(delta) for delta in outbox]
             outbox.clear()
-            last_stats[0] = stats
+            last_stats = stats
             try:
                 results.send((rows, stats))
             except OSError:  # the parent is gone; its EOF on the command pipe stops us next
