@@ -5,6 +5,7 @@
     python scripts/perf_analyzer.py ensemble                   # `serve` workload, gRPC streaming
     python scripts/perf_analyzer.py ensemble --quick           # ~10 s smoke run (tests)
     python scripts/perf_analyzer.py preprocessing              # dynamic batching on vs off, c=1..64
+    python scripts/perf_analyzer.py preprocessing --null onnx  # the same, a do-nothing model
 
 The binary comes out of the `tritonclient==2.51.0` wheel (never installed: it pins numpy<2 and
 protobuf<5) and is cached in .cache/perf_analyzer/ with `libcudart.so.12` taken from the
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "clients"))
 import load  # noqa: E402  (clients/load.py: workloads and percentiles)
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import null_models  # noqa: E402  (do-nothing stand-ins: the ceiling of batching)
 import serve  # noqa: E402  (scripts/serve.py: the server `make serve` runs)
 
 CACHE = ROOT / ".cache" / "perf_analyzer"
@@ -352,7 +354,9 @@ def plot_preprocessing(result: dict, png: Path) -> None:
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("throughput (infer/s)")
     lo, hi = load._scaled_range(result.get("text_scale", 0.125))
-    ax.set_title(f"preprocessing (ONNX tokenizer), perf_analyzer gRPC, prompts of {lo}-{hi} "
+    what = {"onnx": "null ONNX graph", "python": "null Python model"}.get(
+        result.get("null_model"), "ONNX tokenizer")
+    ax.set_title(f"preprocessing ({what}), perf_analyzer gRPC, prompts of {lo}-{hi} "
                  f"tokens\n{result['speedup_at_max']:.1f}x at concurrency "
                  f"{result['max_concurrency']} (paired runs: "
                  f"{', '.join(map(str, result.get('paired_speedups_at_max', [])))})",
@@ -422,8 +426,11 @@ def text_input_name(url: str, model: str) -> str:
 
 def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
                       interval_ms: int = 2000, repeats: int = 3, text_scale: float = 0.125,
-                      pa_threads: int = 1, attempts: int = 3) -> dict:
+                      pa_threads: int = 1, attempts: int = 3, null: str | None = None) -> dict:
     """Measures `preprocessing` with its dynamic batching and without, interleaved.
+
+    `null` ("onnx" or "python") measures scripts/null_models.py's do-nothing stand-in in the
+    tokenizer's place instead: the most batching can show through this server.
 
     Each variant has its own temporary server (one model loaded); both stay up, and at each
     concurrency the two are measured alternately, `repeats` times, so that both see the same
@@ -435,6 +442,9 @@ def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
     """
     work = Path(tempfile.mkdtemp(prefix="pa_pre_"))
     with_b, without_b = build_preprocessing_repo(src_repo, work / "repo")
+    if null:
+        for model in (with_b, without_b):
+            null_models.make_null(work / "repo" / model, null)
     variants = (("dynamic_batching", with_b), ("no_batching", without_b))
     texts = preprocessing_texts(scale=text_scale)
     lo, hi = load._scaled_range(text_scale)
@@ -485,7 +495,7 @@ def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
     paired = [round(b["throughput_infer_s"] / n["throughput_infer_s"], 2) for b, n in
               zip(runs["dynamic_batching"][top], runs["no_batching"][top])]
     return {"model": "preprocessing", "protocol": "grpc", "environment": environment(),
-            "config": (src_repo / with_b / "config.pbtxt").read_text(),
+            "null_model": null, "config": (work / "repo" / with_b / "config.pbtxt").read_text(),
             "input": f"{name}: 64 texts, nano workload prompts at scale {text_scale} "
                      f"({lo}-{hi} tokens)", "text_scale": text_scale,
             "measurement": f"perf_analyzer --async --max-threads {pa_threads}: 3 time windows "
@@ -536,8 +546,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="perf_analyzer --max-threads (default %(default)s)")
     pre.add_argument("--text-scale", type=float, default=0.125,
                      help="prompt lengths: nano's [100, 1024] times this (default %(default)s)")
-    pre.add_argument("--out", default=str(BENCH / "perf_analyzer_preprocessing"),
-                     help="output path prefix (.json, .csv, .png)")
+    pre.add_argument("--null", choices=("onnx", "python"),
+                     help="measure a do-nothing stand-in for the tokenizer instead "
+                          "(scripts/null_models.py): onnx = a null graph on the same backend, "
+                          "python = a plain Python model")
+    pre.add_argument("--out", help="output path prefix (.json, .csv, .png); default "
+                                   "docs/benchmarks/perf_analyzer_preprocessing[_null_KIND]")
     args = p.parse_args(argv)
 
     if args.cmd == "setup":
@@ -558,8 +572,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
         return 0 if all(lv["num_errors"] == 0 for lv in result["levels"]) else 1
     result = run_preprocessing(Path(args.repo), tuple(args.concurrency), args.interval_ms,
-                               args.repeats, args.text_scale, args.pa_threads)
-    prefix = Path(args.out)
+                               args.repeats, args.text_scale, args.pa_threads, null=args.null)
+    prefix = Path(args.out or BENCH / ("perf_analyzer_preprocessing"
+                                       + (f"_null_{args.null}" if args.null else "")))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     write_csv([{"mode": m, **{k: v for k, v in r.items() if k != "repeats_infer_s"},

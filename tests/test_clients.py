@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -142,3 +143,36 @@ def test_profile_export_parsing(tmp_path):
     assert level["concurrency"] == 2 and level["output_tokens"] == 2
     assert level["ttft_ms"]["p50"] == pytest.approx(100.0)
     assert level["itl_ms"]["p50"] == pytest.approx(50.0)
+
+
+def test_null_models_answer_without_work(tmp_path):
+    """The do-nothing stand-ins keep the config's tensors: ORT runs the null graph on a batch."""
+    import numpy as np
+    import onnxruntime as ort
+    import null_models
+
+    cfg = (ROOT / "model_repository" / "preprocessing" / "config.pbtxt").read_text()
+    src = tmp_path / "src"
+    (src / "1").mkdir(parents=True)
+    (src / "config.pbtxt").write_text(cfg)
+    (src / "1" / "model.onnx").write_bytes(b"the tokenizer")
+    assert null_models.config_names(cfg) == (["text_input"], ["input_ids", "input_lengths"])
+    for kind in ("onnx", "python"):
+        model = tmp_path / kind
+        shutil.copytree(src, model)
+        null_models.make_null(model, kind)
+        files = sorted(p.name for p in (model / "1").iterdir())
+        text = (model / "config.pbtxt").read_text()
+        if kind == "onnx":
+            assert files == ["model.onnx"] and text == cfg
+            session = ort.InferenceSession(str(model / "1" / "model.onnx"))
+            ids, lengths = session.run(None, {"text_input": np.array([["a"], ["bc"], ["d"]],
+                                                                     dtype=object)})
+            assert ids.shape == lengths.shape == (3, 1) and ids.dtype == np.int64
+        else:
+            assert files == ["model.py"]
+            assert 'backend: "python"' in text and "model_operations" not in text
+            compile((model / "1" / "model.py").read_text(), "model.py", "exec")
+    assert (src / "1" / "model.onnx").read_bytes() == b"the tokenizer"  # the source untouched
+    with pytest.raises(ValueError, match="'onnx' or 'python'"):
+        null_models.make_null(tmp_path / "onnx", "tflite")

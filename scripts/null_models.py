@@ -1,0 +1,118 @@
+"""Do-nothing stand-ins for a served model: the ceiling of what dynamic batching can show.
+
+`scripts/perf_analyzer.py preprocessing --null onnx|python` measures the tokenizer's config with
+the tokenizer taken out, to separate the model's cost from the server's:
+
+- `onnx`: the model's `model.onnx` is replaced by a graph that answers without work
+  (Shape -> ConstantOfShape for every int64 output, a [B, 1] tensor of ones). The config and the
+  backend (backends/onnxruntime, or the native one) are untouched: what remains is the serving
+  path's own cost per request and per call.
+- `python`: the model becomes a plain Triton Python model (`backend: "python"`) that reads its
+  inputs and answers constant tensors: the Python backend's floor, without any code of ours.
+
+Batching can only win what a call costs beyond its requests; with the model's work gone, the
+ratio measured here bounds the ratio any real model can reach through the same server.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+NULL_PYTHON_MODEL = '''\
+"""A do-nothing model (scripts/null_models.py): reads its inputs, answers constant tensors."""
+import os
+import sys
+
+# NOTE: as in backends/onnxruntime: without the launcher's paths, the stub's embedded Python
+# imports another numpy, and reading a BYTES input then fails in deserialize_bytes_tensor.
+for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]))
+                        for o in config["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            n = 1
+            for name in self.inputs:
+                n = len(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, np.ones((n, 1), dtype)) for name, dtype in self.outputs]))
+        return responses
+'''
+
+
+def null_onnx(input_names: list[str], output_names: list[str]):
+    """An ONNX graph whose every output is int64 ones shaped like the first input ([B, 1])."""
+    from onnx import TensorProto, helper
+
+    first = input_names[0]
+    nodes = [helper.make_node("Shape", [first], ["batch_shape"])]
+    for name in output_names:
+        nodes.append(helper.make_node(
+            "ConstantOfShape", ["batch_shape"], [name],
+            value=helper.make_tensor(f"{name}_value", TensorProto.INT64, [1], [1])))
+    inputs = [helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1])
+              for name in input_names]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", 1])
+               for name in output_names]
+    model = helper.make_model(helper.make_graph(nodes, "null", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # loads in ONNX Runtime 1.19 (the NGC 24.10 container) too
+    return model
+
+
+def _names(config: str, section: str) -> list[str]:
+    """The tensor names in the config's `section [ ... ]` list (brackets matched)."""
+    start = re.search(rf"^\s*{section}\s*\[", config, flags=re.M)
+    if start is None:
+        raise ValueError(f"config.pbtxt has no {section} list")
+    depth, i = 0, start.end() - 1
+    for j in range(i, len(config)):
+        depth += {"[": 1, "]": -1}.get(config[j], 0)
+        if depth == 0:
+            return re.findall(r'name\s*:\s*"([^"]+)"', config[i:j])
+    raise ValueError(f"config.pbtxt: the {section} list is not closed")
+
+
+def config_names(config: str) -> tuple[list[str], list[str]]:
+    """The input and output tensor names of a config.pbtxt text."""
+    config = re.sub(r"#.*", "", config)
+    return _names(config, "input"), _names(config, "output")
+
+
+def make_null(model_dir: Path, kind: str) -> None:
+    """Turns the served model in `model_dir` (config.pbtxt, 1/) into the `kind` stand-in."""
+    cfg = model_dir / "config.pbtxt"
+    config = cfg.read_text()
+    version = model_dir / "1"
+    if version.is_symlink():  # never delete through a link into the source repository
+        version.unlink()
+    elif version.exists():
+        shutil.rmtree(version)
+    version.mkdir()
+    if kind == "onnx":
+        import onnx
+
+        onnx.save(null_onnx(*config_names(config)), str(version / "model.onnx"))
+    elif kind == "python":
+        config = re.sub(r'^(\s*backend\s*:\s*)"[^"]*"', r'\1"python"', config, count=1,
+                        flags=re.M)
+        config = re.sub(r"^\s*model_operations\s*\{[^}]*\}\s*$", "", config, flags=re.M)
+        cfg.write_text(config)
+        (version / "model.py").write_text(NULL_PYTHON_MODEL)
+    else:
+        raise ValueError(f"null model kind must be 'onnx' or 'python', not {kind!r}")
