@@ -435,7 +435,6 @@ def load_engine_args(path: str | None) -> dict:
         return {}
     data = json.loads(Path(path).read_text())
     data.pop("model", None)
-    data.pop("engine_process", None)  # the Triton adapter's switch, not an EngineConfig field
     return data
 
 

@@ -165,8 +165,10 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
     host_configs.write_host_configs(repo, post_instances)  # None: by this machine's CPUs
     engine_args = {"model": str(ckpt), "device": "cuda", "dtype": "bfloat16",
                    "num_kv_blocks": 40000, "max_num_seqs": 256, "max_num_batched_tokens": 2048}
-    (repo / "llm" / "engine.json").write_text(json.dumps({**engine_args,
-                                                          "engine_process": engine_process}))
+    (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
+    import config_edit
+    config_edit.set_parameter(repo / "llm" / "config.pbtxt", "engine_process",
+                                   "true" if engine_process else "false")
 
     import serve
     log = out / "tritonserver.log"

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_repository  # noqa: E402
+import config_edit  # noqa: E402
 import serve  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -57,11 +58,18 @@ class Server:
         serve.stop(self.process, timeout=20)
 
 
-def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0) -> Server:
+def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0,
+                 llm_parameters: dict[str, str] | None = None) -> Server:
+    """A tritonserver on free ports over a fresh copy of the repository (default model).
+
+    `engine_args` go to llm/engine.json; `llm_parameters` set entries of llm's config.pbtxt.
+    """
     repo = workdir / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo,
                     ignore=shutil.ignore_patterns("1", "engine.json"))
     build_repository.build(DEFAULT_MODEL, repo, {**ENGINE_ARGS, **(engine_args or {})})
+    for key, value in (llm_parameters or {}).items():
+        config_edit.set_parameter(repo / "llm" / "config.pbtxt", key, value)
     ports = serve.free_port(), serve.free_port(), serve.free_port()
     log = workdir / "tritonserver.log"
     server = Server(serve.launch(repo, *ports, log, timeout=timeout), *ports, log)

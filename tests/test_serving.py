@@ -255,8 +255,8 @@ def test_perf_analyzer_short_run_against_ensemble(server):
 
 
 def test_engine_on_a_stub_thread_serves_the_same(tmp_path, offline):
-    """engine.json "engine_process": false keeps the engine on a thread of the stub."""
-    own = start_server(tmp_path, {"engine_process": False})
+    """The llm config's parameter engine_process "false" keeps the engine on a stub thread."""
+    own = start_server(tmp_path, llm_parameters={"engine_process": "false"})
     try:
         family = _descendants(own.process.pid)
         assert not [cmd for cmd in family.values() if "spawn_main" in cmd], family

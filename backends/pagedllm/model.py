@@ -2,7 +2,7 @@
 
 Thin on purpose: parsing lives in request_inputs.py, ids-for-text in text_ids.py, metrics in
 triton_metrics.py, and all engine logic behind EngineLoop, which runs in a child process
-(EngineProcess; engine.json `"engine_process": false` keeps it on a thread here). Three
+(EngineProcess; the config's parameter `engine_process` "false" keeps it on a thread here). Three
 threads meet here:
 
     Triton's execute()  -> loop.submit(...)                     (returns at once: decoupled)
@@ -62,6 +62,18 @@ STATS_EVERY_S = 0.05
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
+def _flag(model_config: dict, key: str, default: bool) -> bool:
+    """A "true"/"false" entry of the config's `parameters`; `default` when it is absent."""
+    entry = (model_config.get("parameters") or {}).get(key)
+    if entry is None:
+        return default
+    value = str(entry.get("string_value", "")).strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"config.pbtxt parameter {key!r} must be \"true\" or \"false\", "
+                         f"not {entry.get('string_value')!r}")
+    return value == "true"
+
+
 @dataclass
 class _Live:
     """A request between submit and its final response (touched by the sender thread only)."""
@@ -86,7 +98,7 @@ class TritonPythonModel:
         if engine_args.get("device", "auto") == "auto":
             import torch
             engine_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        own_process = bool(engine_args.pop("engine_process", True))
+        own_process = _flag(json.loads(args["model_config"]), "engine_process", True)
         config = EngineConfig(**engine_args)
         if own_process:  # this process's GIL is busy sending responses (see EngineProcess)
             self.loop = EngineProcess(config).start()
