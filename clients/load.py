@@ -482,10 +482,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also run the same prompts through the offline engine and print the ratio")
     p.add_argument("--engine-args", metavar="JSON",
                    help="engine arguments for --offline (e.g. the llm model's JSON), to match the server")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of (server runs, then offline), alternating; with --offline "
+                        "prints each round's ratio and the median (this machine's speed drifts "
+                        "between runs: one round decides little)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per request stream")
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def _round(args, workload: Workload, settings: list, sampling: dict) -> tuple[list, dict | None]:
+    """One run per setting through the server, then (with --offline) the offline engine."""
+    runs = []
+    for concurrency, rate in settings:
+        s = asyncio.run(run_load(args.url, args.model, workload, concurrency, rate, sampling,
+                                 args.timeout, not args.no_progress))
+        label = f"triton {args.model} " + (f"concurrency {concurrency}" if concurrency
+                                           else f"request rate {rate}/s")
+        print(format_summary(label, s), flush=True)
+        runs.append(s)
+    if not args.offline:
+        return runs, None
+    off = run_offline(args.offline, workload, load_engine_args(args.engine_args), sampling)
+    print(f"offline engine: {off['output_tok_s']:.1f} output tok/s "
+          f"({off['output_tokens']} tokens, {off['wall_s']:.1f} s)")
+    for s in runs:
+        s["ratio_to_offline"] = s["output_tok_s"] / off["output_tok_s"]
+        print(f"  triton/offline at {s['concurrency'] or s['request_rate']}: "
+              f"{s['ratio_to_offline']:.1%}")
+    return runs, off
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,26 +524,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         default = list(SERVE_CONCURRENCIES) if args.workload == "serve" else [32]
         settings = [(c, None) for c in (args.concurrency or default)]
-    runs = []
-    for concurrency, rate in settings:
-        s = asyncio.run(run_load(args.url, args.model, workload, concurrency, rate, sampling,
-                                 args.timeout, not args.no_progress))
-        label = f"triton {args.model} " + (f"concurrency {concurrency}" if concurrency
-                                           else f"request rate {rate}/s")
-        print(format_summary(label, s), flush=True)
-        runs.append(s)
     result = {"workload": workload.describe(), "url": args.url, "model": args.model,
-              "sampling": {"ignore_eos": True, **sampling}, "environment": _environment(),
-              "runs": runs}
-    if args.offline:
-        off = run_offline(args.offline, workload, load_engine_args(args.engine_args), sampling)
-        result["offline"] = off
-        print(f"offline engine: {off['output_tok_s']:.1f} output tok/s "
-              f"({off['output_tokens']} tokens, {off['wall_s']:.1f} s)")
-        for s in runs:
-            s["ratio_to_offline"] = s["output_tok_s"] / off["output_tok_s"]
-            print(f"  triton/offline at {s['concurrency'] or s['request_rate']}: "
-                  f"{s['ratio_to_offline']:.1%}")
+              "sampling": {"ignore_eos": True, **sampling}, "environment": _environment()}
+    rounds = []
+    for r in range(args.repeats):
+        if args.repeats > 1:
+            print(f"round {r + 1} of {args.repeats}", flush=True)
+        rounds.append(_round(args, workload, settings, sampling))
+    result["runs"], result["offline"] = rounds[0]
+    if result["offline"] is None:
+        del result["offline"]
+    if args.repeats > 1:
+        result["rounds"] = [{"runs": runs, "offline": off} for runs, off in rounds]
+        if args.offline:
+            result["ratio_to_offline"] = {}
+            for i, s in enumerate(result["runs"]):
+                label = str(s["concurrency"] or s["request_rate"])
+                ratios = [runs[i]["ratio_to_offline"] for runs, _ in rounds]
+                result["ratio_to_offline"][label] = {"rounds": ratios,
+                                                     "median": percentile(ratios, 50)}
+                print(f"triton/offline at {label} over {len(ratios)} rounds: "
+                      f"{', '.join(f'{x:.1%}' for x in ratios)}; median "
+                      f"{percentile(ratios, 50):.1%}")
+    runs = [s for runs, _ in rounds for s in runs]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -254,6 +254,37 @@ def test_perf_analyzer_short_run_against_ensemble(server):
     assert level["output_tok_s"] > 0 and level["num_requests"] > 0
 
 
+def test_load_generator_rounds_against_the_server(server, tmp_path):
+    """clients/load.py end to end: server runs and offline runs alternate, one ratio a round."""
+    import sys
+    sys.path.insert(0, str(DEFAULT_MODEL.parents[1] / "clients"))
+    import load
+    out = tmp_path / "load.json"
+    rc = load.main(["--url", server.grpc_url, "--concurrency", "4", "--num-requests", "8",
+                    "--scale", str(1 / 32), "--offline", str(DEFAULT_MODEL), "--engine-args",
+                    str(_engine_args_file(tmp_path)), "--repeats", "2", "--no-progress",
+                    "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    target = result["workload"]["target_output_tokens"]
+    assert len(result["rounds"]) == 2
+    for round_ in result["rounds"]:
+        [run] = round_["runs"]
+        assert run["num_errors"] == 0 and run["output_tokens"] == target  # ignore_eos
+        assert round_["offline"]["output_tokens"] == target
+        assert run["ratio_to_offline"] == pytest.approx(
+            run["output_tok_s"] / round_["offline"]["output_tok_s"])
+    ratios = result["ratio_to_offline"]["4"]
+    assert ratios["rounds"] == [r["runs"][0]["ratio_to_offline"] for r in result["rounds"]]
+    assert min(ratios["rounds"]) <= ratios["median"] <= max(ratios["rounds"])
+
+
+def _engine_args_file(tmp_path):
+    path = tmp_path / "engine_args.json"
+    path.write_text(json.dumps(ENGINE_ARGS))
+    return path
+
+
 def test_engine_on_a_stub_thread_serves_the_same(tmp_path, offline):
     """The llm config's parameter engine_process "false" keeps the engine on a stub thread."""
     own = start_server(tmp_path, llm_parameters={"engine_process": "false"})
