@@ -31,7 +31,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -53,8 +53,11 @@ class Workload:
         prompt_lens: target prompt length (tokens) of each request.
         output_lens: max_tokens of each request (ignore_eos makes it the exact output length).
         prompts: prompt text of each request (empty until `attach_prompts`).
-        seed: the seed of every random choice.
+        seed: the seed of the lengths (and of the prompt text unless `prompt_seed` is set).
         scale: the factor applied to both length ranges.
+        prompt_seed: the seed of the prompts' token ids. NOTE: a server with prefix caching keeps
+            the blocks of prompts it has served; the same prompts sent again skip most of their
+            prefill, so every run that is compared needs prompts the server has not seen.
     """
 
     name: str
@@ -63,13 +66,22 @@ class Workload:
     prompts: list[str] = field(default_factory=list)
     seed: int = 0
     scale: float = 1.0
+    prompt_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.output_lens)
 
+    @property
+    def text_seed(self) -> int:
+        return self.seed if self.prompt_seed is None else self.prompt_seed
+
+    def with_prompts(self, model_dir: str | Path, prompt_seed: int) -> "Workload":
+        """A copy with the same lengths and new prompt text drawn with `prompt_seed`."""
+        return attach_prompts(replace(self, prompts=[], prompt_seed=prompt_seed), model_dir)
+
     def describe(self) -> dict:
         return {"name": self.name, "num_requests": len(self), "seed": self.seed,
-                "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
+                "prompt_seed": self.text_seed, "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
                 "output_len_range": _scaled_range(self.scale), "ignore_eos": True,
                 "target_prompt_tokens": sum(self.prompt_lens),
                 "target_output_tokens": sum(self.output_lens)}
@@ -143,7 +155,7 @@ def attach_prompts(workload: Workload, model_dir: str | Path) -> Workload:
     if not path.is_file():
         raise ValueError(f"--model-dir has no tokenizer.json: {path}")
     workload.prompts = prompt_texts(tokenizers.Tokenizer.from_file(str(path)),
-                                    workload.prompt_lens, workload.seed)
+                                    workload.prompt_lens, workload.text_seed)
     return workload
 
 
@@ -474,7 +486,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-requests", type=int, default=256, help="default %(default)s")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply prompt and output lengths (e.g. 0.25 for a quick CPU run)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the lengths (default 0)")
+    p.add_argument("--prompt-seed", type=int,
+                   help="seed of the first run's prompt text (each further run adds 1); default "
+                        "from the clock, so that no run meets prompts the server has cached")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
                    help="checkpoint whose tokenizer.json makes the prompts (default models/default)")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -492,19 +507,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _round(args, workload: Workload, settings: list, sampling: dict) -> tuple[list, dict | None]:
-    """One run per setting through the server, then (with --offline) the offline engine."""
+def _round(args, workloads: list[Workload], settings: list, sampling: dict
+           ) -> tuple[list, dict | None]:
+    """One run per setting through the server (each with its own prompts), then (with
+    --offline) the offline engine on the first setting's prompts."""
     runs = []
-    for concurrency, rate in settings:
+    for workload, (concurrency, rate) in zip(workloads, settings):
         s = asyncio.run(run_load(args.url, args.model, workload, concurrency, rate, sampling,
                                  args.timeout, not args.no_progress))
         label = f"triton {args.model} " + (f"concurrency {concurrency}" if concurrency
                                            else f"request rate {rate}/s")
         print(format_summary(label, s), flush=True)
+        s["prompt_seed"] = workload.text_seed
         runs.append(s)
     if not args.offline:
         return runs, None
-    off = run_offline(args.offline, workload, load_engine_args(args.engine_args), sampling)
+    off = run_offline(args.offline, workloads[0], load_engine_args(args.engine_args), sampling)
+    off["prompt_seed"] = workloads[0].text_seed
     print(f"offline engine: {off['output_tok_s']:.1f} output tok/s "
           f"({off['output_tokens']} tokens, {off['wall_s']:.1f} s)")
     for s in runs:
@@ -516,8 +535,9 @@ def _round(args, workload: Workload, settings: list, sampling: dict) -> tuple[li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workload = attach_prompts(make_workload(args.workload, args.num_requests, args.seed, args.scale),
-                              args.model_dir)
+    workload = make_workload(args.workload, args.num_requests, args.seed, args.scale)
+    # Fresh prompts for every server run (see Workload.prompt_seed); --prompt-seed fixes them.
+    base = args.prompt_seed if args.prompt_seed is not None else time.time_ns() % (1 << 31)
     sampling = {"temperature": args.temperature}
     if args.request_rate:
         settings = [(None, args.request_rate)]
@@ -526,11 +546,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = [(c, None) for c in (args.concurrency or default)]
     result = {"workload": workload.describe(), "url": args.url, "model": args.model,
               "sampling": {"ignore_eos": True, **sampling}, "environment": _environment()}
+    del result["workload"]["prompt_seed"]  # one per run: in each run's record
     rounds = []
     for r in range(args.repeats):
         if args.repeats > 1:
             print(f"round {r + 1} of {args.repeats}", flush=True)
-        rounds.append(_round(args, workload, settings, sampling))
+        seeds = [base + r * len(settings) + i for i in range(len(settings))]
+        workloads = [workload.with_prompts(args.model_dir, seed) for seed in seeds]
+        rounds.append(_round(args, workloads, settings, sampling))
     result["runs"], result["offline"] = rounds[0]
     if result["offline"] is None:
         del result["offline"]

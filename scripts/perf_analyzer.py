@@ -232,14 +232,21 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
     Each concurrency level sends `requests_per_level` requests (default: 2 per slot, at least
     8) as one count window, so a level ends when its requests do.
     """
-    workload = load.attach_prompts(load.make_workload("serve", num_requests, 0, scale), model_dir)
+    workload = load.make_workload("serve", num_requests, 0, scale)
     work = Path(out_dir or tempfile.mkdtemp(prefix="pa_ensemble_"))
     work.mkdir(parents=True, exist_ok=True)
-    data_file = work / "input_data.json"
-    data_file.write_text(json.dumps(ensemble_input_data(workload)))
+    base = time.time_ns() % (1 << 31)
     levels = []
     for c in concurrencies:
         count = requests_per_level or max(8, 2 * c)
+        # NOTE: perf_analyzer cycles through its input data, and the server keeps the prefix
+        # blocks of prompts it has served: each level gets prompts of its own, as many as it can
+        # send (3 windows and the requests in flight), so that no prompt repeats.
+        distinct = max(num_requests, 3 * count + c)
+        level_workload = load.make_workload("serve", distinct, 0, scale).with_prompts(
+            model_dir, base + c)
+        data_file = work / f"input_data_c{c}.json"
+        data_file.write_text(json.dumps(ensemble_input_data(level_workload)))
         export, csv = work / f"export_c{c}.json", work / f"ensemble_c{c}.csv"
         proc = run_pa(["-m", model, "-u", url, "-i", "grpc", "--streaming",
                        "--input-data", str(data_file), "--concurrency-range", f"{c}:{c}",
@@ -249,11 +256,14 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
                        "--profile-export-file", str(export), "-f", str(csv)], timeout)
         figures = parse_profile_export(export)[0]
         figures["concurrency"] = c
+        figures["prompt_seed"], figures["distinct_prompts"] = base + c, distinct
         figures["perf_analyzer_csv"] = read_csv(csv)[0] if csv.exists() else {}
         figures["perf_analyzer_stdout_tail"] = proc.stdout[-1500:]
         levels.append(figures)
         print(load.format_summary(f"perf_analyzer {model} concurrency {c}", figures), flush=True)
-    return {"workload": workload.describe(), "model": model, "url": url, "protocol": "grpc",
+    described = workload.describe()
+    del described["prompt_seed"], described["num_requests"]  # per level: in each level's record
+    return {"workload": described, "model": model, "url": url, "protocol": "grpc",
             "streaming": True, "environment": environment(), "levels": levels}
 
 

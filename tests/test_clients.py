@@ -105,6 +105,22 @@ def test_poisson_arrivals_have_the_asked_rate():
         load.poisson_arrivals(3, 0)
 
 
+def test_fresh_prompts_keep_the_lengths():
+    """Runs compared with each other get new prompt text (a server caches prefixes it has
+    served) over the same lengths; a prompt seed repeats its text."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(str(load.DEFAULT_MODEL_DIR / "tokenizer.json"))
+    w = load.make_workload("nano", 16, 0, 0.1)
+    a, b, a2 = (w.with_prompts(load.DEFAULT_MODEL_DIR, seed) for seed in (7, 8, 7))
+    assert a.prompt_lens == b.prompt_lens == w.prompt_lens and a.output_lens == w.output_lens
+    assert a.prompts == a2.prompts
+    assert all(x != y for x, y in zip(a.prompts, b.prompts))
+    assert w.prompts == [] and a.describe()["prompt_seed"] == 7
+    for text, n in zip(b.prompts, b.prompt_lens):  # about the target length, as documented
+        assert abs(len(tok.encode(text, add_special_tokens=False).ids) - n) <= max(2, n // 10)
+
+
 def test_perf_analyzer_input_data_for_the_ensemble():
     import perf_analyzer
 

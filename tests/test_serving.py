@@ -274,6 +274,9 @@ def test_load_generator_rounds_against_the_server(server, tmp_path):
         assert round_["offline"]["output_tokens"] == target
         assert run["ratio_to_offline"] == pytest.approx(
             run["output_tok_s"] / round_["offline"]["output_tok_s"])
+    seeds = [r["runs"][0]["prompt_seed"] for r in result["rounds"]]
+    assert len(set(seeds)) == 2  # each round has prompts the server has not cached
+    assert [r["offline"]["prompt_seed"] for r in result["rounds"]] == seeds  # the same prompts
     ratios = result["ratio_to_offline"]["4"]
     assert ratios["rounds"] == [r["runs"][0]["ratio_to_offline"] for r in result["rounds"]]
     assert min(ratios["rounds"]) <= ratios["median"] <= max(ratios["rounds"])
