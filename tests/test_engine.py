@@ -179,3 +179,37 @@ def test_abort_frees_blocks_in_any_state(llm):
         engine.release(f"a{i}")
     engine.release("a1")
     assert not engine.has_unfinished_requests() and all_free(llm)
+
+
+def test_reset_prefix_cache_makes_the_same_prompts_compute_again(llm):
+    """Run twice, the second run's prompts hit the prefix cache; after a reset they compute
+    again, with the same tokens. No reset while a request holds blocks (as vLLM)."""
+    engine = llm.engine
+    batch = prompts(4, seed=11)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+
+    def hits_of(run):
+        before = engine.kv_cache_stats()["prefix_cache_hits"]
+        out = run()
+        return engine.kv_cache_stats()["prefix_cache_hits"] - before, out
+
+    assert engine.reset_prefix_cache()  # empties what earlier tests cached
+    first_hits, first = hits_of(lambda: llm.generate(batch, params))
+    again_hits, again = hits_of(lambda: llm.generate(batch, params))
+    assert first_hits == 0 and again_hits > 0
+    assert llm.reset_prefix_cache() is True
+    assert engine.kv_cache_stats()["num_cached_blocks"] == 0
+    fresh_hits, fresh = hits_of(lambda: llm.generate(batch, params))
+    assert fresh_hits == 0
+    tokens = [[o.outputs[0].token_ids for o in run] for run in (first, again, fresh)]
+    assert tokens[0] == tokens[1] == tokens[2]
+
+    engine.add_request("holding", batch[0]["prompt_token_ids"], params)
+    engine.step()
+    cached = engine.kv_cache_stats()["num_cached_blocks"]
+    assert cached > 0 and engine.reset_prefix_cache() is False
+    assert engine.kv_cache_stats()["num_cached_blocks"] == cached
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.release("holding")
+    assert all_free(llm) and engine.reset_prefix_cache() is True

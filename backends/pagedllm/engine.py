@@ -239,6 +239,10 @@ class LLMEngine:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens, but max_model_len is "
                              f"{self.max_model_len} (prompt + at least one output token must fit)")
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix if no request holds KV blocks; returns whether it did."""
+        return self.kv_cache.reset_prefix_cache()
+
     def kv_cache_stats(self) -> dict:
         """KV-cache occupancy and prefix-cache counters."""
         kv = self.kv_cache

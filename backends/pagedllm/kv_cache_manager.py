@@ -46,6 +46,17 @@ class KVCacheManager:
         """Share of blocks referenced by live requests (0.0 when idle, whatever is cached)."""
         return 1.0 - self.pool.num_free_blocks / self.pool.num_blocks
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix; only when no request holds a block (as vLLM's).
+
+        Benchmarks call it between runs of the same prompts, so that a run does not skip the
+        prefill its predecessor paid for. Returns whether it reset.
+        """
+        if self.pool.num_free_blocks != self.pool.num_blocks:
+            return False
+        self.pool.reset_prefix_cache()
+        return True
+
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 

@@ -25,6 +25,11 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **kwargs))
         self._ids = itertools.count()
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (between benchmark runs of the same prompts, as in vLLM);
+        False, and nothing done, while a request holds KV blocks."""
+        return self.engine.reset_prefix_cache()
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 
