@@ -13,13 +13,16 @@ cost of the Triton layer.
 Workloads (DESIGN.md):
   nano   256 requests; prompt and output lengths each uniform in [100, 1024] (times --scale);
          random token ids below 10000; ignore_eos; max_tokens = output length; seed 0.
-  serve  the same prompts at concurrency 1, 16, 64 and 256 (or the --concurrency given).
+  serve  the same lengths at concurrency 1, 16, 64 and 256 (or the --concurrency given).
 
 Prompts are text, since `ensemble` takes text: for each request, `length` token ids are drawn
-(seed 0) uniformly from [0, min(10000, vocab)) without special tokens, decoded with the model's
+uniformly from [0, min(10000, vocab)) without special tokens, decoded with the model's
 tokenizer.json, re-encoded, cut to `length` ids and decoded again. The prompt so made encodes to
-about `length` tokens (the server's exact count is reported as num_input_tokens); the same seed and
-tokenizer give the same texts on every machine.
+about `length` tokens (the server's exact count is reported as num_input_tokens). The lengths
+come from --seed (0); the token ids from a prompt seed that is new for every server run (from the
+clock, recorded in the JSON; --prompt-seed fixes it): a server with prefix caching keeps what it
+has served, and a run that met its own earlier prompts would skip their prefill. `--repeats N`
+alternates N rounds of server and offline runs and prints the median ratio.
 """
 from __future__ import annotations
 
