@@ -83,11 +83,14 @@ class Workload:
         return attach_prompts(replace(self, prompts=[], prompt_seed=prompt_seed), model_dir)
 
     def describe(self) -> dict:
-        return {"name": self.name, "num_requests": len(self), "seed": self.seed,
-                "prompt_seed": self.text_seed, "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
-                "output_len_range": _scaled_range(self.scale), "ignore_eos": True,
-                "target_prompt_tokens": sum(self.prompt_lens),
-                "target_output_tokens": sum(self.output_lens)}
+        described = {"name": self.name, "num_requests": len(self), "seed": self.seed,
+                     "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
+                     "output_len_range": _scaled_range(self.scale), "ignore_eos": True,
+                     "target_prompt_tokens": sum(self.prompt_lens),
+                     "target_output_tokens": sum(self.output_lens)}
+        if self.prompt_seed is not None:
+            described["prompt_seed"] = self.prompt_seed
+        return described
 
 
 def _scaled_range(scale: float) -> list[int]:
@@ -507,7 +510,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per request stream")
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    return args
 
 
 def _round(args, workloads: list[Workload], settings: list, sampling: dict
@@ -536,6 +542,18 @@ def _round(args, workloads: list[Workload], settings: list, sampling: dict
     return runs, off
 
 
+def _median_ratios(rounds: list[tuple[list, dict]]) -> dict:
+    """Per setting: each round's served/offline ratio and their median (printed too)."""
+    out = {}
+    for i, first in enumerate(rounds[0][0]):
+        label = str(first["concurrency"] or first["request_rate"])
+        ratios = [runs[i]["ratio_to_offline"] for runs, _ in rounds]
+        out[label] = {"rounds": ratios, "median": percentile(ratios, 50)}
+        print(f"triton/offline at {label} over {len(ratios)} rounds: "
+              f"{', '.join(f'{x:.1%}' for x in ratios)}; median {percentile(ratios, 50):.1%}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload = make_workload(args.workload, args.num_requests, args.seed, args.scale)
@@ -549,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = [(c, None) for c in (args.concurrency or default)]
     result = {"workload": workload.describe(), "url": args.url, "model": args.model,
               "sampling": {"ignore_eos": True, **sampling}, "environment": _environment()}
-    del result["workload"]["prompt_seed"]  # one per run: in each run's record
     rounds = []
     for r in range(args.repeats):
         if args.repeats > 1:
@@ -557,27 +574,18 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [base + r * len(settings) + i for i in range(len(settings))]
         workloads = [workload.with_prompts(args.model_dir, seed) for seed in seeds]
         rounds.append(_round(args, workloads, settings, sampling))
-    result["runs"], result["offline"] = rounds[0]
-    if result["offline"] is None:
-        del result["offline"]
+    result["runs"], offline = rounds[0]
+    if offline is not None:
+        result["offline"] = offline
     if args.repeats > 1:
         result["rounds"] = [{"runs": runs, "offline": off} for runs, off in rounds]
         if args.offline:
-            result["ratio_to_offline"] = {}
-            for i, s in enumerate(result["runs"]):
-                label = str(s["concurrency"] or s["request_rate"])
-                ratios = [runs[i]["ratio_to_offline"] for runs, _ in rounds]
-                result["ratio_to_offline"][label] = {"rounds": ratios,
-                                                     "median": percentile(ratios, 50)}
-                print(f"triton/offline at {label} over {len(ratios)} rounds: "
-                      f"{', '.join(f'{x:.1%}' for x in ratios)}; median "
-                      f"{percentile(ratios, 50):.1%}")
-    runs = [s for runs, _ in rounds for s in runs]
+            result["ratio_to_offline"] = _median_ratios(rounds)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 1 if any(s["num_errors"] for s in runs) else 0
+    return 1 if any(s["num_errors"] for runs, _ in rounds for s in runs) else 0
 
 
 if __name__ == "__main__":

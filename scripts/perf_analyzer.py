@@ -262,7 +262,7 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
         levels.append(figures)
         print(load.format_summary(f"perf_analyzer {model} concurrency {c}", figures), flush=True)
     described = workload.describe()
-    del described["prompt_seed"], described["num_requests"]  # per level: in each level's record
+    del described["num_requests"]  # per level: in each level's record, with its prompt seed
     return {"workload": described, "model": model, "url": url, "protocol": "grpc",
             "streaming": True, "environment": environment(), "levels": levels}
 
