@@ -206,11 +206,7 @@ class EngineLoop:
         if delta.finished:
             self._sinks.pop(delta.request_id, None)
             self.engine.release(delta.request_id)
-        if sink is not None:
-            try:
-                sink(delta)
-            except Exception:  # a broken consumer must not stop the engine
-                logger.exception("sink of request %s failed", delta.request_id)
+        deliver(sink, delta)
 
     def _abort_all(self, reason: str) -> None:
         for request_id in list(self._sinks):
@@ -241,3 +237,13 @@ class EngineLoop:
 def error_delta(request_id: str, message: str) -> StreamDelta:
     """The finished delta that tells a request it failed (or was refused) and why."""
     return StreamDelta(request_id=request_id, finished=True, finish_reason="abort", error=message)
+
+
+def deliver(sink: Sink | None, delta: StreamDelta) -> None:
+    """Hands a delta to its request's sink, if any; a broken consumer must not stop the others."""
+    if sink is None:
+        return
+    try:
+        sink(delta)
+    except Exception:
+        logger.exception("sink of request %s failed", delta.request_id)

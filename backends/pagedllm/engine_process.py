@@ -27,7 +27,7 @@ import threading
 from typing import Sequence
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine_loop import LoopStats, RequestStream, Sink, error_delta
+from pagedllm.engine_loop import LoopStats, RequestStream, Sink, deliver, error_delta
 from pagedllm.outputs import StreamDelta
 from pagedllm.sampling_params import SamplingParams
 
@@ -167,7 +167,7 @@ class EngineProcess:
                 sinks = [self._sinks.pop(d.request_id, None) if d.finished
                          else self._sinks.get(d.request_id) for d in deltas]
             for delta, sink in zip(deltas, sinks):
-                _deliver(sink, delta)
+                deliver(sink, delta)
         self._process.join(5)
         with self._lock:
             self._dead = self._dead or f"the engine process exited (code {self._process.exitcode})"
@@ -175,16 +175,7 @@ class EngineProcess:
         if orphans:
             logger.error("%s with %d live requests", self._dead, len(orphans))
         for request_id, sink in orphans.items():
-            _deliver(sink, error_delta(request_id, self._dead))
-
-
-def _deliver(sink: Sink | None, delta: StreamDelta) -> None:
-    if sink is None:
-        return
-    try:
-        sink(delta)
-    except Exception:  # a broken consumer must not stop the others
-        logger.exception("sink of request %s failed", delta.request_id)
+            deliver(sink, error_delta(request_id, self._dead))
 
 
 # ---- the child ---------------------------------------------------------------------------------
