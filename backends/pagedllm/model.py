@@ -102,9 +102,10 @@ class TritonPythonModel:
         config = EngineConfig(**engine_args)
         if own_process:  # this process's GIL is busy sending responses (see EngineProcess)
             self.loop = EngineProcess(config).start()
+            tokenizer = Tokenizer.from_dir(config.model)  # the engine's is in the child
         else:  # built on the loop's thread: torch's CPU pools are per thread
             self.loop = EngineLoop(lambda: LLMEngine(config)).start()
-        tokenizer = Tokenizer.from_dir(config.model)
+            tokenizer = self.loop.engine.tokenizer
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
                                       "version": args["model_version"]})
