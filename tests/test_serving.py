@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 
+from polling import wait_until  # noqa: E402
 from live_server import DEFAULT_MODEL, ENGINE_ARGS, start_server, stream, tensor  # noqa: E402
 from pagedllm import LLM, SamplingParams  # noqa: E402
 
@@ -327,10 +328,8 @@ def test_a_killed_server_leaves_no_stub_or_engine_process(tmp_path):
         def alive() -> list[int]:
             return [p for p in family if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and alive():
-            time.sleep(0.1)
-        assert not alive(), f"still running 10 s after the server died: {[family[p] for p in alive()]}"
+        assert wait_until(lambda: not alive(), timeout=10), \
+            f"still running 10 s after the server died: {[family[p] for p in alive()]}"
     finally:
         own.stop()
 
