@@ -49,6 +49,6 @@ def exit_with_server(poll_s: float = 0.5) -> bool:
     except OSError:
         return False
     # Its own session: a Ctrl-C to the server's process group must not take the watcher first.
-    subprocess.Popen(watcher_argv(os.getpid(), server_pid, poll_s), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(watcher_argv(os.getpid(), server_pid, poll_s), stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return True

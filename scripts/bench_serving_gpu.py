@@ -168,7 +168,7 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
     (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
     import config_edit
     config_edit.set_parameter(repo / "llm" / "config.pbtxt", "engine_process",
-                                   "true" if engine_process else "false")
+                              "true" if engine_process else "false")
 
     import serve
     log = out / "tritonserver.log"
