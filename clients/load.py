@@ -16,13 +16,13 @@ Workloads (DESIGN.md):
   serve  the same lengths at concurrency 1, 16, 64 and 256 (or the --concurrency given).
 
 Prompts are text, since `ensemble` takes text: for each request, `length` token ids are drawn
-uniformly from [0, min(10000, vocab)) without special tokens, decoded with the model's
-tokenizer.json, re-encoded, cut to `length` ids and decoded again. The prompt so made encodes to
-about `length` tokens (the server's exact count is reported as num_input_tokens). The lengths
-come from --seed (0); the token ids from a prompt seed that is new for every server run (from the
-clock, recorded in the JSON; --prompt-seed fixes it): a server with prefix caching keeps what it
-has served, and a run that met its own earlier prompts would skip their prefill. `--repeats N`
-alternates N rounds of server and offline runs and prints the median ratio.
+uniformly from [0, min(10000, vocab)) without special tokens or tokens holding a NUL, decoded
+with the model's tokenizer.json, re-encoded, cut to `length` ids and decoded again. The prompt so
+made encodes to about `length` tokens (the server's exact count is reported as num_input_tokens).
+The lengths come from --seed (0); the token ids from a prompt seed that is new for every server
+run (from the clock, recorded in the JSON; --prompt-seed fixes it): a server with prefix caching
+keeps what it has served, and a run that met its own earlier prompts would skip their prefill.
+`--repeats N` alternates N rounds of server and offline runs and prints the median ratio.
 """
 from __future__ import annotations
 
@@ -125,12 +125,12 @@ def make_workload(name: str = "nano", num_requests: int = 256, seed: int = 0,
     return Workload(name, prompt_lens, output_lens, seed=seed, scale=scale)
 
 
-def prompt_token_ids(lengths: Sequence[int], vocab_size: int, special_ids: Sequence[int] = (),
+def prompt_token_ids(lengths: Sequence[int], vocab_size: int, excluded_ids: Sequence[int] = (),
                      seed: int = 0, id_limit: int = 10000) -> list[list[int]]:
-    """Random token ids below min(id_limit, vocab_size), without special ids; one list per length."""
+    """Random token ids below min(id_limit, vocab_size), none excluded; one list per length."""
     high = min(id_limit, vocab_size)
-    special = set(special_ids)
-    pool = [i for i in range(high) if i not in special]
+    excluded = set(excluded_ids)
+    pool = [i for i in range(high) if i not in excluded]
     if not pool:
         raise ValueError("no ordinary token ids below the limit")
     rng = random.Random(seed)
@@ -144,9 +144,12 @@ def prompt_texts(tokenizer, lengths: Sequence[int], seed: int = 0) -> list[str]:
         tokenizer: a `tokenizers.Tokenizer` (the model's tokenizer.json).
     """
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    special = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
+    excluded = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    # NOTE: no token whose text holds a NUL: the server's ONNX tokenizer refuses such a prompt
+    # (its op reads C strings), and a benchmark's prompts must be ones it serves.
+    excluded |= {i for i in range(min(10000, vocab)) if "\x00" in tokenizer.decode([i])}
     texts = []
-    for ids, n in zip(prompt_token_ids(lengths, vocab, special, seed), lengths):
+    for ids, n in zip(prompt_token_ids(lengths, vocab, sorted(excluded), seed), lengths):
         text = tokenizer.decode(ids, skip_special_tokens=True)
         again = tokenizer.encode(text, add_special_tokens=False).ids[:n]
         texts.append(tokenizer.decode(again, skip_special_tokens=True))
@@ -263,7 +266,8 @@ def format_summary(label: str, s: dict) -> str:
             f"  TTFT ms  mean {s['ttft_ms']['mean']:.1f}  p50 {s['ttft_ms']['p50']:.1f}  "
             f"p99 {s['ttft_ms']['p99']:.1f}\n"
             f"  ITL ms   mean {s['itl_ms']['mean']:.2f}  p50 {s['itl_ms']['p50']:.2f}  "
-            f"p99 {s['itl_ms']['p99']:.2f}")
+            f"p99 {s['itl_ms']['p99']:.2f}"
+            + "".join(f"\n  error: {e}" for e in s.get("errors", [])))
 
 
 # ---------------------------------------------------------------------------------------------

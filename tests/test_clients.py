@@ -46,8 +46,8 @@ def test_scale_shrinks_both_lengths():
         load.nano_lengths(0)
 
 
-def test_prompt_ids_stay_below_the_limit_and_skip_special_ids():
-    ids = load.prompt_token_ids([50, 7], vocab_size=20000, special_ids=[0, 1, 2], seed=0)
+def test_prompt_ids_stay_below_the_limit_and_skip_excluded_ids():
+    ids = load.prompt_token_ids([50, 7], vocab_size=20000, excluded_ids=[0, 1, 2], seed=0)
     assert [len(x) for x in ids] == [50, 7]
     flat = [i for x in ids for i in x]
     assert max(flat) < 10000 and not {0, 1, 2} & set(flat)
@@ -64,6 +64,14 @@ def test_prompt_texts_are_deterministic_and_about_the_right_length():
     for text, n in zip(texts, lengths):
         got = len(tok.encode(text, add_special_tokens=False).ids)
         assert abs(got - n) <= max(2, n // 20), (got, n)
+
+
+def test_prompt_texts_hold_no_nul():
+    """The ONNX tokenizer refuses a NUL."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(ROOT / "models" / "default" / "tokenizer.json"))
+    texts = [t for seed in range(60, 160) for t in load.prompt_texts(tok, [30, 19, 57], seed=seed)]
+    assert not [t for t in texts if "\x00" in t]
 
 
 def test_percentile_matches_numpy():
