@@ -29,8 +29,9 @@ Known, bounded differences (warnings; `strict=True` / --strict makes them errors
   first; a vocab token that the merges cannot rebuild from its own text would tokenize
   differently. The export counts such tokens (none in the default model).
 Always: NUL (U+0000) does not pass, as ONNX Runtime string constants and onnxruntime-extensions
-read C strings: preprocessing ignores what follows a NUL, and postprocessing decodes the NUL
-byte's token to nothing.
+read C strings. Preprocessing flags a text that holds one (`text_has_nul`; the `llm` step refuses
+such a request, naming the NUL, rather than serve the text cut short), and postprocessing decodes
+the NUL byte's token to nothing.
 
     python scripts/export_tokenizer_onnx.py --model DIR --out-pre PATH --out-post PATH
 """
@@ -241,7 +242,8 @@ def _const(name: str, values, dtype=np.int64) -> TensorProto:
 
 
 def build_preprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
-    """text_input STRING [B,1] -> input_ids INT64 [B,max_len], input_lengths INT64 [B,1]."""
+    """text_input STRING [B,1] -> input_ids INT64 [B,max_len], input_lengths INT64 [B,1],
+    text_has_nul BOOL [B,1]."""
     id_to_content = {a["id"]: a["content"] for a in json.loads(spec.json_text)["added_tokens"]}
     # NOTE: no bos/eos in this config, so the op adds no special tokens itself: the graph adds the
     # post-processor's prefix/suffix below. tokenizer_class only picks BPE; the regex comes from
@@ -253,13 +255,14 @@ def build_preprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
     # split off first, as `tokenizers` splits added tokens, so the ids before it are the text's
     # own; its id stays after the row's length, where padding is.
     # NOTE: the op reads C strings: a NUL would also cut the sentinel off. The graph cuts each
-    # text at its first NUL itself (what follows a NUL is ignored). An empty column after the
-    # split's gives it a first column even when all texts are empty (then it has none).
+    # text at its first NUL itself, so the op never meets one, and flags the texts it cut
+    # (`text_has_nul`: the split made two parts) for the llm step to refuse. An empty column
+    # after the split's gives it a first column even when all texts are empty (then it has none).
     sentinel = id_to_content[spec.pad_id]
     inits = [_const("flat_shape", [-1]), _const("sum_axes", [1]), _const("one", [[1]]),
-             _const("first", 0),
+             _const("first", 0), _const("one_part", 1),
              helper.make_tensor("empty", TensorProto.STRING, [1, 1], [b""]),
-             _const("column", [1]),
+             _const("column", [1]), _const("axis_1", [1]),
              helper.make_tensor("sentinel", TensorProto.STRING, [1], [sentinel.encode()])]
     nodes = [
         helper.make_node("Reshape", ["text_input", "flat_shape"], ["texts_raw"]),
@@ -270,6 +273,8 @@ def build_preprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
         helper.make_node("Expand", ["empty", "column_shape"], ["empty_column"]),
         helper.make_node("Concat", ["nul_parts", "empty_column"], ["parts"], axis=1),
         helper.make_node("Gather", ["parts", "first"], ["texts_cut"], axis=1),
+        helper.make_node("Greater", ["nul_counts", "one_part"], ["cut"]),
+        helper.make_node("Unsqueeze", ["cut", "axis_1"], ["text_has_nul"]),
         helper.make_node("StringConcat", ["texts_cut", "sentinel"], ["texts"]),
         helper.make_node("HfJsonTokenizer", ["texts"], ["text_ids", "mask"], domain=CONTRIB,
                          tokenizer_vocab=spec.json_text, tokenizer_config=json.dumps(config)),
@@ -310,7 +315,8 @@ def build_preprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
         nodes, "preprocessing",
         [helper.make_tensor_value_info("text_input", TensorProto.STRING, ["batch", 1])],
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "max_len"]),
-         helper.make_tensor_value_info("input_lengths", TensorProto.INT64, ["batch", 1])],
+         helper.make_tensor_value_info("input_lengths", TensorProto.INT64, ["batch", 1]),
+         helper.make_tensor_value_info("text_has_nul", TensorProto.BOOL, ["batch", 1])],
         inits)
 
 
@@ -356,7 +362,7 @@ def verify(model_dir: str | os.PathLike, spec: TokenizerSpec, pre: onnx.ModelPro
     tokenizer = Tokenizer.from_dir(model_dir)
     added = [a["content"] for a in json.loads(spec.json_text)["added_tokens"]]
     texts = PROBE_TEXTS + [f"a{s}b {s}" for s in added[:4]]  # added tokens written in text
-    ids, lengths = session(pre).run(None, {"text_input": np.array(texts, object).reshape(-1, 1)})
+    ids, lengths, _ = session(pre).run(None, {"text_input": np.array(texts, object).reshape(-1, 1)})
     for text, row, n in zip(texts, ids, lengths[:, 0]):
         want = tokenizer.encode(text)
         if row[:n].tolist() != want:

@@ -4,7 +4,7 @@
 the tokenizer taken out, to separate the model's cost from the server's:
 
 - `onnx`: the model's `model.onnx` is replaced by a graph that answers without work
-  (Shape -> ConstantOfShape for every int64 output, a [B, 1] tensor of ones). The config and the
+  (Shape -> ConstantOfShape for every output, a [B, 1] tensor of ones of its type). The config and the
   backend (backends/onnxruntime, or the native one) are untouched: what remains is the serving
   path's own cost per request and per call.
 - `python`: the model becomes a plain Triton Python model (`backend: "python"`) that reads its
@@ -55,28 +55,30 @@ class TritonPythonModel:
 '''
 
 
-def null_onnx(input_names: list[str], output_names: list[str]):
-    """An ONNX graph whose every output is int64 ones shaped like the first input ([B, 1])."""
+def null_onnx(input_names: list[str], outputs: list[tuple[str, str]]):
+    """An ONNX graph whose every output is ones of its config type shaped like the first input
+    ([B, 1]). `outputs`: (name, config data_type) pairs, e.g. ("input_ids", "TYPE_INT64")."""
     from onnx import TensorProto, helper
 
     first = input_names[0]
     nodes = [helper.make_node("Shape", [first], ["batch_shape"])]
-    for name in output_names:
+    types = [getattr(TensorProto, data_type.removeprefix("TYPE_")) for _, data_type in outputs]
+    for (name, _), onnx_type in zip(outputs, types):
         nodes.append(helper.make_node(
             "ConstantOfShape", ["batch_shape"], [name],
-            value=helper.make_tensor(f"{name}_value", TensorProto.INT64, [1], [1])))
+            value=helper.make_tensor(f"{name}_value", onnx_type, [1], [1])))
     inputs = [helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1])
               for name in input_names]
-    outputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", 1])
-               for name in output_names]
+    outputs = [helper.make_tensor_value_info(name, onnx_type, ["batch", 1])
+               for (name, _), onnx_type in zip(outputs, types)]
     model = helper.make_model(helper.make_graph(nodes, "null", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # loads in ONNX Runtime 1.19 (the NGC 24.10 container) too
     return model
 
 
-def _names(config: str, section: str) -> list[str]:
-    """The tensor names in the config's `section [ ... ]` list (brackets matched)."""
+def _tensors(config: str, section: str) -> list[tuple[str, str]]:
+    """(name, data_type) of each tensor in the config's `section [ ... ]` list (brackets matched)."""
     start = re.search(rf"^\s*{section}\s*\[", config, flags=re.M)
     if start is None:
         raise ValueError(f"config.pbtxt has no {section} list")
@@ -84,14 +86,14 @@ def _names(config: str, section: str) -> list[str]:
     for j in range(i, len(config)):
         depth += {"[": 1, "]": -1}.get(config[j], 0)
         if depth == 0:
-            return re.findall(r'name\s*:\s*"([^"]+)"', config[i:j])
+            return re.findall(r'name\s*:\s*"([^"]+)"\s*data_type\s*:\s*(\w+)', config[i:j])
     raise ValueError(f"config.pbtxt: the {section} list is not closed")
 
 
-def config_names(config: str) -> tuple[list[str], list[str]]:
-    """The input and output tensor names of a config.pbtxt text."""
+def config_tensors(config: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(name, data_type) of the input and of the output tensors of a config.pbtxt text."""
     config = re.sub(r"#.*", "", config)
-    return _names(config, "input"), _names(config, "output")
+    return _tensors(config, "input"), _tensors(config, "output")
 
 
 def make_null(model_dir: Path, kind: str) -> None:
@@ -107,7 +109,8 @@ def make_null(model_dir: Path, kind: str) -> None:
     if kind == "onnx":
         import onnx
 
-        onnx.save(null_onnx(*config_names(config)), str(version / "model.onnx"))
+        inputs, outputs = config_tensors(config)
+        onnx.save(null_onnx([name for name, _ in inputs], outputs), str(version / "model.onnx"))
     elif kind == "python":
         config = re.sub(r'^(\s*backend\s*:\s*)"[^"]*"', r'\1"python"', config, count=1,
                         flags=re.M)

@@ -180,7 +180,9 @@ def test_null_models_answer_without_work(tmp_path):
     (src / "1").mkdir(parents=True)
     (src / "config.pbtxt").write_text(cfg)
     (src / "1" / "model.onnx").write_bytes(b"the tokenizer")
-    assert null_models.config_names(cfg) == (["text_input"], ["input_ids", "input_lengths"])
+    assert null_models.config_tensors(cfg) == (
+        [("text_input", "TYPE_STRING")],
+        [("input_ids", "TYPE_INT64"), ("input_lengths", "TYPE_INT64"), ("text_has_nul", "TYPE_BOOL")])
     for kind in ("onnx", "python"):
         model = tmp_path / kind
         shutil.copytree(src, model)
@@ -190,9 +192,10 @@ def test_null_models_answer_without_work(tmp_path):
         if kind == "onnx":
             assert files == ["model.onnx"] and text == cfg
             session = ort.InferenceSession(str(model / "1" / "model.onnx"))
-            ids, lengths = session.run(None, {"text_input": np.array([["a"], ["bc"], ["d"]],
-                                                                     dtype=object)})
-            assert ids.shape == lengths.shape == (3, 1) and ids.dtype == np.int64
+            ids, lengths, has_nul = session.run(
+                None, {"text_input": np.array([["a"], ["bc"], ["d"]], dtype=object)})
+            assert ids.shape == lengths.shape == has_nul.shape == (3, 1)
+            assert ids.dtype == np.int64 and has_nul.dtype == np.bool_
         else:
             assert files == ["model.py"]
             assert 'backend: "python"' in text and "model_operations" not in text

@@ -132,10 +132,15 @@ def exported(model_dirs, tmp_path_factory):
 NAMES = ["default", "llama3", "qwen2", "bos_eos"]
 
 
-def _encode(pre, texts: list[str]) -> list[list[int]]:
-    ids, lengths = pre.run(None, {"text_input": np.array(texts, dtype=object).reshape(-1, 1)})
-    assert ids.dtype == np.int64 and lengths.dtype == np.int64
+def _encode(pre, texts: list[str], flags: list | None = None) -> list[list[int]]:
+    """The ids of each text; `flags`, when given, gets each text's text_has_nul."""
+    ids, lengths, has_nul = pre.run(
+        None, {"text_input": np.array(texts, dtype=object).reshape(-1, 1)})
+    assert ids.dtype == np.int64 and lengths.dtype == np.int64 and has_nul.dtype == np.bool_
     assert ids.shape[0] == lengths.shape[0] == len(texts) and lengths.shape[1] == 1
+    assert has_nul.shape == (len(texts), 1)
+    if flags is not None:
+        flags.extend(has_nul[:, 0].tolist())
     return [row[:n].tolist() for row, n in zip(ids, lengths[:, 0])]
 
 
@@ -181,8 +186,9 @@ def test_special_tokens_in_text_are_matched_like_tokenizers(exported):
 
 def test_empty_batch_of_texts_gives_zero_lengths(exported):
     _, pre, _, _ = exported["default"]
-    ids, lengths = pre.run(None, {"text_input": np.array([[""], [""]], dtype=object)})
+    ids, lengths, has_nul = pre.run(None, {"text_input": np.array([[""], [""]], dtype=object)})
     assert lengths.tolist() == [[0], [0]] and ids.shape[0] == 2
+    assert has_nul.tolist() == [[False], [False]]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -236,11 +242,15 @@ def _utf8_groups(ids: list[int], token_bytes: list[bytes]) -> list[list[int]]:
     return groups
 
 
-def test_nul_ends_a_text(exported, model_dirs):
-    """The documented difference: onnxruntime-extensions reads C strings."""
+def test_a_text_with_nul_is_flagged(exported, model_dirs):
+    """The documented difference: onnxruntime-extensions reads C strings. The graph cuts a text
+    at its first NUL (so the op never meets one) and flags it, for the llm step to refuse."""
     tokenizer, pre, post, spec = exported["llama3"]
-    assert _encode(pre, ["a<b\x00c d", "\x00", "x"]) == [
-        tokenizer.encode("a<b"), tokenizer.encode(""), tokenizer.encode("x")]
+    flags = []
+    assert _encode(pre, ["a<b\x00c d", "\x00", "x", "", "ab\x00"], flags) == [
+        tokenizer.encode("a<b"), tokenizer.encode(""), tokenizer.encode("x"),
+        tokenizer.encode(""), tokenizer.encode("ab")]
+    assert flags == [True, True, False, False, True]
     nul, a = byte_token_ids(model_dirs["llama3"])[0], tokenizer.encode("a")[-1]
     assert _decode(post, [[a, nul, a], [a]], spec.pad_id) == ["aa", "a"]  # NUL decodes to ""
 
@@ -273,10 +283,11 @@ def test_exported_models_signature(exported):
                      [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
                     for v in values]
 
-        string, int64 = ex.TensorProto.STRING, ex.TensorProto.INT64
+        string, int64, bool_ = ex.TensorProto.STRING, ex.TensorProto.INT64, ex.TensorProto.BOOL
         assert io(pre.graph.input) == [("text_input", string, ["batch", 1])]
         assert io(pre.graph.output) == [("input_ids", int64, ["batch", "max_len"]),
-                                        ("input_lengths", int64, ["batch", 1])]
+                                        ("input_lengths", int64, ["batch", 1]),
+                                        ("text_has_nul", bool_, ["batch", 1])]
         assert io(post.graph.input) == [("output_ids", int64, ["batch", "n"])]
         assert io(post.graph.output) == [("text_output", string, ["batch", 1])]
         assert pre.ir_version == post.ir_version == ex.IR_VERSION

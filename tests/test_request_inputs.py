@@ -19,7 +19,8 @@ def test_full_request():
     got = parse_inputs({"input_ids": _ids(5, 6, 7, 0), "input_lengths": np.asarray([[3]]),
                         "stream": np.asarray([[True]]),
                         "sampling_parameters": _text('{"temperature": 0, "stop": ["x"]}'),
-                        "max_tokens": np.asarray([[9]], np.int32)})
+                        "max_tokens": np.asarray([[9]], np.int32),
+                        "text_has_nul": np.asarray([[False]])})
     assert got.prompt_token_ids == [5, 6, 7]
     assert got.stream and not got.exclude_input_in_output and not got.cancel
     assert got.params.max_tokens == 9 and got.params.temperature == 0 and got.params.stop == ["x"]
@@ -38,6 +39,7 @@ def test_cancel_needs_nothing_else():
     ({"input_ids": _ids(1), "sampling_parameters": _text('{"bogus": 1}')}, "bogus"),
     ({"input_ids": _ids(1), "sampling_parameters": _text('{"max_tokens": -1}')}, "max_tokens"),
     ({"input_ids": _ids(1), "max_tokens": np.asarray([[0]], np.int32)}, "max_tokens"),
+    ({"input_ids": _ids(1, 2), "text_has_nul": np.asarray([[True]])}, "'text_input' holds a NUL"),
 ])
 def test_bad_inputs_name_the_problem(tensors, names):
     with pytest.raises(ValueError, match=names):

@@ -120,6 +120,8 @@ def test_sampling_parameters_honoured(server, offline):
     ({"params": {"bogus_field": 1}}, "bogus_field"),
     ({"params": {"max_tokens": -3}}, "max_tokens"),
     ({"text": ""}, "prompt is empty"),
+    ({"text": "def f():\x00 return 1"}, "NUL character"),
+    ({"text": "\x00"}, "NUL character"),
     ({"text": "word " * 1500}, "max_model_len"),
 ])
 def test_bad_input_is_named_and_server_keeps_serving(server, kwargs, message):

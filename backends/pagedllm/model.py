@@ -55,7 +55,7 @@ from stub_watchdog import exit_with_server  # noqa: E402
 
 logger = logging.getLogger("pagedllm.triton")
 
-INPUTS = ("input_ids", "input_lengths", "stream", "sampling_parameters",
+INPUTS = ("input_ids", "input_lengths", "text_has_nul", "stream", "sampling_parameters",
           "exclude_input_in_output", "max_tokens", "cancel")
 CANCEL_POLL_S = 0.2
 STATS_EVERY_S = 0.05

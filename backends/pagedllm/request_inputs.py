@@ -6,6 +6,8 @@ Pure numpy, no Triton: the Triton adapter passes `{input name: numpy array}` and
 Inputs (the batch dimension of 1 is Triton's, from max_batch_size > 0):
     input_ids               INT64  [1, n]   prompt token ids (padded rows allowed: see lengths)
     input_lengths           INT64  [1, 1]   how many of input_ids are the prompt (optional)
+    text_has_nul            BOOL   [1, 1]   the ensemble's text_input held a NUL (preprocessing's
+                                            tokenizer cannot read it): the request is refused
     stream                  BOOL   [1, 1]   one response per delta (default false: one response)
     sampling_parameters     BYTES  [1, 1]   JSON object with SamplingParams names
     exclude_input_in_output BOOL   [1, 1]   without streaming, leave the prompt out of the text
@@ -35,6 +37,9 @@ def parse_inputs(tensors: dict[str, np.ndarray]) -> GenerateInputs:
     """Validates and converts one request's inputs (absent optional inputs are left out)."""
     if _flag(tensors, "cancel"):
         return GenerateInputs(cancel=True)
+    if _flag(tensors, "text_has_nul"):
+        raise ValueError("input 'text_input' holds a NUL character (U+0000), which the ONNX "
+                         "tokenizer cannot read past; remove or replace it")
     ids = tensors.get("input_ids")
     if ids is None:
         raise ValueError("input 'input_ids' is required")
