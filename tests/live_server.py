@@ -77,10 +77,11 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
 
 
 def tensor(name: str, value):
-    """A [1, 1] (or [1, n] for lists of ints) tritonclient.grpc input."""
+    """A [1, 1] (or [1, n] for lists of ints) tritonclient.grpc input; bytes go as they are."""
     import tritonclient.grpc as grpcclient
-    if isinstance(value, str):
-        arr, dtype = np.array([[value.encode()]], dtype=np.object_), "BYTES"
+    if isinstance(value, (str, bytes)):
+        data = value.encode() if isinstance(value, str) else value
+        arr, dtype = np.array([[data]], dtype=np.object_), "BYTES"
     elif isinstance(value, bool):
         arr, dtype = np.array([[value]], dtype=bool), "BOOL"
     elif isinstance(value, list):
@@ -105,7 +106,7 @@ class Result:
         return "".join(self.pieces)
 
 
-def stream(url: str, text: str, params: dict | None = None, stream: bool = True,
+def stream(url: str, text: str | bytes, params: dict | None = None, stream: bool = True,
            model: str = "ensemble", request_id: str = "", timeout: float = 120.0,
            **inputs) -> Result:
     """One request over a gRPC stream; collects every response until the final one."""

@@ -153,7 +153,7 @@ def test_a_bad_request_fails_alone(tokenizer_repo):
     missing = fake_pb_utils.FakeRequest({})
     responses = instance.execute([_texts("ok"), bad_utf8, missing, _texts("fine too")])
     assert [r.has_error() for r in responses] == [False, True, True, False]
-    assert "utf-8" in responses[1].error().message()
+    assert "input 'text_input' is not UTF-8" in responses[1].error().message()
     assert "text_input" in responses[2].error().message()
     out = responses[3].as_dict()
     assert out["input_ids"][0, :out["input_lengths"][0, 0]].tolist() == tokenizer.encode(

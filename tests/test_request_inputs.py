@@ -35,6 +35,7 @@ def test_cancel_needs_nothing_else():
     ({"input_ids": _ids(1, 2), "input_lengths": np.asarray([[0]])}, "empty"),
     ({"input_ids": _ids(1, 2), "input_lengths": np.asarray([[3]])}, "input_lengths"),
     ({"input_ids": np.zeros((2, 3), np.int64)}, "one prompt"),
+    ({"input_ids": np.zeros((2, 3), np.int64), "text_has_nul": np.zeros((2, 1), bool)}, "one prompt"),
     ({"input_ids": _ids(1), "sampling_parameters": _text("{not json")}, "sampling_parameters"),
     ({"input_ids": _ids(1), "sampling_parameters": _text('{"bogus": 1}')}, "bogus"),
     ({"input_ids": _ids(1), "sampling_parameters": _text('{"max_tokens": -1}')}, "max_tokens"),

@@ -122,6 +122,7 @@ def test_sampling_parameters_honoured(server, offline):
     ({"text": ""}, "prompt is empty"),
     ({"text": "def f():\x00 return 1"}, "NUL character"),
     ({"text": "\x00"}, "NUL character"),
+    ({"text": b"\xff\xfe def"}, "input 'text_input' is not UTF-8"),
     ({"text": "word " * 1500}, "max_model_len"),
 ])
 def test_bad_input_is_named_and_server_keeps_serving(server, kwargs, message):

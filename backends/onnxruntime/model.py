@@ -10,7 +10,8 @@ runs the same model.onnx and config.pbtxt the NGC container runs natively:
 - dynamic batching: the requests of one execute() call are concatenated along the batch
   dimension and run once per group whose other dimensions match ([B, 1] strings always do;
   [B, n] ids group by n; nothing is padded), and the outputs are split back per request;
-- BYTES tensors come as numpy object arrays of bytes: str for ONNX Runtime, bytes back;
+- BYTES tensors come as numpy object arrays of bytes: str for ONNX Runtime (an input that is
+  not UTF-8 fails its request, naming the input), bytes back;
 - `parameters { key: "intra_op_thread_count" }` as the native backend reads it.
 
 An error (a bad input, a failed run) is answered per request as a TritonError.
@@ -33,16 +34,19 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from stub_watchdog import exit_with_server  # noqa: E402
 
 
-def _to_str(array: np.ndarray) -> np.ndarray:
+def _to_str(array: np.ndarray, name: str) -> np.ndarray:
     """A BYTES tensor (object array of bytes) as the object array of str ONNX Runtime takes.
 
     (ONNX Runtime would str() a bytes item: "b'...'". A fixed-width numpy bytes array it reads
-    as C strings, past an item that fills its width: no shortcut there.) Raises
-    UnicodeDecodeError for an item that is not UTF-8.
+    as C strings, past an item that fills its width: no shortcut there.) Raises ValueError
+    naming the input for an item that is not UTF-8.
     """
     items = array.ravel().tolist()
     out = np.empty(len(items), dtype=object)
-    out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in items]
+    try:
+        out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in items]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"input {name!r} is not UTF-8 text: {e}") from None
     return out.reshape(array.shape)
 
 
@@ -94,22 +98,20 @@ class TritonPythonModel:
                                  f"{options.intra_op_num_threads or 'default'})")
 
     def _read(self, request) -> dict[str, np.ndarray]:
-        """The request's inputs as Triton gives them (BYTES: object arrays of bytes)."""
+        """The request's inputs as ONNX Runtime takes them (BYTES: object arrays of str)."""
         feeds = {}
-        for name, _ in self.inputs:
+        for name, is_string in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
-            feeds[name] = tensor.as_numpy()
+            feeds[name] = _to_str(tensor.as_numpy(), name) if is_string else tensor.as_numpy()
         return feeds
 
     def _merge(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The inputs of requests that share their non-batch shapes, as one batch."""
-        merged = {}
-        for name, is_string in self.inputs:
-            array = feeds[0][name] if len(feeds) == 1 else np.concatenate([f[name] for f in feeds])
-            merged[name] = _to_str(array) if is_string else array
-        return merged
+        if len(feeds) == 1:
+            return feeds[0]
+        return {name: np.concatenate([f[name] for f in feeds]) for name, _ in self.inputs}
 
     def _split(self, results: list[np.ndarray], feeds: list[dict]) -> list[list]:
         """The outputs of one run, per request (views: no copy)."""

@@ -37,9 +37,6 @@ def parse_inputs(tensors: dict[str, np.ndarray]) -> GenerateInputs:
     """Validates and converts one request's inputs (absent optional inputs are left out)."""
     if _flag(tensors, "cancel"):
         return GenerateInputs(cancel=True)
-    if _flag(tensors, "text_has_nul"):
-        raise ValueError("input 'text_input' holds a NUL character (U+0000), which the ONNX "
-                         "tokenizer cannot read past; remove or replace it")
     ids = tensors.get("input_ids")
     if ids is None:
         raise ValueError("input 'input_ids' is required")
@@ -47,11 +44,14 @@ def parse_inputs(tensors: dict[str, np.ndarray]) -> GenerateInputs:
     if ids.ndim == 2:
         if ids.shape[0] != 1:
             raise ValueError(f"input 'input_ids' must hold one prompt (batch 1), got shape "
-                             f"{list(ids.shape)}")
+                             f"{list(ids.shape)} (through ensemble: one text_input a request)")
         ids = ids[0]
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input 'input_ids' must be integer token ids, got {ids.dtype} "
                          f"shape {list(ids.shape)}")
+    if _flag(tensors, "text_has_nul"):
+        raise ValueError("input 'text_input' holds a NUL character (U+0000), which the ONNX "
+                         "tokenizer cannot read past; remove or replace it")
     if "input_lengths" in tensors:
         n = int(_scalar(tensors, "input_lengths"))
         if not 0 <= n <= len(ids):
