@@ -11,8 +11,11 @@
    on the same K/V laid out contiguously.
 
 Prints a table; with $OUT set, writes everything to $OUT/kernels_gpu.json.
+`--sweep` instead times the kernel's launch knobs (keys per step, warps, pipeline stages) on
+decode batches like the engine's (graph-launched), each against the knobs it runs with now,
+and writes $OUT/kernels_sweep.json.
 
-    python scripts/check_kernels_gpu.py [--skip-tests] [--iters 50]
+    python scripts/check_kernels_gpu.py [--skip-tests] [--iters 50] [--sweep]
 """
 
 from __future__ import annotations
@@ -143,11 +146,8 @@ def _sdpa_call(q, k, v):
     return None, None
 
 
-def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: float, iters: int,
-               with_sdpa: bool, timer=time_us) -> tuple[Row, str | None]:
-    """One decode case, ours and (optionally) SDPA, each timed by `timer(fn, iters)`."""
-    from kernels.triton_paged_attention import choose_num_splits, paged_attention, _num_sms
-
+def decode_args(batch: int, context: int, num_splits: int | None):
+    """paged_attention's arguments for one decode step over shuffled blocks, and the dense K, V."""
     g = torch.Generator(device="cuda").manual_seed(0)
     k = torch.randn(batch, context, NUM_KV_HEADS, HEAD_DIM, generator=g, device="cuda").to(DTYPE)
     v = torch.randn(batch, context, NUM_KV_HEADS, HEAD_DIM, generator=g, device="cuda").to(DTYPE)
@@ -165,6 +165,16 @@ def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: floa
         query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
         scale=HEAD_DIM**-0.5, max_query_len=1, max_seq_len=context, num_splits=num_splits,
     )
+    return args, k, v
+
+
+def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: float, iters: int,
+               with_sdpa: bool, timer=time_us) -> tuple[Row, str | None]:
+    """One decode case, ours and (optionally) SDPA, each timed by `timer(fn, iters)`."""
+    from kernels.triton_paged_attention import choose_num_splits, paged_attention, _num_sms
+
+    args, k, v = decode_args(batch, context, num_splits)
+    q = args["query"]
     splits = num_splits or choose_num_splits(batch, NUM_KV_HEADS, 1, context, _num_sms(q.device))
     moved = 2 * k.numel() * k.element_size() + 2 * q.numel() * q.element_size()
     ours_us = timer(lambda: paged_attention(**args), iters)
@@ -181,10 +191,48 @@ def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: floa
     return row, sdpa_name
 
 
+SWEEP_CASES = [(256, 832), (64, 832), (64, 4096), (256, 256)]  # 832: the nano mean live context
+
+
+def sweep(copy_gbps: float, iters: int) -> list[dict]:
+    """Graph-launched decode time of every launch config on each case; the current one marked."""
+    from kernels.triton_paged_attention import LaunchConfig, launch_config, paged_attention
+
+    current = launch_config(DTYPE, 1)
+    configs = [LaunchConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3, 4)]
+    results = []
+    for batch, context in SWEEP_CASES:
+        args, k, _ = decode_args(batch, context, None)
+        moved = 2 * k.numel() * k.element_size() + 2 * args["query"].numel() * DTYPE.itemsize
+        want = paged_attention(**args)
+        rows = []
+        for config in configs:
+            try:
+                got = paged_attention(**args, config=config)
+            except Exception as e:  # a config the compiler refuses (shared memory): skipped
+                print(f"  {config}: {type(e).__name__}", flush=True)
+                continue
+            diff = (got.float() - want.float()).abs().max().item()
+            us = time_us_graph(lambda: paged_attention(**args, config=config), iters)
+            rows.append(dict(asdict(config), us=us, pct_of_copy=100 * moved / us / 1e3 / copy_gbps,
+                             max_abs_diff=diff, current=config == current))
+        rows.sort(key=lambda r: r["us"])
+        now = next(r for r in rows if r["current"])
+        print(f"\nbatch {batch} context {context}: now {now['us']:.1f} us ({now['pct_of_copy']:.1f} % of copy)")
+        for r in rows[:5]:
+            print(f"  block_n {r['block_n']:3d} warps {r['num_warps']} stages {r['num_stages']}: "
+                  f"{r['us']:7.1f} us {r['pct_of_copy']:5.1f} %  x{now['us'] / r['us']:.2f}  "
+                  f"|diff| {r['max_abs_diff']:.1e}", flush=True)
+        results.append(dict(batch=batch, context=context, rows=rows))
+        torch.cuda.empty_cache()
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-tests", action="store_true", help="only the microbenchmark")
     parser.add_argument("--iters", type=int, default=50, help="timed calls per case (median)")
+    parser.add_argument("--sweep", action="store_true", help="time the launch configs instead")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         print("check_kernels_gpu.py needs a CUDA GPU", file=sys.stderr)
@@ -197,6 +245,12 @@ def main() -> int:
         "workload": dict(num_heads=NUM_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM, block_size=BLOCK_SIZE,
                          dtype=str(DTYPE), query_len=1, blocks="shuffled"),
     }
+    if opts.sweep:
+        report["copy_gbps"] = copy_gbps = copy_bandwidth_gbps(opts.iters)
+        report["sweep"] = sweep(copy_gbps, opts.iters)
+        if os.environ.get("OUT"):
+            (Path(os.environ["OUT"]) / "kernels_sweep.json").write_text(json.dumps(report, indent=2))
+        return 0
     report["tests"] = None if opts.skip_tests else run_tests()
 
     copy_gbps = copy_bandwidth_gbps(opts.iters)
