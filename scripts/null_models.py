@@ -4,8 +4,8 @@
 the tokenizer taken out, to separate the model's cost from the server's:
 
 - `onnx`: the model's `model.onnx` is replaced by a graph that answers without work
-  (Shape -> ConstantOfShape for every output, a [B, 1] tensor of ones of its type). The config and the
-  backend (backends/onnxruntime, or the native one) are untouched: what remains is the serving
+  (Shape -> ConstantOfShape for every output, a [B, 1] tensor of ones of its type). The config and
+  the backend (backends/onnxruntime, or the native one) are untouched: what remains is the serving
   path's own cost per request and per call.
 - `python`: the model becomes a plain Triton Python model (`backend: "python"`) that reads its
   inputs and answers constant tensors: the Python backend's floor, without any code of ours.
@@ -78,7 +78,8 @@ def null_onnx(input_names: list[str], outputs: list[tuple[str, str]]):
 
 
 def _tensors(config: str, section: str) -> list[tuple[str, str]]:
-    """(name, data_type) of each tensor in the config's `section [ ... ]` list (brackets matched)."""
+    """(name, data_type) of each tensor in the config's `section [ ... ]` list (brackets matched;
+    each tensor's data_type follows its name, as in our configs)."""
     start = re.search(rf"^\s*{section}\s*\[", config, flags=re.M)
     if start is None:
         raise ValueError(f"config.pbtxt has no {section} list")
