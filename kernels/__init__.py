@@ -2,9 +2,9 @@
 
 Each entry point checks its arguments once, then dispatches on the tensors' device: CUDA
 tensors run the OpenAI Triton kernels (`kernels.triton_paged_attention`,
-`kernels.triton_reshape_and_cache`), everything else the pure-torch reference
-(`kernels.reference`). `PAGEDLLM_ATTENTION=reference` forces the reference on CUDA too
-(for A/B checks).
+`kernels.triton_reshape_and_cache`, `kernels.triton_rms_norm`), everything else the pure-torch
+reference (`kernels.reference`). `PAGEDLLM_ATTENTION=reference` forces the reference on CUDA too
+(for A/B checks); `PAGEDLLM_RMS_NORM=reference` does so for the norm alone.
 
 NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a
 submodule binds it as an attribute of this package, which would replace the public
@@ -19,9 +19,9 @@ import warnings
 
 import torch
 
-from kernels.reference import paged_attention_ref, reshape_and_cache_ref
+from kernels.reference import paged_attention_ref, reshape_and_cache_ref, rms_norm_ref
 
-__all__ = ["reshape_and_cache", "paged_attention", "uses_triton", "decode_num_splits"]
+__all__ = ["reshape_and_cache", "paged_attention", "rms_norm", "uses_triton", "decode_num_splits"]
 
 _triton_kernels: types.SimpleNamespace | None = None
 _triton_import_error: Exception | None = None
@@ -40,12 +40,14 @@ def _triton_backend(tensor: torch.Tensor) -> types.SimpleNamespace | None:
         try:
             from kernels.triton_paged_attention import paged_attention as triton_paged_attention
             from kernels.triton_reshape_and_cache import reshape_and_cache as triton_reshape_and_cache
+            from kernels.triton_rms_norm import rms_norm as triton_rms_norm
         except ImportError as e:  # no triton in this environment: the reference still works
             _triton_import_error = e
             warnings.warn(f"Triton does not import ({e}): CUDA attention runs the slow torch reference")
         else:
             _triton_kernels = types.SimpleNamespace(
-                reshape_and_cache=triton_reshape_and_cache, paged_attention=triton_paged_attention
+                reshape_and_cache=triton_reshape_and_cache, paged_attention=triton_paged_attention,
+                rms_norm=triton_rms_norm,
             )
     return _triton_kernels
 
@@ -131,6 +133,20 @@ def paged_attention(
             query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, max_query_len, max_seq_len
         )
     return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`LlamaRMSNorm` over the last dim: float32 statistics, cast back, times the weight.
+
+    16-bit CUDA tensors run one Triton kernel (the torch chain is eight launches); float32 and
+    CPU tensors run the reference, so float32 stays bit-identical to transformers.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype \
+            and os.environ.get("PAGEDLLM_RMS_NORM", "").lower() != "reference":
+        backend = _triton_backend(x)
+        if backend is not None:
+            return backend.rms_norm(x, weight, eps)
+    return rms_norm_ref(x, weight, eps)
 
 
 def uses_triton(device: torch.device | str) -> bool:

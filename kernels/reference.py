@@ -88,3 +88,11 @@ def paged_attention_ref(
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         out[q_start:q_end] = torch.matmul(probs, v).transpose(0, 1)
     return out
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`LlamaRMSNorm`: float32 statistics, the row cast back to x's dtype, then the weight."""
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(x.dtype)

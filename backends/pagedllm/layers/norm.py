@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import kernels
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dim, as in Llama.
@@ -25,9 +27,5 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalizes `x` ([..., dim]) and scales it by the weight."""
-        input_dtype = x.dtype
-        h = x.to(torch.float32)
-        variance = h.pow(2).mean(-1, keepdim=True)
-        h = h * torch.rsqrt(variance + self.eps)
-        return self.weight * h.to(input_dtype)
+        """Normalizes `x` ([..., dim]) and scales it by the weight (`kernels.rms_norm`)."""
+        return kernels.rms_norm(x, self.weight, self.eps)
