@@ -138,10 +138,12 @@ def paged_attention(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`LlamaRMSNorm` over the last dim: float32 statistics, cast back, times the weight.
 
-    16-bit CUDA tensors run one Triton kernel (the torch chain is eight launches); float32 and
-    CPU tensors run the reference, so float32 stays bit-identical to transformers.
+    bfloat16 CUDA tensors run one Triton kernel (the torch chain is eight launches); float32 and
+    CPU tensors run the reference, so float32 stays bit-identical to transformers. float16 runs
+    the reference too: the kernel's fp16 GPU test (tests/test_rms_norm_kernel.py) has not yet
+    passed with its corrected bound.
     """
-    if x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype \
+    if x.dtype == torch.bfloat16 and weight.dtype == x.dtype \
             and os.environ.get("PAGEDLLM_RMS_NORM", "").lower() != "reference":
         backend = _triton_backend(x)
         if backend is not None:

@@ -2,8 +2,12 @@
 
 Without a GPU the kernel runs in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1)
 in float32 and float16. With CUDA the compiled kernel runs bf16 and fp16 at the model's widths.
-The kernel rounds as torch does; only the order of the float32 sum differs, so nearly every
-element is bit-identical and the rest are one rounding step apart.
+The kernel rounds as torch does; only the float32 sum's order (and rsqrt's last bit) differ.
+That can flip the first rounding (the normalised row to 16 bits), and the weight product
+carries the flip into the output: an element may be two rounding steps off, never more. The
+first GPU run of this file bounded it at one step and failed one fp16 case; a CPU emulation
+(the reference with rsqrt perturbed by 2e-7) gives up to 1.8 steps in fp16 and 1.14 in bf16,
+with >= 99.96 % of elements bit-identical.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from kernels.triton_rms_norm import rms_norm  # noqa: E402
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-# One rounding step of the output dtype, relative (float32: the sum's order only).
+# One rounding step of the dtype, relative (float32: the sum's order only).
 ULP = {torch.float32: 1e-6, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+STEPS = 2  # the row's rounding and the output's (module docstring)
 
 
 def _inputs(shape, dtype, seed=0, device=DEVICE):
@@ -32,13 +37,13 @@ def _inputs(shape, dtype, seed=0, device=DEVICE):
 
 
 def check(x, weight, eps=1e-5):
-    """Within one rounding step everywhere; in 16 bits, >= 99 % of elements bit-identical (the
-    final rounding absorbs the sum's order; float32 has no such rounding to hide it)."""
+    """Within two rounding steps everywhere; in 16 bits, >= 99 % of elements bit-identical (the
+    roundings absorb the sum's order; float32 has no such rounding to hide it)."""
     got = rms_norm(x, weight, eps)
     want = rms_norm_ref(x, weight, eps)
     assert got.shape == want.shape and got.dtype == want.dtype
     diff = (got.float() - want.float()).abs()
-    assert (diff <= ULP[x.dtype] * want.float().abs() + 1e-6).all(), diff.max()
+    assert (diff <= STEPS * ULP[x.dtype] * want.float().abs() + 1e-6).all(), diff.max()
     if x.dtype != torch.float32:
         assert (diff == 0).float().mean() >= 0.99
 
@@ -74,12 +79,14 @@ def test_rejects_what_it_cannot_take(changes, match):
         rms_norm(args["x"], args["weight"], 1e-5)
 
 
-def test_float32_and_cpu_take_the_reference_exactly():
-    """The public entry keeps float32 bit-identical to transformers (the parity contract)."""
-    x, weight = _inputs((3, 64), torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_float32_float16_and_cpu_take_the_reference_exactly(dtype):
+    """The public entry keeps float32 bit-identical to transformers (the parity contract), and
+    float16 on the reference until the kernel's fp16 GPU test has passed (see kernels.rms_norm)."""
+    x, weight = _inputs((3, 64), dtype)
     assert torch.equal(kernels.rms_norm(x, weight, 1e-5), rms_norm_ref(x, weight, 1e-5))
-    x16, w16 = _inputs((3, 64), torch.float16, device=torch.device("cpu"))
-    assert torch.equal(kernels.rms_norm(x16, w16, 1e-5), rms_norm_ref(x16, w16, 1e-5))
+    xc, wc = _inputs((3, 64), torch.bfloat16, device=torch.device("cpu"))
+    assert torch.equal(kernels.rms_norm(xc, wc, 1e-5), rms_norm_ref(xc, wc, 1e-5))
 
 
 @needs_cuda
@@ -90,7 +97,7 @@ def test_gpu_kernel_matches_reference(shape, dtype):
 
 
 @needs_cuda
-def test_gpu_16_bit_takes_the_kernel(monkeypatch):
+def test_gpu_bf16_takes_the_kernel(monkeypatch):
     x, weight = _inputs((256, 2048), torch.bfloat16)
     assert torch.equal(kernels.rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5))
     monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
