@@ -41,6 +41,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = ROOT / "models" / "default"
 SERVE_CONCURRENCIES = (1, 16, 64, 256)
+PROMPT_ID_LIMIT = 10000  # nano's prompt ids are drawn below this (DESIGN.md)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def make_workload(name: str = "nano", num_requests: int = 256, seed: int = 0,
 
 
 def prompt_token_ids(lengths: Sequence[int], vocab_size: int, excluded_ids: Sequence[int] = (),
-                     seed: int = 0, id_limit: int = 10000) -> list[list[int]]:
+                     seed: int = 0, id_limit: int = PROMPT_ID_LIMIT) -> list[list[int]]:
     """Random token ids below min(id_limit, vocab_size), none excluded; one list per length."""
     high = min(id_limit, vocab_size)
     excluded = set(excluded_ids)
@@ -147,7 +148,7 @@ def prompt_texts(tokenizer, lengths: Sequence[int], seed: int = 0) -> list[str]:
     excluded = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
     # NOTE: no token whose text holds a NUL: the server's ONNX tokenizer refuses such a prompt
     # (its op reads C strings), and a benchmark's prompts must be ones it serves.
-    excluded |= {i for i in range(min(10000, vocab)) if "\x00" in tokenizer.decode([i])}
+    excluded |= {i for i in range(min(PROMPT_ID_LIMIT, vocab)) if "\x00" in tokenizer.decode([i])}
     texts = []
     for ids, n in zip(prompt_token_ids(lengths, vocab, sorted(excluded), seed), lengths):
         text = tokenizer.decode(ids, skip_special_tokens=True)
