@@ -19,18 +19,18 @@ install: $(STAMP)
 
 # The default model is committed (models/default); this rebuilds it from scratch, offline.
 model: $(STAMP)
-	$(PY) scripts/build_default_model.py --out models/default
+	$(PY) -m pagedllm_tools.default_model --out models/default
 
 # A real tritonserver (from the nvidia-pytriton wheel) in the foreground on 127.0.0.1.
 # MODEL=/path/to/hf_dir, HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002), ENGINE_ARGS='{"max_num_seqs": 64}'.
 serve: $(STAMP)
-	$(PY) scripts/serve.py
+	$(PY) -m pagedllm_tools.serving.serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench-engine: $(STAMP)
-	$(PY) scripts/bench_engine.py
+	$(PY) -m pagedllm_tools.bench.engine
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

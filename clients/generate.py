@@ -17,7 +17,6 @@ import queue
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +26,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("clients/generate.py needs tritonclient[grpc]: pip install -r requirements-dev.txt")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cancel import cancel_request  # noqa: E402
+from pagedllm_clients.cancel import cancel_request
 
 
 @dataclass

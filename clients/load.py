@@ -1,24 +1,23 @@
 #!/usr/bin/env python3
 """Load generator for the `ensemble` model: gRPC streaming, asyncio, one stream per request.
 
-    python clients/load.py --concurrency 32                     # the `nano` workload, 256 requests
-    python clients/load.py --request-rate 4 --num-requests 64   # Poisson arrivals, 4 requests/s
-    python clients/load.py --concurrency 32 --scale 0.25 --offline models/default   # + offline ratio
-    python clients/load.py --workload serve --json docs/benchmarks/serve_cpu.json   # 1, 16, 64, 256
+    pagedllm-load --concurrency 32                     # the `nano` workload, 256 requests
+    pagedllm-load --request-rate 4 --num-requests 64   # Poisson arrivals, 4 requests/s
+    pagedllm-load --concurrency 32 --scale 0.25 --offline models/default   # + offline ratio
+    pagedllm-load --workload serve --json docs/benchmarks/serve_cpu.json   # 1, 16, 64, 256
+(or `python clients/load.py ...`, `python -m pagedllm_clients.load ...`)
 
 Reports output tok/s, TTFT and ITL (mean, p50, p99). `--offline MODEL_DIR` runs the same prompts
 through the offline engine (`pagedllm.LLM`) in this process afterwards and prints the ratio, the
 cost of the Triton layer.
 
-Workloads (DESIGN.md):
+Workloads (pagedllm_tools.workloads, docs/workloads.md):
   nano   256 requests; prompt and output lengths each uniform in [100, 1024] (times --scale);
          random token ids below 10000; ignore_eos; max_tokens = output length; seed 0.
   serve  the same lengths at concurrency 1, 16, 64 and 256 (or the --concurrency given).
 
-Prompts are text, since `ensemble` takes text: for each request, `length` token ids are drawn
-uniformly from [0, min(10000, vocab)) without special tokens or tokens holding a NUL, decoded
-with the model's tokenizer.json, re-encoded, cut to `length` ids and decoded again. The prompt so
-made encodes to about `length` tokens (the server's exact count is reported as num_input_tokens).
+Prompts are text, since `ensemble` takes text (workloads.prompt_texts: about `length` tokens
+each; the server's exact count is reported as num_input_tokens).
 The lengths come from --seed (0); the token ids from a prompt seed that is new for every server
 run (from the clock, recorded in the JSON; --prompt-seed fixes it): a server with prefix caching
 keeps what it has served, and a run that met its own earlier prompts would skip their prefill.
@@ -31,154 +30,21 @@ import asyncio
 import json
 import math
 import platform
-import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
+import numpy as np
+from tqdm import tqdm
+
+from pagedllm_clients.generate import build_inputs
+from pagedllm_tools import ROOT
+from pagedllm_tools.workloads import (SERVE_CONCURRENCIES, Workload, make_workload,
+                                      poisson_arrivals)
+
 DEFAULT_MODEL_DIR = ROOT / "models" / "default"
-SERVE_CONCURRENCIES = (1, 16, 64, 256)
-PROMPT_ID_LIMIT = 10000  # nano's prompt ids are drawn below this (DESIGN.md)
-
-
-# ---------------------------------------------------------------------------------------------
-# Workload
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Workload:
-    """The requests of one benchmark run, in arrival order.
-
-    Attributes:
-        name: "nano" or "serve".
-        prompt_lens: target prompt length (tokens) of each request.
-        output_lens: max_tokens of each request (ignore_eos makes it the exact output length).
-        prompts: prompt text of each request (empty until `attach_prompts`).
-        seed: the seed of the lengths (and of the prompt text unless `prompt_seed` is set).
-        scale: the factor applied to both length ranges.
-        prompt_seed: the seed of the prompts' token ids. NOTE: a server with prefix caching keeps
-            the blocks of prompts it has served; the same prompts sent again skip most of their
-            prefill, so every run that is compared needs prompts the server has not seen.
-    """
-
-    name: str
-    prompt_lens: list[int]
-    output_lens: list[int]
-    prompts: list[str] = field(default_factory=list)
-    seed: int = 0
-    scale: float = 1.0
-    prompt_seed: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.output_lens)
-
-    @property
-    def text_seed(self) -> int:
-        return self.seed if self.prompt_seed is None else self.prompt_seed
-
-    def with_prompts(self, model_dir: str | Path, prompt_seed: int) -> "Workload":
-        """A copy with the same lengths and new prompt text drawn with `prompt_seed`."""
-        return attach_prompts(replace(self, prompts=[], prompt_seed=prompt_seed), model_dir)
-
-    def describe(self) -> dict:
-        described = {"name": self.name, "num_requests": len(self), "seed": self.seed,
-                     "scale": self.scale, "prompt_len_range": _scaled_range(self.scale),
-                     "output_len_range": _scaled_range(self.scale), "ignore_eos": True,
-                     "target_prompt_tokens": sum(self.prompt_lens),
-                     "target_output_tokens": sum(self.output_lens)}
-        if self.prompt_seed is not None:
-            described["prompt_seed"] = self.prompt_seed
-        return described
-
-
-def _scaled_range(scale: float) -> list[int]:
-    return [max(1, round(100 * scale)), max(1, round(1024 * scale))]
-
-
-def nano_lengths(num_requests: int = 256, seed: int = 0, scale: float = 1.0
-                 ) -> tuple[list[int], list[int]]:
-    """Prompt and output lengths of the `nano` workload, each uniform in [100, 1024] * scale.
-
-    With scale 1 these are exactly scripts/bench_engine.py's `nano_lengths` (same draws, same order).
-    """
-    if num_requests < 1:
-        raise ValueError(f"num_requests must be >= 1, got {num_requests}")
-    if not 0 < scale <= 1:
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
-    rng = random.Random(seed)
-    prompts = [rng.randint(100, 1024) for _ in range(num_requests)]
-    outputs = [rng.randint(100, 1024) for _ in range(num_requests)]
-    if scale != 1.0:
-        prompts = [max(1, round(n * scale)) for n in prompts]
-        outputs = [max(1, round(n * scale)) for n in outputs]
-    return prompts, outputs
-
-
-def make_workload(name: str = "nano", num_requests: int = 256, seed: int = 0,
-                  scale: float = 1.0) -> Workload:
-    """The named workload's lengths (no prompt text yet)."""
-    if name not in ("nano", "serve"):
-        raise ValueError(f"workload must be 'nano' or 'serve', got {name!r}")
-    prompt_lens, output_lens = nano_lengths(num_requests, seed, scale)
-    return Workload(name, prompt_lens, output_lens, seed=seed, scale=scale)
-
-
-def prompt_token_ids(lengths: Sequence[int], vocab_size: int, excluded_ids: Sequence[int] = (),
-                     seed: int = 0, id_limit: int = PROMPT_ID_LIMIT) -> list[list[int]]:
-    """Random token ids below min(id_limit, vocab_size), none excluded; one list per length."""
-    high = min(id_limit, vocab_size)
-    excluded = set(excluded_ids)
-    pool = [i for i in range(high) if i not in excluded]
-    if not pool:
-        raise ValueError("no ordinary token ids below the limit")
-    rng = random.Random(seed)
-    return [[rng.choice(pool) for _ in range(n)] for n in lengths]
-
-
-def prompt_texts(tokenizer, lengths: Sequence[int], seed: int = 0) -> list[str]:
-    """Deterministic prompt texts of about `lengths[i]` tokens each (see the module docstring).
-
-    Args:
-        tokenizer: a `tokenizers.Tokenizer` (the model's tokenizer.json).
-    """
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    excluded = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-    # NOTE: no token whose text holds a NUL: the server's ONNX tokenizer refuses such a prompt
-    # (its op reads C strings), and a benchmark's prompts must be ones it serves.
-    excluded |= {i for i in range(min(PROMPT_ID_LIMIT, vocab)) if "\x00" in tokenizer.decode([i])}
-    texts = []
-    for ids, n in zip(prompt_token_ids(lengths, vocab, sorted(excluded), seed), lengths):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        again = tokenizer.encode(text, add_special_tokens=False).ids[:n]
-        texts.append(tokenizer.decode(again, skip_special_tokens=True))
-    return texts
-
-
-def attach_prompts(workload: Workload, model_dir: str | Path) -> Workload:
-    """Fills `workload.prompts` from the model's tokenizer.json."""
-    import tokenizers
-
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise ValueError(f"--model-dir has no tokenizer.json: {path}")
-    workload.prompts = prompt_texts(tokenizers.Tokenizer.from_file(str(path)),
-                                    workload.prompt_lens, workload.text_seed)
-    return workload
-
-
-def poisson_arrivals(num_requests: int, rate: float, seed: int = 0) -> list[float]:
-    """Arrival times (s from the start) of a Poisson process of `rate` requests/s; first at 0."""
-    if not rate > 0:
-        raise ValueError(f"request rate must be > 0, got {rate}")
-    rng = random.Random(seed)
-    t, times = 0.0, []
-    for _ in range(num_requests):
-        times.append(t)
-        t += rng.expovariate(rate)
-    return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,16 +52,10 @@ def poisson_arrivals(num_requests: int, rate: float, seed: int = 0) -> list[floa
 # ---------------------------------------------------------------------------------------------
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation, as numpy's default; nan if empty."""
+    """The q-th percentile (0..100), numpy's linear interpolation; nan if there are no values."""
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {q}")
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return float(np.percentile(values, q)) if len(values) else math.nan
 
 
 @dataclass
@@ -276,9 +136,7 @@ def format_summary(label: str, s: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _inputs(prompt: str, max_tokens: int, params: dict):
-    """The ensemble's inputs for one streamed request (clients/generate.py builds them)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from generate import build_inputs
+    """The ensemble's inputs for one streamed request (pagedllm_clients.generate builds them)."""
     return build_inputs(prompt, True, max_tokens, params)
 
 
@@ -336,34 +194,6 @@ async def _one_request(client, model: str, record: RequestRecord, prompt: str, m
         stream.cancel()
 
 
-class _Progress:
-    """tqdm if installed, else a one-line counter on stderr."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True):
-        self.total, self.n, self.desc, self.enabled = total, 0, desc, enabled
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self._bar = tqdm(total=total, desc=desc, unit="req", leave=False)
-            except ImportError:
-                pass
-
-    def update(self) -> None:
-        self.n += 1
-        if self._bar is not None:
-            self._bar.update(1)
-        elif self.enabled:
-            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-
-
 async def run_load(url: str, model: str, workload: Workload, concurrency: int | None = None,
                    request_rate: float | None = None, sampling: dict | None = None,
                    timeout: float = 600.0, progress: bool = True) -> dict:
@@ -384,7 +214,7 @@ async def run_load(url: str, model: str, workload: Workload, concurrency: int | 
                 if request_rate else [0.0] * len(workload))
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     label = f"c={concurrency}" if concurrency else f"rate={request_rate}/s"
-    bar = _Progress(len(workload), label, progress)
+    bar = tqdm(total=len(workload), desc=label, unit="req", leave=False, disable=not progress)
     client = grpcclient.InferenceServerClient(url=url)
     try:
         await _check_ready(client, url, model)

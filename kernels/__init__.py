@@ -1,64 +1,120 @@
-"""Paged KV-cache kernels: the public entry points the attention layer calls.
+"""Paged KV-cache kernels (`pagedllm.kernels`): OpenAI Triton for CUDA, a torch reference for the rest.
 
-Each entry point checks its arguments once, then dispatches on the tensors' device: CUDA
-tensors run the OpenAI Triton kernels (`kernels.triton_paged_attention`,
-`kernels.triton_reshape_and_cache`, `kernels.triton_rms_norm`), everything else the pure-torch
-reference (`kernels.reference`). `PAGEDLLM_ATTENTION=reference` forces the reference on CUDA too
-(for A/B checks); `PAGEDLLM_RMS_NORM=reference` does so for the norm alone.
+Each op has two implementations: an OpenAI Triton kernel for CUDA tensors (`triton_*.py`) and the
+pure-torch reference (`reference.py`), which is the kernels' oracle and what CPU runs use.
 
-NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a
-submodule binds it as an attribute of this package, which would replace the public
-function `kernels.paged_attention` with the module.
+Two ways in:
+
+- `select_ops(device, dtype)` picks one implementation of every op, once, when the engine builds
+  its model (`KernelOps`). The model calls those without checks on its hot path: the engine checks
+  its KV cache once (`check_kv_cache`) and builds every per-step tensor itself, with the dtypes
+  and layouts the kernels want (see `pagedllm.input_buffers`).
+- `paged_attention`, `reshape_and_cache` and `rms_norm` below are the checked entry points for
+  everyone else: they validate their arguments (ValueError naming the argument), then dispatch on
+  the tensors' device.
+
+`PAGEDLLM_ATTENTION=reference` makes CUDA take the reference too (A/B checks);
+`PAGEDLLM_RMS_NORM=reference` does so for the norm alone. Both are read by `select_ops`.
+
+NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a submodule
+binds it as an attribute of this package, which would replace the function `paged_attention`.
 """
 
 from __future__ import annotations
 
 import os
-import types
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from kernels.reference import paged_attention_ref, reshape_and_cache_ref, rms_norm_ref
+from pagedllm.kernels.reference import paged_attention_ref, reshape_and_cache_ref, rms_norm_ref
 
-__all__ = ["reshape_and_cache", "paged_attention", "rms_norm", "uses_triton", "decode_num_splits"]
-
-_triton_kernels: types.SimpleNamespace | None = None
-_triton_import_error: Exception | None = None
+__all__ = ["KernelOps", "REFERENCE_OPS", "select_ops", "check_kv_cache", "reshape_and_cache", "paged_attention",
+           "rms_norm", "decode_num_splits"]
 
 
-def _triton_backend(tensor: torch.Tensor) -> types.SimpleNamespace | None:
-    """Returns the Triton kernels to use for `tensor`, or None for the reference.
+@dataclass(frozen=True)
+class KernelOps:
+    """One implementation of each op, chosen once per model; called without argument checks.
 
-    CUDA tensors get the Triton launchers when Triton imports (the import is tried once and
-    cached) and `PAGEDLLM_ATTENTION` is not `reference`; CPU tensors always get the reference.
+    Attributes:
+        backend: "triton" (CUDA kernels) or "reference" (torch).
+        reshape_and_cache: (key, value, key_cache, value_cache, slot_mapping) -> None.
+        paged_attention: (query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
+            scale, max_query_len, max_seq_len) -> [T, num_heads, head_dim].
+        rms_norm: (x, weight, eps) -> normalised x.
     """
-    global _triton_kernels, _triton_import_error
-    if not tensor.is_cuda or os.environ.get("PAGEDLLM_ATTENTION", "").lower() == "reference":
-        return None
-    if _triton_kernels is None and _triton_import_error is None:
+
+    backend: str
+    reshape_and_cache: Callable[..., None]
+    paged_attention: Callable[..., torch.Tensor]
+    rms_norm: Callable[..., torch.Tensor]
+
+
+def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
+                         scale, max_query_len, max_seq_len):
+    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens,
+                               query_start_loc, scale)
+
+
+REFERENCE_OPS = KernelOps("reference", reshape_and_cache_ref, _reference_attention, rms_norm_ref)
+_triton_ops: KernelOps | None = None
+_triton_import_error: ImportError | None = None
+
+
+def _load_triton_ops() -> KernelOps | None:
+    """The Triton launchers (imported once), or None where Triton does not import."""
+    global _triton_ops, _triton_import_error
+    if _triton_ops is None and _triton_import_error is None:
         try:
-            from kernels.triton_paged_attention import paged_attention as triton_paged_attention
-            from kernels.triton_reshape_and_cache import reshape_and_cache as triton_reshape_and_cache
-            from kernels.triton_rms_norm import rms_norm as triton_rms_norm
+            from pagedllm.kernels import triton_paged_attention, triton_reshape_and_cache, triton_rms_norm
         except ImportError as e:  # no triton in this environment: the reference still works
             _triton_import_error = e
             warnings.warn(f"Triton does not import ({e}): CUDA attention runs the slow torch reference")
         else:
-            _triton_kernels = types.SimpleNamespace(
-                reshape_and_cache=triton_reshape_and_cache, paged_attention=triton_paged_attention,
-                rms_norm=triton_rms_norm,
-            )
-    return _triton_kernels
+            _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch,
+                                    triton_paged_attention.launch, triton_rms_norm.launch)
+    return _triton_ops
 
 
-def reshape_and_cache(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
+def select_ops(device: torch.device | str, dtype: torch.dtype) -> KernelOps:
+    """The ops a model on `device` in `dtype` runs: the Triton kernels on CUDA, else the reference.
+
+    RMSNorm takes the kernel for bfloat16 only: float32 keeps the reference, bit-identical to
+    transformers, and float16 waits for its GPU test to pass with the corrected bound
+    (tests/test_rms_norm_kernel.py).
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or os.environ.get("PAGEDLLM_ATTENTION", "").lower() == "reference":
+        return REFERENCE_OPS
+    triton_ops = _load_triton_ops()
+    if triton_ops is None:
+        return REFERENCE_OPS
+    norm = triton_ops.rms_norm
+    if dtype != torch.bfloat16 or os.environ.get("PAGEDLLM_RMS_NORM", "").lower() == "reference":
+        norm = rms_norm_ref
+    return KernelOps("triton", triton_ops.reshape_and_cache, triton_ops.paged_attention, norm)
+
+
+def check_kv_cache(kv_cache: torch.Tensor, ops: KernelOps) -> None:
+    """One layer's cache, [2, num_blocks, block_size, num_kv_heads, head_dim], checked once.
+
+    Raises:
+        ValueError: a layout or head size the chosen kernels cannot take (names the problem).
+    """
+    if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or not kv_cache.is_contiguous():
+        raise ValueError(f"kv_cache: expected a contiguous [2, num_blocks, block_size, num_kv_heads, "
+                         f"head_dim], got {list(kv_cache.shape)}")
+    head_dim = kv_cache.shape[4]
+    if ops.backend == "triton" and (head_dim & (head_dim - 1) or not 16 <= head_dim <= 256):
+        raise ValueError(f"kv_cache: head_dim {head_dim} not supported by the Triton kernels "
+                         f"(powers of 2 in [16, 256]); set PAGEDLLM_ATTENTION=reference")
+
+
+def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Writes this step's keys/values into the paged cache, in place.
 
     Args:
@@ -70,6 +126,9 @@ def reshape_and_cache(
     Raises:
         ValueError: shapes or dtypes disagree (the message names the argument).
     """
+    if select_ops(key.device, key.dtype).backend == "triton":
+        from pagedllm.kernels import triton_reshape_and_cache
+        return triton_reshape_and_cache.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     _check_cache(key_cache, value_cache)
     for name, t in (("key", key), ("value", value)):
         if t.dim() != 3 or t.shape[1:] != key_cache.shape[2:]:
@@ -78,23 +137,12 @@ def reshape_and_cache(
             raise ValueError(f"{name}: dtype {t.dtype} differs from the cache's {key_cache.dtype}")
     if slot_mapping.shape != (key.shape[0],):
         raise ValueError(f"slot_mapping: expected shape [{key.shape[0]}], got {list(slot_mapping.shape)}")
-    backend = _triton_backend(key)
-    if backend is not None:
-        return backend.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     return reshape_and_cache_ref(key, value, key_cache, value_cache, slot_mapping)
 
 
-def paged_attention(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    max_query_len: int,
-    max_seq_len: int,
-) -> torch.Tensor:
+def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                    scale: float, max_query_len: int, max_seq_len: int) -> torch.Tensor:
     """Attention of each sequence's new queries over its paged context (causal at the end).
 
     Sequence i's queries (rows qsl[i]:qsl[i+1]) are the last positions of its seq_lens[i]
@@ -117,6 +165,10 @@ def paged_attention(
     Raises:
         ValueError: shapes disagree (the message names the argument).
     """
+    if select_ops(query.device, query.dtype).backend == "triton":
+        from pagedllm.kernels import triton_paged_attention
+        return triton_paged_attention.paged_attention(query, key_cache, value_cache, block_tables, seq_lens,
+                                                      query_start_loc, scale, max_query_len, max_seq_len)
     _check_cache(key_cache, value_cache)
     if query.dim() != 3 or query.shape[2] != key_cache.shape[3]:
         raise ValueError(f"query: expected [T, num_heads, {key_cache.shape[3]}], got {list(query.shape)}")
@@ -127,11 +179,6 @@ def paged_attention(
         raise ValueError(f"block_tables: expected [{num_seqs}, max_blocks], got {list(block_tables.shape)}")
     if query_start_loc.shape != (num_seqs + 1,):
         raise ValueError(f"query_start_loc: expected shape [{num_seqs + 1}], got {list(query_start_loc.shape)}")
-    backend = _triton_backend(query)
-    if backend is not None:
-        return backend.paged_attention(
-            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, max_query_len, max_seq_len
-        )
     return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
 
 
@@ -139,35 +186,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`LlamaRMSNorm` over the last dim: float32 statistics, cast back, times the weight.
 
     bfloat16 CUDA tensors run one Triton kernel (the torch chain is eight launches); float32 and
-    CPU tensors run the reference, so float32 stays bit-identical to transformers. float16 runs
-    the reference too: the kernel's fp16 GPU test (tests/test_rms_norm_kernel.py) has not yet
-    passed with its corrected bound.
+    CPU tensors run the reference, so float32 stays bit-identical to transformers.
     """
-    if x.dtype == torch.bfloat16 and weight.dtype == x.dtype \
-            and os.environ.get("PAGEDLLM_RMS_NORM", "").lower() != "reference":
-        backend = _triton_backend(x)
-        if backend is not None:
-            return backend.rms_norm(x, weight, eps)
+    ops = select_ops(x.device, x.dtype)
+    if ops.rms_norm is not rms_norm_ref:
+        from pagedllm.kernels import triton_rms_norm
+        return triton_rms_norm.rms_norm(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
 
 
-def uses_triton(device: torch.device | str) -> bool:
-    """Whether tensors on `device` run the Triton kernels (else the torch reference)."""
-    return _triton_backend(torch.empty(0, device=device)) is not None
-
-
-def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device | str) -> int:
-    """The KV splits `paged_attention` picks for a pure-decode batch on `device` (1 off the Triton path).
+def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, ops: KernelOps,
+                      device: torch.device | str) -> int:
+    """The KV splits `ops.paged_attention` picks for a pure-decode batch (1 off the Triton path).
 
     The choice depends on the batch's longest context; a CUDA graph freezes it at capture, so the
     model runner captures one graph per value and replays the one this returns.
     """
-    device = torch.device(device)
-    if not uses_triton(device):
+    if ops.backend != "triton":
         return 1
-    from kernels.triton_paged_attention import _num_sms, choose_num_splits
+    from pagedllm.kernels.triton_paged_attention import _num_sms, choose_num_splits
 
-    return choose_num_splits(num_seqs, num_kv_heads, 1, max_seq_len, _num_sms(device))
+    return choose_num_splits(num_seqs, num_kv_heads, 1, max_seq_len, _num_sms(torch.device(device)))
 
 
 def _check_cache(key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:

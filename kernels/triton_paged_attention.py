@@ -2,7 +2,7 @@
 
 Sequence i's queries are the last n_i = qsl[i+1] - qsl[i] positions of its seq_lens[i]
 tokens: causal among themselves, and they see every cached token before them. The
-pure-torch twin is `kernels.reference.paged_attention_ref`.
+pure-torch twin is `pagedllm.kernels.reference.paged_attention_ref`.
 
 Grid: (query tiles, kv heads, kv splits). A program takes BLOCK_Q query positions of one
 sequence times the GROUP query heads that share one kv head (GQA packing):
@@ -35,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_reshape_and_cache import _check_device
+from pagedllm.kernels.triton_reshape_and_cache import _check_device
 
-__all__ = ["paged_attention", "choose_num_splits", "LaunchConfig", "launch_config"]
+__all__ = ["paged_attention", "launch", "choose_num_splits", "LaunchConfig", "launch_config"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -279,9 +279,9 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its paged context.
 
-    Same contract as `kernels.paged_attention`. `num_splits` forces the number of KV splits
-    (a power of 2; 1 = no split-KV); None picks it with `choose_num_splits`. `config` forces
-    the launch knobs; None picks them with `launch_config`.
+    Same contract as `pagedllm.kernels.paged_attention`. `num_splits` forces the number of KV
+    splits (a power of 2; 1 = no split-KV); None picks it with `choose_num_splits`. `config`
+    forces the launch knobs; None picks them with `launch_config`.
 
     Returns:
         [T, num_heads, head_dim] in query's dtype; rows beyond qsl[S] (padding) are zero.
@@ -289,16 +289,37 @@ def paged_attention(
     Raises:
         ValueError: a shape, dtype, stride or device the kernel cannot take (names the argument).
     """
-    _check_args(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    check_args(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    if num_splits is not None and (num_splits < 1 or num_splits & (num_splits - 1)):
+        raise ValueError(f"num_splits: must be a power of 2 >= 1, got {num_splits}")
+    return launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+                  max_query_len, max_seq_len, num_splits, config)
+
+
+def launch(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+    num_splits: int | None = None,
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """`paged_attention` without the argument checks: the engine's hot path.
+
+    NOTE: the engine checks its KV cache once (`pagedllm.kernels.check_kv_cache`) and builds
+    every per-step tensor itself with the dtypes and layouts `check_args` wants.
+    """
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1:3]
     num_seqs = seq_lens.shape[0]
     group = num_heads // num_kv_heads
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, max_query_len, max_seq_len, _num_sms(query.device))
-    if num_splits < 1 or num_splits & (num_splits - 1):
-        raise ValueError(f"num_splits: must be a power of 2 >= 1, got {num_splits}")
-
     out = torch.zeros_like(query, memory_format=torch.contiguous_format)
     if num_tokens == 0 or num_seqs == 0:
         return out
@@ -341,7 +362,8 @@ def paged_attention(
     return out
 
 
-def _check_args(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc) -> None:
+def check_args(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc) -> None:
+    """Raises ValueError naming the first argument the kernel cannot take."""
     if key_cache.dim() != 4 or not key_cache.is_contiguous():
         raise ValueError(f"key_cache: expected a contiguous [num_blocks, block_size, num_kv_heads, head_dim], "
                          f"got {list(key_cache.shape)}")

@@ -2,7 +2,7 @@
 
 One program per new token copies its [num_kv_heads, head_dim] key and value rows into the
 token's flat cache slot; a slot < 0 (padding) is skipped. The pure-torch twin is
-`kernels.reference.reshape_and_cache_ref`.
+`pagedllm.kernels.reference.reshape_and_cache_ref`.
 
     key_cache / value_cache: [num_blocks, block_size, num_kv_heads, head_dim], contiguous
     flat slot s  ->  element offset s * num_kv_heads * head_dim
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["reshape_and_cache"]
+__all__ = ["reshape_and_cache", "launch"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -60,12 +60,18 @@ def reshape_and_cache(
 ) -> None:
     """Writes key/value [T, num_kv_heads, head_dim] into their cache slots, in place.
 
-    Same contract as `kernels.reshape_and_cache`; slots < 0 are skipped. key/value may be
-    strided views (e.g. slices of a fused QKV output) as long as head_dim is contiguous.
+    Same contract as `pagedllm.kernels.reshape_and_cache`; slots < 0 are skipped. key/value may
+    be strided views (e.g. slices of a fused QKV output) as long as head_dim is contiguous.
 
     Raises:
         ValueError: a shape, dtype, stride or device the kernel cannot take (names the argument).
     """
+    check_args(key, value, key_cache, value_cache, slot_mapping)
+    launch(key, value, key_cache, value_cache, slot_mapping)
+
+
+def check_args(key, value, key_cache, value_cache, slot_mapping) -> None:
+    """Raises ValueError naming the first argument the kernel cannot take."""
     if key_cache.dim() != 4 or not key_cache.is_contiguous():
         raise ValueError(f"key_cache: expected a contiguous [num_blocks, block_size, num_kv_heads, head_dim], "
                          f"got {list(key_cache.shape)}")
@@ -86,8 +92,13 @@ def reshape_and_cache(
         raise ValueError(f"slot_mapping: expected [{key.shape[0]}] int64, got {list(slot_mapping.shape)} "
                          f"{slot_mapping.dtype}")
     _check_device(key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+
+
+def launch(key, value, key_cache, value_cache, slot_mapping) -> None:
+    """`reshape_and_cache` without the argument checks: the engine's hot path."""
     if key.shape[0] == 0:
         return
+    num_kv_heads, head_dim = key_cache.shape[2:]
     _reshape_and_cache_kernel[(key.shape[0],)](
         key, value, key_cache, value_cache, slot_mapping,
         stride_kt=key.stride(0), stride_kh=key.stride(1),

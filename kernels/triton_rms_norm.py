@@ -6,7 +6,7 @@ decode step of a small model those launches, not the bytes, are the cost. One pr
 normalises one row with the same roundings: statistics in float32, the normalised row rounded
 to the input dtype, then the weight product computed in float32 and rounded once, as torch's
 16-bit multiply does. Only the float32 sum's order differs from torch's mean. The pure-torch twin
-is `kernels.reference.rms_norm_ref`.
+is `pagedllm.kernels.reference.rms_norm_ref`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["rms_norm"]
+__all__ = ["rms_norm", "launch"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 65536  # one row per program, held in registers
@@ -35,7 +35,7 @@ def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, stride_x, dim, eps, BLOCK: tl.c
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`weight * normalise(x)` over the last dim; same contract as `kernels.rms_norm`.
+    """`weight * normalise(x)` over the last dim; same contract as `pagedllm.kernels.rms_norm`.
 
     Raises:
         ValueError: a dtype, shape or layout the kernel cannot take (names the argument).
@@ -47,6 +47,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         raise ValueError(f"weight: expected a contiguous [{dim}], got {list(weight.shape)}")
     if not 0 < dim <= _MAX_DIM:
         raise ValueError(f"x: last dim {dim} outside (0, {_MAX_DIM}]")
+    return launch(x, weight, eps)
+
+
+def launch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`rms_norm` without the argument checks: the engine's hot path."""
+    dim = x.shape[-1]
     rows = x.reshape(-1, dim)  # a view for the layouts the model passes (rows of stride >= dim)
     if rows.stride(1) != 1:
         rows = rows.contiguous()

@@ -8,7 +8,6 @@ import json
 import queue
 import shutil
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import build_repository  # noqa: E402
-import config_edit  # noqa: E402
-import serve  # noqa: E402
+from pagedllm_tools.serving import model_configs, repository, tritonserver
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 # Small enough that one long request shows in kv_cache_usage_perc; max_model_len bounds prompts.
@@ -55,7 +50,7 @@ class Server:
         raise KeyError(name)
 
     def stop(self) -> None:
-        serve.stop(self.process, timeout=20)
+        tritonserver.stop(self.process, timeout=20)
 
 
 def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0,
@@ -67,12 +62,12 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
     repo = workdir / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo,
                     ignore=shutil.ignore_patterns("1", "engine.json"))
-    build_repository.build(DEFAULT_MODEL, repo, {**ENGINE_ARGS, **(engine_args or {})})
+    repository.build(DEFAULT_MODEL, repo, {**ENGINE_ARGS, **(engine_args or {})})
     for key, value in (llm_parameters or {}).items():
-        config_edit.set_parameter(repo / "llm" / "config.pbtxt", key, value)
-    ports = serve.free_port(), serve.free_port(), serve.free_port()
+        model_configs.set_parameter(repo / "llm" / "config.pbtxt", key, value)
+    ports = tritonserver.free_port(), tritonserver.free_port(), tritonserver.free_port()
     log = workdir / "tritonserver.log"
-    server = Server(serve.launch(repo, *ports, log, timeout=timeout), *ports, log)
+    server = Server(tritonserver.launch(repo, *ports, log, timeout=timeout), *ports, log)
     return server
 
 

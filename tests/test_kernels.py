@@ -23,10 +23,10 @@ import torch
 
 pytest.importorskip("triton")
 
-import kernels  # noqa: E402
-from kernels.reference import paged_attention_ref, reshape_and_cache_ref  # noqa: E402
-from kernels.triton_paged_attention import choose_num_splits, paged_attention  # noqa: E402
-from kernels.triton_reshape_and_cache import reshape_and_cache  # noqa: E402
+from pagedllm import kernels  # noqa: E402
+from pagedllm.kernels.reference import paged_attention_ref, reshape_and_cache_ref  # noqa: E402
+from pagedllm.kernels.triton_paged_attention import choose_num_splits, paged_attention  # noqa: E402
+from pagedllm.kernels.triton_reshape_and_cache import reshape_and_cache  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -245,7 +245,17 @@ def test_reshape_and_cache_rejects_what_it_cannot_take():
 
 def test_cpu_tensors_take_the_reference():
     # NOTE: the CPU engine must never run the interpreter, even though TRITON_INTERPRET is set here.
-    assert kernels._triton_backend(torch.zeros(1)) is None
+    assert kernels.select_ops("cpu", torch.float32) is kernels.REFERENCE_OPS
+    assert kernels.select_ops("cpu", torch.bfloat16) is kernels.REFERENCE_OPS
+
+
+def test_the_checked_entry_points_reject_a_bad_cache_on_cpu():
+    key_cache = torch.zeros(2, 8, 2, 64)
+    key = torch.zeros(3, 2, 64)
+    with pytest.raises(ValueError, match="value_cache"):
+        kernels.reshape_and_cache(key, key, key_cache, key_cache[:1].clone(), torch.arange(3))
+    with pytest.raises(ValueError, match="kv_cache"):
+        kernels.check_kv_cache(torch.zeros(2, 4, 16, 2), kernels.REFERENCE_OPS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -286,10 +296,9 @@ def test_gpu_decode_with_and_without_split_kv(num_splits):
 
 @needs_cuda
 def test_gpu_kernels_are_the_cuda_backend(monkeypatch):
-    q = torch.zeros(1, device="cuda")
-    assert kernels._triton_backend(q) is not None
+    assert kernels.select_ops("cuda", torch.bfloat16).backend == "triton"
     monkeypatch.setenv("PAGEDLLM_ATTENTION", "reference")
-    assert kernels._triton_backend(q) is None
+    assert kernels.select_ops("cuda", torch.bfloat16) is kernels.REFERENCE_OPS
 
 
 @needs_cuda
@@ -301,13 +310,13 @@ def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, monkeypatch
 
     path = tiny_checkpoints["qwen3"]
     config = ModelConfig.from_dir(path)
-    model = load_model(path, config, dtype, torch.device("cuda"))
     block_size, num_blocks = 16, 8
     prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0)).tolist()
     table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
 
     def run() -> torch.Tensor:
         """A 40-token prefill, a 20-token chunk, then 10 single-token decodes: all logits."""
+        model = load_model(path, config, dtype, torch.device("cuda"))  # picks its kernels now
         shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         caches = [torch.zeros(shape, dtype=dtype, device="cuda") for _ in range(config.num_hidden_layers)]
         logits = []

@@ -15,9 +15,9 @@ import torch
 from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
+from pagedllm_tools.reference_models import TINY_ARCHS  # the tiny_checkpoints fixture's keys
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
-TINY_ARCHS = ("llama", "llama-tied", "qwen2", "qwen3", "mistral")  # conftest's tiny_checkpoints keys
 BLOCK_SIZE = 16
 TOL = dict(atol=1e-4, rtol=1e-4)
 

@@ -5,9 +5,8 @@ model repository (the tokenizer models of the default model, and tiny numeric gr
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,16 @@ import pytest
 from onnx import TensorProto, helper
 
 import fake_pb_utils
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import export_tokenizer_onnx as ex  # noqa: E402
-
-from pagedllm.tokenizer import Tokenizer  # noqa: E402
+from pagedllm.tokenizer import Tokenizer
+from pagedllm_tools import ROOT
+from pagedllm_tools.serving import tokenizer_onnx as ex
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 
 
 def _load_backend():
     pb_utils = fake_pb_utils.install()
-    spec = importlib.util.spec_from_file_location(
-        "onnxruntime_backend_model", ROOT / "backends" / "onnxruntime" / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, pb_utils
+    return importlib.import_module("pagedllm_backends.onnxruntime.model"), pb_utils
 
 
 BACKEND, PB = _load_backend()

@@ -1,4 +1,4 @@
-"""The ONNX tokenizer/detokenizer (scripts/export_tokenizer_onnx.py) against `tokenizers`.
+"""The ONNX tokenizer/detokenizer (pagedllm_tools.serving.tokenizer_onnx) against `tokenizers`.
 
 Four byte-level BPE tokenizers: the default model's (GPT-2 regex), and three trained here offline
 in the shape of real checkpoints' tokenizer.json: Llama-3-style (Llama-3 regex, ignore_merges,
@@ -9,7 +9,6 @@ suffix path). The oracle is pagedllm's Tokenizer (the Rust `tokenizers`), which 
 from __future__ import annotations
 
 import random
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from tokenizers import Tokenizer as RustTokenizer
 from pagedllm.byte_tokens import byte_token_ids, padding_token_id, special_token_ids
 from pagedllm.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import export_tokenizer_onnx as ex  # noqa: E402
+from pagedllm_tools import ROOT
+from pagedllm_tools.serving import tokenizer_onnx as ex
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 CORPUS = ["The quick brown fox jumps over the lazy dog. It's 2024, isn't it? I'll say we'd go.",

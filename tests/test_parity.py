@@ -6,7 +6,6 @@ prompts sharing prefixes so that the prefix cache hits. Each setting asserts tha
 """
 from __future__ import annotations
 
-import inspect
 import os
 import random
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
+from pagedllm_tools.reference_models import hf_greedy
 
 from kv_invariants import check_kv_invariants
 
@@ -23,7 +23,7 @@ NEW_TOKENS = 48
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "default"
 ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral", "default"]
-# NOTE: the GPU check (scripts/check_engine_gpu.py) runs this file with PAGEDLLM_TEST_DEVICE=cuda:
+# NOTE: the GPU check runs this file with PAGEDLLM_TEST_DEVICE=cuda:
 # both transformers and the engine then run on the GPU, in float32.
 DEVICE = os.environ.get("PAGEDLLM_TEST_DEVICE", "cpu")
 
@@ -37,20 +37,6 @@ def random_prompts(vocab: int, seed: int, shared_prefix: int = 0) -> list[list[i
         head = prefixes[i % 3] if shared_prefix else []
         prompts.append(head + [rng.randrange(vocab) for _ in range(max(1, n - len(head)))])
     return prompts
-
-
-@torch.inference_mode()
-def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding with transformers' own forward and KV cache, one sequence at a time."""
-    # transformers 5.x calls the KV cache `cache` (in and out); older releases `past_key_values`.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(torch.tensor([prompt], device=DEVICE), use_cache=True)
-    tokens = []
-    for _ in range(n):
-        tok = int(out.logits[0, -1].argmax())
-        tokens.append(tok)
-        out = model(torch.tensor([[tok]], device=DEVICE), use_cache=True, **{name: out[name]})
-    return tokens
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +56,7 @@ def reference(model_dir: str, prompts: list[list[int]]) -> list[list[int]]:
     key = (model_dir, tuple(map(tuple, prompts)))
     if key not in _reference_cache:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE).eval()
-        _reference_cache[key] = [hf_greedy(model, p, NEW_TOKENS) for p in prompts]
+        _reference_cache[key] = [hf_greedy(model, p, NEW_TOKENS, DEVICE) for p in prompts]
     return _reference_cache[key]
 
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-import kernels
+from pagedllm import kernels
 
 HEAD_DIM = 16
 

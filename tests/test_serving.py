@@ -189,8 +189,9 @@ def test_cancel_direct_llm_frees_blocks_within_1s(server):
 
 def test_cancel_ensemble_by_id_frees_blocks_within_1s(server):
     """Triton 2.51 does not pass an ensemble cancellation on to the running llm step: the client
-    cancels its stream and sends `cancel` with the same request id (clients/generate.py does)."""
-    from clients.cancel import cancel_request
+    cancels its stream and sends `cancel` with the same request id (pagedllm_clients.generate
+    does)."""
+    from pagedllm_clients.cancel import cancel_request
     client, _ = _start_long(server, "ensemble", "cancel-ensemble")
     t0 = time.monotonic()
     client.stop_stream(cancel_requests=True)
@@ -233,7 +234,7 @@ def test_disconnect_direct_llm_frees_blocks_within_1s(server):
     from pathlib import Path
     tests = Path(__file__).resolve().parent
     child = subprocess.Popen([sys.executable, "-c", _DISCONNECTING_CLIENT, server.grpc_url,
-                              str(tests), str(tests.parent / "backends")],
+                              str(tests)],
                              stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(5):
@@ -248,10 +249,7 @@ def test_disconnect_direct_llm_frees_blocks_within_1s(server):
 
 def test_perf_analyzer_short_run_against_ensemble(server):
     """The real perf_analyzer 2.51 (gRPC streaming, workload prompts) completes against ensemble."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import perf_analyzer
+    from pagedllm_tools.bench import perf_analyzer
     result = perf_analyzer.quick_ensemble(server.grpc_url)
     level = result["levels"][0]
     assert level["num_errors"] == 0
@@ -259,10 +257,8 @@ def test_perf_analyzer_short_run_against_ensemble(server):
 
 
 def test_load_generator_rounds_against_the_server(server, tmp_path):
-    """clients/load.py end to end: server runs and offline runs alternate, one ratio a round."""
-    import sys
-    sys.path.insert(0, str(DEFAULT_MODEL.parents[1] / "clients"))
-    import load
+    """The load generator end to end: server runs and offline runs alternate, one ratio a round."""
+    from pagedllm_clients import load
     out = tmp_path / "load.json"
     rc = load.main(["--url", server.grpc_url, "--concurrency", "4", "--num-requests", "8",
                     "--scale", str(1 / 32), "--offline", str(DEFAULT_MODEL), "--engine-args",

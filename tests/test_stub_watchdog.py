@@ -6,12 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pagedllm_backends.stub_watchdog import exit_with_server, watcher_argv
 from polling import wait_until
-
-BACKENDS = Path(__file__).resolve().parent.parent / "backends"
-sys.path.insert(0, str(BACKENDS))
-
-from stub_watchdog import exit_with_server, watcher_argv  # noqa: E402
 
 
 def _running(pid: int) -> bool:

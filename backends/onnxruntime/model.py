@@ -19,19 +19,23 @@ An error (a bad input, a failed run) is answered per request as a TritonError.
 from __future__ import annotations
 
 import os
+import site
 import sys
 
-# The stub runs Python isolated (it ignores PYTHONPATH); the launcher passes our paths in it.
-for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+# Triton's stub embeds an isolated Python: it ignores PYTHONPATH. The launcher's entries (the
+# stub's numpy 1.x, the project's environment and its installed packages) are made site dirs,
+# ahead of the stub's own path, with their .pth files (the project's editable install).
+_stub_path = list(sys.path)
+for _p in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    site.addsitedir(_p)
+sys.path[:] = [p for p in sys.path if p not in _stub_path] + _stub_path
 
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from stub_watchdog import exit_with_server  # noqa: E402
+from pagedllm_backends.stub_watchdog import exit_with_server  # noqa: E402
 
 
 def _to_str(array: np.ndarray, name: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Triton entry of the `llm` model (a Python-based backend): requests in, engine deltas out.
 
 Thin on purpose: parsing lives in request_inputs.py, ids-for-text in text_ids.py, metrics in
-triton_metrics.py, and all engine logic behind EngineLoop, which runs in a child process
+metrics.py, and all engine logic behind EngineLoop, which runs in a child process
 (EngineProcess; the config's parameter `engine_process` "false" keeps it on a thread here). Three
 threads meet here:
 
@@ -18,17 +18,21 @@ Cancellation. On a direct call of `llm`, a client that cancels or disconnects sh
 `ensemble`, Triton 2.51 does not pass the cancellation on to this step (the ensemble only stops
 forwarding our responses), so a client cancels by id: a request to `llm` (or `ensemble`) with
 the same request id and input `cancel` = true aborts the live requests that carry that id.
-clients/generate.py and clients/load.py do this when they cancel a stream.
+pagedllm_clients.generate and pagedllm_clients.load do this when they cancel a stream.
 """
 from __future__ import annotations
 
 import os
+import site
 import sys
 
-# The stub runs Python isolated (it ignores PYTHONPATH); the launcher passes our paths in it.
-for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+# Triton's stub embeds an isolated Python: it ignores PYTHONPATH. The launcher's entries (the
+# stub's numpy 1.x, the project's environment and its installed packages) are made site dirs,
+# ahead of the stub's own path, with their .pth files (the project's editable install).
+_stub_path = list(sys.path)
+for _p in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    site.addsitedir(_p)
+sys.path[:] = [p for p in sys.path if p not in _stub_path] + _stub_path
 
 import itertools  # noqa: E402
 import json  # noqa: E402
@@ -43,15 +47,14 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from pagedllm.config import EngineConfig  # noqa: E402
-from pagedllm.engine import LLMEngine  # noqa: E402
 from pagedllm.engine_loop import EngineLoop  # noqa: E402
 from pagedllm.engine_process import EngineProcess  # noqa: E402
 from pagedllm.outputs import StreamDelta, coalesce  # noqa: E402
-from pagedllm.request_inputs import parse_inputs  # noqa: E402
-from pagedllm.text_ids import TextIds  # noqa: E402
 from pagedllm.tokenizer import Tokenizer  # noqa: E402
-from pagedllm.triton_metrics import TritonMetrics  # noqa: E402
-from stub_watchdog import exit_with_server  # noqa: E402
+from pagedllm_backends.pagedllm.metrics import TritonMetrics  # noqa: E402
+from pagedllm_backends.pagedllm.request_inputs import parse_inputs  # noqa: E402
+from pagedllm_backends.pagedllm.text_ids import TextIds  # noqa: E402
+from pagedllm_backends.stub_watchdog import exit_with_server  # noqa: E402
 
 logger = logging.getLogger("pagedllm.triton")
 
@@ -95,15 +98,13 @@ class TritonPythonModel:
         engine_args = json.loads((model_dir / "engine.json").read_text())
         if not os.path.isabs(engine_args["model"]):
             engine_args["model"] = str((model_dir / engine_args["model"]).resolve())
-        if engine_args.get("device", "auto") == "auto":
-            import torch
-            engine_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         own_process = _flag(json.loads(args["model_config"]), "engine_process", True)
         config = EngineConfig(**engine_args)
         if own_process:  # this process's GIL is busy sending responses (see EngineProcess)
             self.loop = EngineProcess(config).start()
             tokenizer = Tokenizer.from_dir(config.model)  # the engine's is in the child
         else:  # built on the loop's thread: torch's CPU pools are per thread
+            from pagedllm.engine import LLMEngine  # here only: the process route needs no torch
             self.loop = EngineLoop(lambda: LLMEngine(config)).start()
             tokenizer = self.loop.engine.tokenizer
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}

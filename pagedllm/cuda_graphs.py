@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
+from pagedllm import kernels
 from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
 
@@ -47,6 +47,7 @@ class DecodeGraphs:
         self.buffers = buffers
         self.device = buffers.device
         self.num_kv_heads = num_kv_heads
+        self._ops = model.ops
         self.buckets = bucket_sizes(max_batch)
         self.max_batch = self.buckets[-1]
         # The graphs' block table: its row stride is baked in, so it is sized for the longest request.
@@ -80,7 +81,7 @@ class DecodeGraphs:
         if bucket is None:
             return None
         width, max_seq_len = self.buffers.prepare_decode(token_ids, num_computed, block_tables, bucket)
-        splits = kernels.decode_num_splits(bucket, self.num_kv_heads, max_seq_len, self.device)
+        splits = kernels.decode_num_splits(bucket, self.num_kv_heads, max_seq_len, self._ops, self.device)
         key = (bucket, splits)
         graph = self._graphs.get(key)
         if graph is None:
@@ -103,7 +104,7 @@ class DecodeGraphs:
         length = 1
         while True:
             length = min(length, max_model_len)
-            variants.setdefault(kernels.decode_num_splits(batch, self.num_kv_heads, length, self.device),
+            variants.setdefault(kernels.decode_num_splits(batch, self.num_kv_heads, length, self._ops, self.device),
                                 length)
             if length >= max_model_len:
                 return variants

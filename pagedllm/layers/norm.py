@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
+from pagedllm.kernels import REFERENCE_OPS, KernelOps
 
 
 class RMSNorm(nn.Module):
@@ -19,13 +19,16 @@ class RMSNorm(nn.Module):
         dim: Size of the normalized (last) dimension.
         eps: Added to the mean square before the reciprocal square root.
         dtype: Dtype of the weight (the model's dtype).
+        ops: whose `rms_norm` to run (`pagedllm.kernels.select_ops`); the reference by default.
     """
 
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype = torch.float32,
+                 ops: KernelOps = REFERENCE_OPS) -> None:
         super().__init__()
         self.eps = eps
+        self._norm = ops.rms_norm
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalizes `x` ([..., dim]) and scales it by the weight (`kernels.rms_norm`)."""
-        return kernels.rms_norm(x, self.weight, self.eps)
+        """Normalizes `x` ([..., dim]) and scales it by the weight."""
+        return self._norm(x, self.weight, self.eps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+from pagedllm import kernels
 from pagedllm.config import EngineConfig
 from pagedllm.cuda_graphs import DecodeGraphs
 from pagedllm.input_buffers import BatchInput, InputBuffers
@@ -40,6 +40,7 @@ class ModelRunner:
         self.memory_profile: dict[str, int] = {}
         self.num_kv_blocks = config.num_kv_blocks or self._auto_num_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
+        kernels.check_kv_cache(self.kv_caches[0], self.model.ops)  # once: the layers do not check
         self.sampler = Sampler(seed=config.seed, device=self.device)
         # NOTE: the engine's own max_model_len rule: no request outgrows this many blocks.
         self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
@@ -50,7 +51,7 @@ class ModelRunner:
             max_blocks_per_seq=-(-self.max_model_len // self.block_size),
             block_size=self.block_size, device=self.device)
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and not config.enforce_eager and kernels.uses_triton(self.device):
+        if self.device.type == "cuda" and not config.enforce_eager and self.model.ops.backend == "triton":
             self.graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.buffers,
                 max_batch=min(config.max_num_seqs, config.max_num_batched_tokens),

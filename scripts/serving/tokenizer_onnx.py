@@ -33,7 +33,7 @@ read C strings. Preprocessing flags a text that holds one (`text_has_nul`; the `
 such a request, naming the NUL, rather than serve the text cut short), and postprocessing decodes
 the NUL byte's token to nothing.
 
-    python scripts/export_tokenizer_onnx.py --model DIR --out-pre PATH --out-post PATH
+    python -m pagedllm_tools.serving.tokenizer_onnx --model DIR --out-pre PATH --out-post PATH
 """
 from __future__ import annotations
 
@@ -49,10 +49,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backends"))
-from pagedllm.byte_tokens import (bytes_to_unicode, load_tokenizer_json,  # noqa: E402
+from pagedllm.byte_tokens import (bytes_to_unicode, load_tokenizer_json,
                                   padding_token_id)
-from pagedllm.tokenizer import Tokenizer  # noqa: E402
+from pagedllm.tokenizer import Tokenizer
 
 log = logging.getLogger("export_tokenizer_onnx")
 

@@ -1,6 +1,6 @@
 """Do-nothing stand-ins for a served model: the ceiling of what dynamic batching can show.
 
-`scripts/perf_analyzer.py preprocessing --null onnx|python` measures the tokenizer's config with
+`python -m pagedllm_tools.bench.perf_analyzer preprocessing --null onnx|python` measures the tokenizer's config with
 the tokenizer taken out, to separate the model's cost from the server's:
 
 - `onnx`: the model's `model.onnx` is replaced by a graph that answers without work
@@ -15,20 +15,23 @@ ratio measured here bounds the ratio any real model can reach through the same s
 """
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
+from pagedllm_tools.serving import model_configs
+
 NULL_PYTHON_MODEL = '''\
-"""A do-nothing model (scripts/null_models.py): reads its inputs, answers constant tensors."""
+"""A do-nothing model (pagedllm_tools.bench.null_models): reads its inputs, answers constant tensors."""
 import os
+import site
 import sys
 
 # NOTE: as in backends/onnxruntime: without the launcher's paths, the stub's embedded Python
 # imports another numpy, and reading a BYTES input then fails in deserialize_bytes_tensor.
-for _p in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+_stub_path = list(sys.path)
+for _p in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    site.addsitedir(_p)
+sys.path[:] = [p for p in sys.path if p not in _stub_path] + _stub_path
 
 import json  # noqa: E402
 
@@ -77,30 +80,17 @@ def null_onnx(input_names: list[str], outputs: list[tuple[str, str]]):
     return model
 
 
-def _tensors(config: str, section: str) -> list[tuple[str, str]]:
-    """(name, data_type) of each tensor in the config's `section [ ... ]` list (brackets matched;
-    each tensor's data_type follows its name, as in our configs)."""
-    start = re.search(rf"^\s*{section}\s*\[", config, flags=re.M)
-    if start is None:
-        raise ValueError(f"config.pbtxt has no {section} list")
-    depth, i = 0, start.end() - 1
-    for j in range(i, len(config)):
-        depth += {"[": 1, "]": -1}.get(config[j], 0)
-        if depth == 0:
-            return re.findall(r'name\s*:\s*"([^"]+)"\s*data_type\s*:\s*(\w+)', config[i:j])
-    raise ValueError(f"config.pbtxt: the {section} list is not closed")
-
-
-def config_tensors(config: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(name, data_type) of the input and of the output tensors of a config.pbtxt text."""
-    config = re.sub(r"#.*", "", config)
-    return _tensors(config, "input"), _tensors(config, "output")
+def config_tensors(config) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(name, data_type) of the input and of the output tensors of a parsed config.pbtxt."""
+    def names(tensors):
+        return [(t.name, model_configs.model_config_pb2.DataType.Name(t.data_type)) for t in tensors]
+    return names(config.input), names(config.output)
 
 
 def make_null(model_dir: Path, kind: str) -> None:
     """Turns the served model in `model_dir` (config.pbtxt, 1/) into the `kind` stand-in."""
     cfg = model_dir / "config.pbtxt"
-    config = cfg.read_text()
+    config = model_configs.load(cfg)
     version = model_dir / "1"
     if version.is_symlink():  # never delete through a link into the source repository
         version.unlink()
@@ -113,10 +103,9 @@ def make_null(model_dir: Path, kind: str) -> None:
         inputs, outputs = config_tensors(config)
         onnx.save(null_onnx([name for name, _ in inputs], outputs), str(version / "model.onnx"))
     elif kind == "python":
-        config = re.sub(r'^(\s*backend\s*:\s*)"[^"]*"', r'\1"python"', config, count=1,
-                        flags=re.M)
-        config = re.sub(r"^\s*model_operations\s*\{[^}]*\}\s*$", "", config, flags=re.M)
-        cfg.write_text(config)
+        config.backend = "python"
+        config.ClearField("model_operations")
+        model_configs.save(config, cfg)
         (version / "model.py").write_text(NULL_PYTHON_MODEL)
     else:
         raise ValueError(f"null model kind must be 'onnx' or 'python', not {kind!r}")

@@ -3,10 +3,10 @@
 The config.pbtxt files are committed and do not depend on the model: the tokenizer lives inside
 the ONNX files and the engine reads engine.json. So serving another checkpoint is
 
-    python scripts/build_repository.py --model /path/to/hf_dir [--engine-args '{"max_num_seqs": 64}']
+    python -m pagedllm_tools.serving.repository --model /path/to/hf_dir [--engine-args '{"max_num_seqs": 64}']
 
 which writes, under the repository (default model_repository/):
-    preprocessing/1/model.onnx   tokenizer.json -> ONNX tokenizer (scripts/export_tokenizer_onnx.py)
+    preprocessing/1/model.onnx   tokenizer.json -> ONNX tokenizer (tokenizer_onnx.py)
     postprocessing/1/model.onnx  ONNX detokenizer, plus the pass-through of the llm's
                                  finish_reason and token counts (so every ensemble response
                                  comes whole from this one step)
@@ -16,7 +16,7 @@ which writes, under the repository (default model_repository/):
     postprocessing/configs/host.pbtxt
                                  on machines with 8+ CPUs: config.pbtxt with more instances
                                  (tritonserver --model-config-name=host picks it;
-                                 scripts/host_configs.py)
+                                 model_configs.py)
 """
 from __future__ import annotations
 
@@ -29,11 +29,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import export_tokenizer_onnx  # noqa: E402
-from host_configs import write_host_configs  # noqa: E402
+from pagedllm_tools import ROOT
+from pagedllm_tools.serving import tokenizer_onnx
+from pagedllm_tools.serving.model_configs import write_host_configs
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 PASS_THROUGH = (("finish_reason", TensorProto.STRING), ("num_input_tokens", TensorProto.INT32),
@@ -58,7 +56,7 @@ def build(model_dir: Path, repo: Path, engine_args: dict) -> None:
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
     pre = repo / "preprocessing" / "1" / "model.onnx"
     post = repo / "postprocessing" / "1" / "model.onnx"
-    export_tokenizer_onnx.export(model_dir, pre, post)
+    tokenizer_onnx.export(model_dir, pre, post)
     onnx.save(add_pass_through(onnx.load(str(post))), str(post))
     llm_dir = (repo / "llm").resolve()
     try:  # relative when both sit in this checkout: the path then holds inside a container too

@@ -2,38 +2,31 @@
 
 Exact parity is only promised in float32; in bf16 rounding makes greedy paths diverge sooner or later.
 This prints, per model, the share of prompts whose whole output matches and the share of output
-tokens before the first divergence. Run: `python scripts/bf16_agreement.py --device cuda`.
+tokens before the first divergence. Run: `python -m pagedllm_tools.bench.bf16_agreement --device cuda`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import TINY_ARCHS, make_tiny_checkpoint  # noqa: E402
-from test_parity import hf_greedy  # noqa: E402
-
-from pagedllm import LLM, SamplingParams  # noqa: E402
+from pagedllm import LLM, SamplingParams
+from pagedllm_tools import ROOT
+from pagedllm_tools.reference_models import TINY_ARCHS, hf_greedy, make_tiny_checkpoint
 
 
 def agreement(model_dir: str, device: str, dtype: str, n_prompts: int, new_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    import test_parity
-    test_parity.DEVICE = device
     ref_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     vocab = ref_model.config.vocab_size
     rng = random.Random(0)
     prompts = [[rng.randrange(vocab) for _ in range(rng.randint(1, 400))] for _ in range(n_prompts)]
-    expected = [hf_greedy(ref_model, p, new_tokens) for p in prompts]
+    expected = [hf_greedy(ref_model, p, new_tokens, device) for p in prompts]
     del ref_model
     llm = LLM(model_dir, device=device, dtype=dtype, num_kv_blocks=4096)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],

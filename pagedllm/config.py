@@ -1,6 +1,7 @@
 """Engine configuration: one dataclass, validated on construction."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -14,7 +15,9 @@ class EngineConfig:
 
     Attributes:
         model: path to a Hugging Face checkpoint directory.
-        device: "cpu" or "cuda" (or "cuda:N").
+        device: "cpu", "cuda" (or "cuda:N"), or "auto": cuda when torch sees a GPU, else cpu
+            (resolved by `resolved()`, which the engine calls: a server process that only
+            forwards requests to an engine process never imports torch).
         dtype: weights and KV-cache dtype; None picks float32 on CPU, bfloat16 on CUDA.
         block_size: tokens per KV-cache block.
         num_kv_blocks: fixes the KV-cache size; None sizes it from free memory.
@@ -49,11 +52,12 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a path to a Hugging Face checkpoint directory")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.dtype is None:
+        if not isinstance(self.device, str) or not (
+                self.device in ("cpu", "auto") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        if self.dtype is None and self.device != "auto":
             self.dtype = "float32" if self.device == "cpu" else "bfloat16"
-        if self.dtype not in _DTYPES:
+        if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         _positive_int("block_size", self.block_size)
         if self.num_kv_blocks is not None:
@@ -73,6 +77,15 @@ class EngineConfig:
             _positive_int("cpu_threads", self.cpu_threads)
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+
+
+    def resolved(self) -> "EngineConfig":
+        """This config with device "auto" (and a dtype left to it) made concrete."""
+        if self.device != "auto":
+            return self
+        import torch
+
+        return dataclasses.replace(self, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -1,8 +1,7 @@
 """Checks the Triton kernels on a CUDA GPU in one go: the kernel tests, then a decode microbenchmark.
 
 1. `pytest -q tests/test_kernels.py tests/test_reference_attention.py` on CUDA (compiled
-   kernels, contexts up to 16k, bf16/fp16/fp32). If pytest is missing (the GPU machine has
-   none), the wheels in `.whl/pytest/` are unpacked into a temporary folder.
+   kernels, contexts up to 16k, bf16/fp16/fp32).
 2. Decode paged attention with llama-1b's heads (32 q heads, 8 kv heads, head_dim 64), bf16,
    block size 16, shuffled blocks: batch 64 at contexts 1k/4k/16k, and batch 4 at 16k with
    and without split-KV. Each row gives the kernel time (CUDA events, median), the bytes it
@@ -15,7 +14,7 @@ Prints a table; with $OUT set, writes everything to $OUT/kernels_gpu.json.
 decode batches like the engine's (graph-launched), each against the knobs it runs with now,
 and writes $OUT/kernels_sweep.json.
 
-    python scripts/check_kernels_gpu.py [--skip-tests] [--iters 50] [--sweep]
+    python -m pagedllm_tools.bench.kernels_gpu [--skip-tests] [--iters 50] [--sweep]
 """
 
 from __future__ import annotations
@@ -27,17 +26,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-IMPORT_PATHS = [str(ROOT), str(ROOT / "backends")]
-sys.path[:0] = IMPORT_PATHS
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from pagedllm_tools import ROOT
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 64, 16  # llama-1b
 DTYPE = torch.bfloat16
@@ -60,23 +55,10 @@ class Row:
 
 def run_tests() -> dict:
     """Runs the kernel tests in a subprocess; returns its exit code and summary line."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*IMPORT_PATHS, os.environ.get("PYTHONPATH", "")]))
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
-        wheels = ROOT / ".whl" / "pytest"
-        if not wheels.is_dir():
-            print(f"pytest is not installed and {wheels} holds no wheels: skipping the tests", flush=True)
-            return {"returncode": None, "summary": "pytest missing"}
-        # NOTE: pure-Python wheels are zip files: unpacking them is installing them (no pip needed).
-        target = tempfile.mkdtemp(prefix="pagedllm_pytest_")
-        for wheel in sorted(wheels.glob("*-py3-none-any.whl")):
-            zipfile.ZipFile(wheel).extractall(target)
-        env["PYTHONPATH"] = os.pathsep.join([target, env["PYTHONPATH"]])
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "tests/test_kernels.py", "tests/test_reference_attention.py"]
     print("$", " ".join(cmd[1:]), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(proc.stdout[-6000:], flush=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     return {"returncode": proc.returncode, "summary": lines[-1] if lines else ""}
@@ -171,7 +153,7 @@ def decode_args(batch: int, context: int, num_splits: int | None):
 def bench_case(batch: int, context: int, num_splits: int | None, copy_gbps: float, iters: int,
                with_sdpa: bool, timer=time_us) -> tuple[Row, str | None]:
     """One decode case, ours and (optionally) SDPA, each timed by `timer(fn, iters)`."""
-    from kernels.triton_paged_attention import choose_num_splits, paged_attention, _num_sms
+    from pagedllm.kernels.triton_paged_attention import choose_num_splits, paged_attention, _num_sms
 
     args, k, v = decode_args(batch, context, num_splits)
     q = args["query"]
@@ -196,7 +178,7 @@ SWEEP_CASES = [(256, 832), (64, 832), (64, 4096), (256, 256)]  # 832: the nano m
 
 def sweep(copy_gbps: float, iters: int) -> list[dict]:
     """Graph-launched decode time of every launch config on each case; the current one marked."""
-    from kernels.triton_paged_attention import LaunchConfig, launch_config, paged_attention
+    from pagedllm.kernels.triton_paged_attention import LaunchConfig, launch_config, paged_attention
 
     current = launch_config(DTYPE, 1)
     configs = [LaunchConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3, 4)]
@@ -235,7 +217,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="time the launch configs instead")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
-        print("check_kernels_gpu.py needs a CUDA GPU", file=sys.stderr)
+        print("pagedllm_tools.bench.kernels_gpu needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 

@@ -5,8 +5,8 @@ Writes `$OUT/gpu-<card>.json` (or --out-dir) and PNGs beside it; prints a summar
 1. kernel: decode paged attention, batch 64, contexts 1k/4k/16k, llama-1b heads (32 q / 8 kv,
    head_dim 64), bf16, block 16, shuffled blocks; timed inside a CUDA graph (as the engine runs
    it) and per call; achieved bytes/s against the measured device-to-device copy, and torch SDPA
-   (flash) on the same K/V laid out contiguously (helpers from check_kernels_gpu.py).
-2. end to end, workload `nano` (DESIGN.md: 256 requests, prompt and output lengths uniform in
+   (flash) on the same K/V laid out contiguously (helpers from kernels_gpu.py).
+2. end to end, workload `nano` (docs/workloads.md: 256 requests, prompt and output lengths uniform in
    [100, 1024], prompt ids below 10000, ignore_eos, seed 0; greedy) on the `llama-1b` and
    `qwen3-0.6b` shapes (random bf16 weights): pagedllm's LLM.generate on all 256 requests and on
    the HF subset; HF `generate` in padded static batches of 64 in arrival order; HF continuous
@@ -17,7 +17,7 @@ Writes `$OUT/gpu-<card>.json` (or --out-dir) and PNGs beside it; prints a summar
    measured time of one decode step (runner.execute: inputs, graph replay, logits, sampling) at
    batch 64 and 256, mean context 833 (the workload's mean live context), graphs on and off.
 
-    PYTHONPATH=backends:. python scripts/bench_gpu.py [--skip-hf] [--hf-requests 64] [--out-dir DIR]
+    python -m pagedllm_tools.bench.gpu [--skip-hf] [--hf-requests 64] [--out-dir DIR]
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -36,12 +35,11 @@ from pathlib import Path
 
 import torch
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
-from check_kernels_gpu import ROOT, bench_case, copy_bandwidth_gbps, time_us_graph  # noqa: E402
-
-from pagedllm import LLM, SamplingParams  # noqa: E402
-from pagedllm.layers.sampler import SamplingRow  # noqa: E402
+from pagedllm import LLM, SamplingParams
+from pagedllm.layers.sampler import SamplingRow
+from pagedllm_tools import ROOT
+from pagedllm_tools.bench.kernels_gpu import bench_case, copy_bandwidth_gbps, time_us_graph
+from pagedllm_tools.workloads import nano_prompts
 
 SHAPES = {
     # Llama-3.2-1B's config.json, weights random.
@@ -61,13 +59,6 @@ SHAPES = {
 
 
 # ---- workload and models -------------------------------------------------------------------------
-
-def nano_workload(n: int = 256, seed: int = 0) -> tuple[list[list[int]], list[int]]:
-    """DESIGN.md's `nano`: prompts of uniform [100, 1024] ids below 10000; outputs uniform [100, 1024]."""
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(10000) for _ in range(rng.randint(100, 1024))] for _ in range(n)]
-    return prompts, [rng.randint(100, 1024) for _ in range(n)]
-
 
 def build_shape(name: str, out_dir: Path):
     """Saves a random-weight bf16 checkpoint of shape `name` (+ a tokenizer.json); returns the HF model."""
@@ -98,8 +89,7 @@ def write_tokenizer(path: Path, vocab_size: int, special: dict[int, str] | None 
     from pagedllm.byte_tokens import bytes_to_unicode
 
     special = special or {}
-    data = json.loads((Path(__file__).resolve().parent.parent / "models" / "default"
-                       / "tokenizer.json").read_text())
+    data = json.loads((ROOT / "models" / "default" / "tokenizer.json").read_text())
     vocab: dict[str, int] = dict(data["model"]["vocab"])
     taken = set(vocab.values())
     space = bytes_to_unicode()[ord(" ")]
@@ -289,7 +279,7 @@ def kernel_section(copy_gbps: float, iters: int) -> dict:
 
 
 def shape_section(name: str, workdir: Path, copy_gbps: float, args) -> dict:
-    prompts, outputs = nano_workload()
+    prompts, outputs = nano_prompts()
     model_dir = workdir / name
     hf_model = build_shape(name, model_dir)
     hf_model.cpu()  # out of the way while pagedllm sizes its cache
@@ -371,7 +361,7 @@ def main() -> int:
         plot(json.loads(path.read_text()), path.with_suffix(""))
         return 0
     if not torch.cuda.is_available():
-        print("bench_gpu.py needs a CUDA GPU", file=sys.stderr)
+        print("pagedllm_tools.bench.gpu needs a CUDA GPU", file=sys.stderr)
         return 2
     import transformers
     import triton

@@ -29,6 +29,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, runner=None) -> None:
         """Load the model named by `config`; `runner` replaces the model runner (tests, benchmarks)."""
+        config = config.resolved()
         self.config = config
         self.model_config = ModelConfig.from_dir(config.model)
         self.tokenizer = Tokenizer.from_dir(config.model)

@@ -10,11 +10,13 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from pagedllm.engine import LLMEngine
 from pagedllm.outputs import StreamDelta
 from pagedllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # NOTE: not at run time: EngineProcess's parent imports this without torch
+    from pagedllm.engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import kernels
+from pagedllm.kernels import KernelOps
 
 
 @dataclass
@@ -35,9 +35,12 @@ class Attention(nn.Module):
         num_kv_heads: Key/value heads (num_heads must be a multiple: GQA).
         head_dim: Size of each head.
         scale: Softmax scale (head_dim ** -0.5 for every supported model).
+        ops: the kernels to call (`pagedllm.kernels.select_ops`), unchecked: the runner checked
+            the cache layout once (`pagedllm.kernels.check_kv_cache`).
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 ops: KernelOps) -> None:
         super().__init__()
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
@@ -45,6 +48,7 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.ops = ops
 
     def forward(
         self,
@@ -65,13 +69,9 @@ class Attention(nn.Module):
         Returns:
             [T, num_heads * head_dim].
         """
-        if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
-            raise ValueError(
-                f"kv_cache: expected [2, num_blocks, block_size, num_kv_heads, head_dim], got {list(kv_cache.shape)}"
-            )
         key_cache, value_cache = kv_cache[0], kv_cache[1]
-        kernels.reshape_and_cache(k, v, key_cache, value_cache, attn_metadata.slot_mapping)
-        out = kernels.paged_attention(
+        self.ops.reshape_and_cache(k, v, key_cache, value_cache, attn_metadata.slot_mapping)
+        out = self.ops.paged_attention(
             q,
             key_cache,
             value_cache,

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Runs Triton's real `perf_analyzer` (2.51, the server's release) against the model repository.
 
-    python scripts/perf_analyzer.py setup                      # fetch the binary, print its path
-    python scripts/perf_analyzer.py ensemble                   # `serve` workload, gRPC streaming
-    python scripts/perf_analyzer.py ensemble --quick           # ~10 s smoke run (tests)
-    python scripts/perf_analyzer.py preprocessing              # dynamic batching on vs off, c=1..64
-    python scripts/perf_analyzer.py preprocessing --null onnx  # the same, a do-nothing model
+    pagedllm-perf-analyzer setup                      # fetch the binary, print its path
+    pagedllm-perf-analyzer ensemble                   # `serve` workload, gRPC streaming
+    pagedllm-perf-analyzer ensemble --quick           # ~10 s smoke run (tests)
+    pagedllm-perf-analyzer preprocessing              # dynamic batching on vs off, c=1..64
+    pagedllm-perf-analyzer preprocessing --null onnx  # the same, a do-nothing model
+(`python -m pagedllm_tools.bench.perf_analyzer ...` is the same)
 
 The binary comes out of the `tritonclient==2.51.0` wheel (never installed: it pins numpy<2 and
 protobuf<5) and is cached in .cache/perf_analyzer/ with `libcudart.so.12` taken from the
 `nvidia-cuda-runtime-cu12` wheel (also not installed); it needs Debian's `libb64-0d`, which this
 script installs with apt-get when it runs as root.
 
-`ensemble` feeds perf_analyzer the `nano` workload's prompts (clients/load.py makes them) as an
+`ensemble` feeds perf_analyzer the `nano` workload's prompts (pagedllm_tools.workloads) as an
 --input-data JSON file and computes output tok/s, TTFT and ITL from its --profile-export-file.
 `preprocessing` measures the model as configured (dynamic batching) and a copy whose config has no
 `dynamic_batching` block (same instances, same everything else), each served by its own
@@ -27,7 +28,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -36,14 +36,12 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "clients"))
-import load  # noqa: E402  (clients/load.py: workloads and percentiles)
+from pagedllm_clients import load  # figures (summarize, percentiles) as the load generator's
+from pagedllm_tools import ROOT, workloads
+from pagedllm_tools.bench import null_models  # do-nothing stand-ins: the ceiling of batching
+from pagedllm_tools.serving import model_configs, tritonserver
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import null_models  # noqa: E402  (do-nothing stand-ins: the ceiling of batching)
-import serve  # noqa: E402  (scripts/serve.py: the server `make serve` runs)
-
+DEFAULT_MODEL_DIR = ROOT / "models" / "default"
 CACHE = ROOT / ".cache" / "perf_analyzer"
 WHEELS = ROOT / ".cache" / "wheels"
 BENCH = ROOT / "docs" / "benchmarks"
@@ -117,7 +115,7 @@ def ensure_perf_analyzer() -> tuple[Path, dict[str, str]]:
 # Input data and results
 # ---------------------------------------------------------------------------------------------
 
-def ensemble_input_data(workload: load.Workload, params: dict | None = None) -> dict:
+def ensemble_input_data(workload: workloads.Workload, params: dict | None = None) -> dict:
     """perf_analyzer --input-data JSON for `ensemble`: one entry per workload request.
 
     Shapes leave out the batch dimension (perf_analyzer adds it: -b 1).
@@ -224,7 +222,7 @@ def run_pa(args: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
                  concurrencies: tuple[int, ...] = (1, 16), num_requests: int = 64,
-                 scale: float = 0.25, model_dir: str | Path = load.DEFAULT_MODEL_DIR,
+                 scale: float = 0.25, model_dir: str | Path = DEFAULT_MODEL_DIR,
                  requests_per_level: int | None = None, out_dir: Path | None = None,
                  timeout: float = 3600.0) -> dict:
     """perf_analyzer over gRPC streaming against `ensemble` with the workload's prompts.
@@ -232,7 +230,7 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
     Each concurrency level sends `requests_per_level` requests (default: 2 per slot, at least
     8) as one count window, so a level ends when its requests do.
     """
-    workload = load.make_workload("serve", num_requests, 0, scale)
+    workload = workloads.make_workload("serve", num_requests, 0, scale)
     work = Path(out_dir or tempfile.mkdtemp(prefix="pa_ensemble_"))
     work.mkdir(parents=True, exist_ok=True)
     base = time.time_ns() % (1 << 31)
@@ -243,7 +241,7 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
         # blocks of prompts it has served: each level gets prompts of its own, as many as it can
         # send (3 windows and the requests in flight), so that no prompt repeats.
         distinct = max(num_requests, 3 * count + c)
-        level_workload = load.make_workload("serve", distinct, 0, scale).with_prompts(
+        level_workload = workloads.make_workload("serve", distinct, 0, scale).with_prompts(
             model_dir, base + c)
         data_file = work / f"input_data_c{c}.json"
         data_file.write_text(json.dumps(ensemble_input_data(level_workload)))
@@ -271,28 +269,10 @@ def run_ensemble(url: str = "localhost:8001", model: str = "ensemble",
 # preprocessing, with and without dynamic batching
 # ---------------------------------------------------------------------------------------------
 
-def strip_dynamic_batching(config: str, new_name: str) -> str:
-    """config.pbtxt text without its `dynamic_batching { ... }` block, renamed to `new_name`."""
-    start = re.search(r"^\s*dynamic_batching\s*\{", config, flags=re.M)
-    if start is not None:
-        depth, i = 0, config.index("{", start.start())
-        for j in range(i, len(config)):
-            depth += {"{": 1, "}": -1}.get(config[j], 0)
-            if depth == 0:
-                config = config[:start.start()] + config[j + 1:]
-                break
-    if re.search(r"^\s*name\s*:", config, flags=re.M):
-        config = re.sub(r'^(\s*name\s*:\s*)"[^"]*"', rf'\1"{new_name}"', config, count=1,
-                        flags=re.M)
-    else:
-        config = f'name: "{new_name}"\n' + config
-    return config
-
-
 def preprocessing_texts(n: int = 64, scale: float = 0.125,
-                        model_dir: str | Path = load.DEFAULT_MODEL_DIR) -> list[str]:
+                        model_dir: str | Path = DEFAULT_MODEL_DIR) -> list[str]:
     """Prompt texts of the nano workload with lengths times `scale` (0.125: 13-128 tokens)."""
-    return load.attach_prompts(load.make_workload("nano", n, 0, scale), model_dir).prompts
+    return workloads.attach_prompts(workloads.make_workload("nano", n, 0, scale), model_dir).prompts
 
 
 def measure_model(url: str, model: str, input_name: str, texts: list[str],
@@ -363,7 +343,7 @@ def plot_preprocessing(result: dict, png: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("throughput (infer/s)")
-    lo, hi = load._scaled_range(result.get("text_scale", 0.125))
+    lo, hi = workloads.scaled_range(result.get("text_scale", 0.125))
     what = {"onnx": "null ONNX graph", "python": "null Python model"}.get(
         result.get("null_model"), "ONNX tokenizer")
     ax.set_title(f"preprocessing ({what}), perf_analyzer gRPC, prompts of {lo}-{hi} "
@@ -379,16 +359,16 @@ def plot_preprocessing(result: dict, png: Path) -> None:
 
 
 class TempServer:
-    """A tritonserver (the wheel's, set up by scripts/tritonserver_setup.py) on free local ports.
+    """A tritonserver (the wheel's, set up by pagedllm_tools.serving.tritonserver) on free local ports.
 
     Used as a context manager; stops the server on exit. Started as `make serve` starts it
-    (scripts/serve.py's server_command), loading only `models`. The log goes to
+    (tritonserver.server_command, as `make serve` runs it), loading only `models`. The log goes to
     `<repo>/../server_<first model>.log`.
     """
 
     def __init__(self, repo: Path, models: list[str], ready_timeout: float = 180.0):
         self.repo, self.models, self.ready_timeout = repo, models, ready_timeout
-        self.http, self.grpc, self.metrics = serve.free_port(), serve.free_port(), serve.free_port()
+        self.http, self.grpc, self.metrics = tritonserver.free_port(), tritonserver.free_port(), tritonserver.free_port()
         self.proc: subprocess.Popen | None = None
         self.log = repo.parent / f"server_{models[0]}.log"
 
@@ -398,7 +378,7 @@ class TempServer:
 
     def __enter__(self) -> "TempServer":
         # Explicit model control: the server is ready once exactly these models are.
-        self.proc = serve.launch(self.repo, self.http, self.grpc, self.metrics, self.log,
+        self.proc = tritonserver.launch(self.repo, self.http, self.grpc, self.metrics, self.log,
                                  ["--model-control-mode=explicit",
                                   *[f"--load-model={m}" for m in self.models]],
                                  timeout=self.ready_timeout)
@@ -406,7 +386,7 @@ class TempServer:
 
     def __exit__(self, *exc) -> None:
         if self.proc:
-            serve.stop(self.proc)
+            tritonserver.stop(self.proc)
 
 
 def build_preprocessing_repo(src_repo: Path, dest: Path, model: str = "preprocessing",
@@ -419,8 +399,10 @@ def build_preprocessing_repo(src_repo: Path, dest: Path, model: str = "preproces
                            "(`make serve` does)")
     shutil.copytree(src, dest / model, symlinks=True, dirs_exist_ok=True)
     shutil.copytree(src, dest / nobatch_name, symlinks=True, dirs_exist_ok=True)
-    cfg = dest / nobatch_name / "config.pbtxt"
-    cfg.write_text(strip_dynamic_batching(cfg.read_text(), nobatch_name))
+    config = model_configs.load(dest / nobatch_name / "config.pbtxt")
+    config.ClearField("dynamic_batching")
+    config.name = nobatch_name
+    model_configs.save(config, dest / nobatch_name / "config.pbtxt")
     return model, nobatch_name
 
 
@@ -439,7 +421,7 @@ def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
                       pa_threads: int = 1, attempts: int = 3, null: str | None = None) -> dict:
     """Measures `preprocessing` with its dynamic batching and without, interleaved.
 
-    `null` ("onnx" or "python") measures scripts/null_models.py's do-nothing stand-in in the
+    `null` ("onnx" or "python") measures null_models.py's do-nothing stand-in in the
     tokenizer's place instead: the most batching can show through this server.
 
     Each variant has its own temporary server (one model loaded); both stay up, and at each
@@ -457,7 +439,7 @@ def run_preprocessing(src_repo: Path, concurrencies=PREPROCESS_CONCURRENCY,
             null_models.make_null(work / "repo" / model, null)
     variants = (("dynamic_batching", with_b), ("no_batching", without_b))
     texts = preprocessing_texts(scale=text_scale)
-    lo, hi = load._scaled_range(text_scale)
+    lo, hi = workloads.scaled_range(text_scale)
     servers: dict[str, TempServer] = {}
     runs = {key: {c: [] for c in concurrencies} for key, _ in variants}
     name = "text_input"
@@ -540,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--requests-per-level", type=int, help="default: max(8, 2 x concurrency)")
     e.add_argument("--scale", type=float, default=0.25,
                    help="nano lengths times this (default 0.25: a CPU-sized run)")
-    e.add_argument("--model-dir", default=str(load.DEFAULT_MODEL_DIR))
+    e.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     e.add_argument("--quick", action="store_true",
                    help="~10 s smoke run: concurrency 2, 8 requests of 8-16 tokens")
     e.add_argument("--json", help="default docs/benchmarks/perf_analyzer_ensemble.json "
@@ -558,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="prompt lengths: nano's [100, 1024] times this (default %(default)s)")
     pre.add_argument("--null", choices=("onnx", "python"),
                      help="measure a do-nothing stand-in for the tokenizer instead "
-                          "(scripts/null_models.py): onnx = a null graph on the same backend, "
+                          "(null_models.py): onnx = a null graph on the same backend, "
                           "python = a plain Python model")
     pre.add_argument("--out", help="output path prefix (.json, .csv, .png); default "
                                    "docs/benchmarks/perf_analyzer_preprocessing[_null_KIND]")
@@ -601,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quick_ensemble(url: str = "localhost:8001", model: str = "ensemble",
-                   model_dir: str | Path = load.DEFAULT_MODEL_DIR) -> dict:
+                   model_dir: str | Path = DEFAULT_MODEL_DIR) -> dict:
     """A ~10 s perf_analyzer run against `ensemble` for tests: concurrency 2, 8 short requests.
 
     Returns the same dict as `run_ensemble`; raises RuntimeError if perf_analyzer fails.

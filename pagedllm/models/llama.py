@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.linear import Embedding, Linear
 from pagedllm.layers.norm import RMSNorm
@@ -39,7 +40,7 @@ class WeightTarget:
 class LlamaAttention(nn.Module):
     """Self-attention block: fused qkv projection, optional q/k norm, RoPE, paged attention."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -51,9 +52,9 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.q_size, hidden, config.attention_out_bias, dtype)
         self.qk_norm = config.qk_norm
         if config.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
 
     def forward(
         self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
@@ -87,12 +88,12 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm transformer block with HF's residual order."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, dtype)
+        self.self_attn = LlamaAttention(config, dtype, ops)
         self.mlp = LlamaMLP(config, dtype)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
 
     def forward(
         self, rope: Rope, h: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
@@ -105,11 +106,11 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, ops) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
@@ -135,14 +136,18 @@ class LlamaForCausalLM(nn.Module):
     Args:
         config: The checkpoint's ModelConfig.
         dtype: Dtype of every weight and activation (the KV cache must match it).
+        ops: the kernels every layer calls; None picks them for the default device
+            (`torch.set_default_device` or `with torch.device(...)`) and dtype.
 
     Parameters start uninitialized; `pagedllm.models.registry.load_model` fills them.
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
+                 ops: KernelOps | None = None) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, dtype)
+        self.ops = ops or select_ops(torch.get_default_device(), dtype)
+        self.model = LlamaModel(config, dtype, self.ops)
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -166,7 +171,7 @@ class LlamaForCausalLM(nn.Module):
         Returns:
             [T, hidden] final hidden states (feed the rows you need to `compute_logits`).
         """
-        if len(kv_caches) != self.config.num_hidden_layers:
+        if len(kv_caches) != self.config.num_hidden_layers:  # once a step (the layers zip them)
             raise ValueError(
                 f"kv_caches: expected one tensor per layer ({self.config.num_hidden_layers}), got {len(kv_caches)}"
             )

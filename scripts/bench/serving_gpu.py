@@ -3,19 +3,22 @@
 The GPU machine has no pip index, and a device call carries at most 64 MiB with the tree, so the
 pieces travel in two calls (the machine keeps ignored files between calls while it is warm):
 
-    here:    python scripts/bench_serving_gpu.py pack        # .gpu/ (server) and .gpu2/ (the rest)
-    call 1:  python scripts/bench_serving_gpu.py unpack      # carry [".gpu"]: tritonserver -> .cache
-    call 2:  python scripts/bench_serving_gpu.py run         # carry [".gpu2"]: wheels, ONNX files
-    call 3:  python scripts/bench_serving_gpu.py preprocessing   # the same machine, warm
-    or:      python scripts/bench_serving_gpu.py compare     # concurrency 64, engine process vs thread
+    here:    python -m pagedllm_tools.bench.serving_gpu pack     # .gpu/ (server), .gpu2/ (the rest)
+    call 1:  ... unpack      # carry [".gpu"]: tritonserver -> .cache
+    call 2:  ... run         # carry [".gpu2"]: wheels, ONNX files
+    call 3:  ... preprocessing   # the same machine, warm
+    or:      ... compare     # concurrency 64, engine process vs thread
 
-`preprocessing` runs scripts/perf_analyzer.py's preprocessing comparison (dynamic batching vs
+On the GPU machine every call first installs the checkout (no index needed):
+`python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .`
+
+`preprocessing` runs perf_analyzer.py's preprocessing comparison (dynamic batching vs
 none, the default model's tokenizer, perf_analyzer 2.51 over gRPC) on the GPU machine's CPU
 cores, where the load generator does not share two cores with the server.
 
-`run` builds the llama-1b shape (random bf16 weights; scripts/bench_gpu.py), fills a model
+`run` builds the llama-1b shape (random bf16 weights; gpu.py), fills a model
 repository (the committed configs, the carried ONNX tokenizer models, engine.json on cuda),
-starts tritonserver (the nvidia-pytriton wheel's 2.51) and runs clients/load.py at concurrency 1,
+starts tritonserver (the nvidia-pytriton wheel's 2.51) and runs the load generator at concurrency 1,
 16, 64 and 256 (the `nano` prompts; fewer requests at low concurrency to fit one call), the last
 also through the offline engine in the client's process for the ratio. Results: $OUT/serving-*.json.
 """
@@ -30,10 +33,11 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "backends")]
+from pagedllm_tools import ROOT
+from pagedllm_tools.serving import tritonserver as setup
 
-import tritonserver_setup as setup  # noqa: E402
+# NOTE: the tools that need tritonclient (perf_analyzer, model_configs) are imported inside the
+# steps that run after `_install_sites`, which brings tritonclient to the GPU machine.
 
 PACK1, PACK2 = ROOT / ".gpu", ROOT / ".gpu2"
 CLIENT_SITE = setup.CACHE / "client-site"
@@ -44,10 +48,10 @@ LEVELS = [(1, 8), (16, 64), (64, 256), (256, 256)]  # (concurrency, requests)
 
 def pack() -> None:
     """Builds the two bundles on the development machine (Python 3.12 wheels for the GPU machine)."""
-    import bench_gpu
-    import build_repository
-    import export_tokenizer_onnx
     import onnx
+
+    from pagedllm_tools.bench import gpu, perf_analyzer
+    from pagedllm_tools.serving import repository, tokenizer_onnx
     server = setup.ensure_server()
     PACK1.mkdir(exist_ok=True)
     with tarfile.open(PACK1 / "tritonserver.tar.xz", "w:xz") as tar:
@@ -59,7 +63,6 @@ def pack() -> None:
             return info
         for name in ("pytriton", "nvidia_pytriton.libs"):
             tar.add(server / name, arcname=name, filter=keep)
-    import perf_analyzer
     perf_analyzer.ensure_perf_analyzer()
     with tarfile.open(PACK1 / "perf_analyzer.tar.xz", "w:xz") as tar:
         tar.add(perf_analyzer.CACHE / "bin", arcname="bin")
@@ -71,13 +74,13 @@ def pack() -> None:
                     "--platform", "manylinux2014_x86_64", "-d", str(PACK2), *WHEELS], check=True)
     tok = PACK2 / "llama1b_tok"
     tok.mkdir(exist_ok=True)
-    shape = bench_gpu.SHAPES["llama-1b"]
-    bench_gpu.write_tokenizer(tok / "tokenizer.json", shape["vocab_size"],
+    shape = gpu.SHAPES["llama-1b"]
+    gpu.write_tokenizer(tok / "tokenizer.json", shape["vocab_size"],
                               {shape["bos_token_id"]: "<|begin_of_text|>",
                                shape["eos_token_id"]: "<|end_of_text|>"})
     (tok / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    export_tokenizer_onnx.export(tok, tok / "pre.onnx", tok / "post.onnx")
-    onnx.save(build_repository.add_pass_through(onnx.load(str(tok / "post.onnx"))),
+    tokenizer_onnx.export(tok, tok / "pre.onnx", tok / "post.onnx")
+    onnx.save(repository.add_pass_through(onnx.load(str(tok / "post.onnx"))),
               str(tok / "post.onnx"))
     shutil.copy(ROOT / "model_repository" / "preprocessing" / "1" / "model.onnx",
                 PACK2 / "default_pre.onnx")  # built by `make serve` here
@@ -89,7 +92,7 @@ def unpack() -> None:
     with tarfile.open(PACK1 / "tritonserver.tar.xz") as tar:
         tar.extractall(setup.SERVER_DIR)
     print("tritonserver unpacked:", setup.server_binary().exists())
-    import perf_analyzer
+    from pagedllm_tools.bench import perf_analyzer
     with tarfile.open(PACK1 / "perf_analyzer.tar.xz") as tar:
         tar.extractall(perf_analyzer.CACHE)
     print("perf_analyzer unpacked:", (perf_analyzer.CACHE / "bin" / "perf_analyzer").exists())
@@ -114,7 +117,7 @@ def _install_sites() -> None:
 
 def _client_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(CLIENT_SITE), str(ROOT / "backends"), str(ROOT)]))
+        filter(None, [str(CLIENT_SITE), os.environ.get("PYTHONPATH")])))
 
 
 def preprocessing() -> None:
@@ -128,7 +131,7 @@ def preprocessing() -> None:
     shutil.copy(ROOT / "model_repository" / "preprocessing" / "config.pbtxt",
                 repo / "preprocessing" / "config.pbtxt")
     shutil.copy(PACK2 / "default_pre.onnx", repo / "preprocessing" / "1" / "model.onnx")
-    cmd = [sys.executable, str(ROOT / "scripts" / "perf_analyzer.py"), "preprocessing",
+    cmd = [sys.executable, "-m", "pagedllm_tools.bench.perf_analyzer", "preprocessing",
            "--repo", str(repo), "--concurrency", "1", "16", "64",
            "--out", str(out / "perf_analyzer_preprocessing_gpu_host")]
     subprocess.run(cmd, env=_client_env(), check=True, timeout=560)
@@ -143,12 +146,14 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
     _install_sites()
 
     import torch
-    import bench_gpu
+
+    from pagedllm_tools.bench import gpu
+    from pagedllm_tools.serving import model_configs
     work = Path("/tmp/pagedllm-serving")
     ckpt = work / "llama-1b"
     shutil.rmtree(work, ignore_errors=True)
     ckpt.mkdir(parents=True)
-    model = bench_gpu.build_shape("llama-1b", ckpt)
+    model = gpu.build_shape("llama-1b", ckpt)
     del model
     torch.cuda.empty_cache()
     shutil.copy(PACK2 / "llama1b_tok" / "tokenizer.json", ckpt / "tokenizer.json")
@@ -161,19 +166,16 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
         shutil.copy(PACK2 / "llama1b_tok" / onnx_file, repo / name / "1" / "model.onnx")
     for name in ("ensemble", "llm"):
         (repo / name / "1").mkdir()
-    import host_configs
-    host_configs.write_host_configs(repo, post_instances)  # None: by this machine's CPUs
+    model_configs.write_host_configs(repo, post_instances)  # None: by this machine's CPUs
     engine_args = {"model": str(ckpt), "device": "cuda", "dtype": "bfloat16",
                    "num_kv_blocks": 40000, "max_num_seqs": 256, "max_num_batched_tokens": 2048}
     (repo / "llm" / "engine.json").write_text(json.dumps(engine_args))
-    import config_edit
-    config_edit.set_parameter(repo / "llm" / "config.pbtxt", "engine_process",
-                              "true" if engine_process else "false")
+    model_configs.set_parameter(repo / "llm" / "config.pbtxt", "engine_process",
+                                "true" if engine_process else "false")
 
-    import serve
     log = out / "tritonserver.log"
     t0 = time.monotonic()
-    server = serve.launch(repo, 8000, 8001, 8002, log, timeout=400)
+    server = setup.launch(repo, 8000, 8001, 8002, log, timeout=400)
     try:
         print(f"server ready after {time.monotonic() - t0:.1f} s", flush=True)
         client_env = _client_env()
@@ -183,7 +185,7 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
                    "server_ready_s": time.monotonic() - t0, "levels": []}
         for concurrency, num in levels:
             path = out / f"serving{tag}-c{concurrency}.json"
-            cmd = [sys.executable, str(ROOT / "clients" / "load.py"), "--url", "127.0.0.1:8001",
+            cmd = [sys.executable, "-m", "pagedllm_clients.load", "--url", "127.0.0.1:8001",
                    "--concurrency", str(concurrency), "--num-requests", str(num),
                    "--model-dir", str(ckpt), "--json", str(path), "--no-progress",
                    "--timeout", "600"]
@@ -198,7 +200,7 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
                 summary["levels"][-1]["server_stats"] = _model_stats()
             (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
     finally:
-        serve.stop(server)
+        setup.stop(server)
 
 
 def _model_stats() -> dict:

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from pagedllm.kernels import select_ops
 from pagedllm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from pagedllm.models.llama import LlamaForCausalLM, WeightTarget
 
@@ -54,7 +55,7 @@ def load_model(model_dir: str, config: ModelConfig, dtype: torch.dtype, device: 
         raise ValueError(f"model_dir: no *.safetensors files in {model_dir}")
     device = torch.device(device)
     with torch.device(device):
-        model = cls(config, dtype)
+        model = cls(config, dtype, select_ops(device, dtype))
     # NOTE: the rotary tables are built on CPU on purpose (HF numerics); this moves them.
     model.to(device)
     _load_weights(model, files, dtype)

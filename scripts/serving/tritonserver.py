@@ -1,4 +1,4 @@
-"""Gets a real tritonserver 2.51 without Docker, and assembles its backend directory.
+"""A real tritonserver 2.51 without Docker: fetch it, assemble its backend directory, launch it.
 
 The `nvidia-pytriton==0.7.0` wheel carries the server of NGC release 24.10 with its Python backend.
 It is unpacked once into .cache/tritonserver (never pip-installed: the wheel pins numpy<2). The
@@ -8,19 +8,26 @@ backend directory .cache/triton_backends holds:
     pagedllm/     -> backends/pagedllm   (the engine's Python-based backend: model.py)
     onnxruntime/  -> backends/onnxruntime (ONNX Runtime as a Python-based backend, because the
                      wheel's server has no native onnxruntime backend; see its README)
+
+`launch()` starts a server on a filled model repository and waits until it is ready; `stop()`
+ends it. `make serve` (pagedllm_tools.serving.serve), the tests and the benchmarks use them.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import site
+import socket
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pagedllm_tools import ROOT
+
 CACHE = ROOT / ".cache"
 WHEEL = "nvidia-pytriton==0.7.0"
 SERVER_DIR = CACHE / "tritonserver"
@@ -96,14 +103,17 @@ def server_env() -> dict[str, str]:
 
     The stub embeds a shared libpython: the one of the Python running this script goes first on
     LD_LIBRARY_PATH (else the loader may pick the system's, another patch release). The stub runs
-    Python isolated, so it ignores PYTHONPATH; our backends' model.py put its entries on sys.path
-    themselves, which brings in this virtual environment's site-packages and the engine package.
-    The `llm` model's engine process (a spawned child) runs this same interpreter.
+    Python isolated, so it ignores PYTHONPATH; our backends' model.py make its entries site
+    directories themselves: the stubs' numpy 1.x, the checkout (NOTE: ahead of the backend
+    directory, which Triton puts on the stub's path and which holds a folder named `pagedllm`:
+    the backend, not the engine), and this environment's site-packages, whose .pth files hold
+    the project's editable install. The `llm` model's engine process (a spawned child) runs
+    this same interpreter.
     """
     env = dict(os.environ)
     libs = [str(SERVER_DIR / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, env.get("LD_LIBRARY_PATH")]))
-    paths = [str(ensure_stub_site()), str(ROOT / "backends"), str(ROOT), *site.getsitepackages()]
+    paths = [str(ensure_stub_site()), str(ROOT), *site.getsitepackages()]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
     env.setdefault("PAGEDLLM_PYTHON", sys.executable)  # the engine process's interpreter
     return env
@@ -111,3 +121,61 @@ def server_env() -> dict[str, str]:
 
 def server_binary() -> Path:
     return ensure_server() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+
+
+def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int,
+                   log_verbose: int = 0) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver argv and environment for a filled repository (installs what is missing)."""
+    backends = assemble_backends()
+    argv = [str(server_binary()), f"--model-repository={repo}",
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1", f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+            "--allow-metrics=true", "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=3", f"--log-verbose={log_verbose}",
+            "--model-config-name=host"]  # configs/host.pbtxt where the repository has one
+    return argv, server_env()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(repo: Path, http_port: int, grpc_port: int, metrics_port: int, log: Path,
+           extra_args: list[str] = (), timeout: float = 180.0) -> subprocess.Popen:
+    """Starts tritonserver in the background (output to `log`); returns once it is ready.
+
+    Raises:
+        RuntimeError: it exited or was not ready within `timeout` s (the log's tail says why).
+    """
+    argv, env = server_command(repo, http_port, grpc_port, metrics_port)
+    process = subprocess.Popen([*argv, *extra_args], env=env, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready",
+                                        timeout=1) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"tritonserver did not become ready; log {log}:\n"
+                               f"{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Ends a launched server: SIGTERM, then SIGKILL after `timeout` s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,7 +1,7 @@
 """Engine benchmarks on CPU: continuous vs static batching, scheduling overhead, KV memory use.
 
 Prints every figure and writes them to docs/benchmarks/engine_cpu.json (plus a PNG of the batching
-comparison). Run: `make bench-engine` (or `python scripts/bench_engine.py --help`).
+comparison). Run: `make bench-engine` (or `python -m pagedllm_tools.bench.engine --help`).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pagedllm.config import EngineConfig
 from pagedllm.engine import LLMEngine
 from pagedllm.models.config import ModelConfig
 from pagedllm.null_runner import NullRunner
-
-ROOT = Path(__file__).resolve().parents[1]
+from pagedllm_tools import ROOT
+from pagedllm_tools.workloads import nano_lengths
 
 
 def mixed_workload(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -39,12 +39,6 @@ def uniform_workload(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
     rng = random.Random(seed)
     prompts = [[rng.randrange(10, 4000) for _ in range(rng.randint(16, 128))] for _ in range(n)]
     return prompts, [rng.randint(8, 512) for _ in range(n)]
-
-
-def nano_lengths(n: int = 256, seed: int = 0) -> tuple[list[int], list[int]]:
-    """The nano workload's lengths (DESIGN.md): prompt and output each uniform in [100, 1024]."""
-    rng = random.Random(seed)
-    return ([rng.randint(100, 1024) for _ in range(n)], [rng.randint(100, 1024) for _ in range(n)])
 
 
 def _reset_prefix_cache(llm: LLM) -> None:

@@ -1,0 +1,1 @@
+"""ONNX Runtime as a Triton Python-based backend (model.py); see README.md beside it."""

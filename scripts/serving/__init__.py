@@ -1,0 +1,1 @@
+"""Serving tools: the server from its wheel, the model repository, `make serve`."""
