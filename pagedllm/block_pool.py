@@ -64,9 +64,6 @@ class BlockPool:
     def num_cached_blocks(self) -> int:
         return len(self._cached)
 
-    def is_free(self, block: KVBlock) -> bool:
-        return block.ref_cnt == 0
-
     def lookup(self, block_hash: int, token_ids: tuple[int, ...]) -> KVBlock | None:
         """The cached block for this hash, if its tokens really match (hash collisions are possible)."""
         block = self._cached.get(block_hash)

@@ -5,7 +5,6 @@ retire finished requests). The engine loop (engine_loop.py) wraps it in a thread
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import torch
@@ -17,7 +16,7 @@ from pagedllm.layers.sampler import SamplingRow
 from pagedllm.model_runner import ModelRunner
 from pagedllm.models.config import ModelConfig
 from pagedllm.outputs import CompletionOutput, RequestOutput, StreamDelta
-from pagedllm.request import Request, RequestStatus
+from pagedllm.request import OutputState, Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.scheduler import Scheduler, SchedulerOutput
 from pagedllm import stop_checker
@@ -67,18 +66,21 @@ class LLMEngine:
         max_tokens = self.max_model_len - len(prompt_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
-                          max_tokens=max_tokens, eos_token_ids=self.model_config.eos_token_ids)
+        eos = self.model_config.eos_token_ids
+        generator = None
         if params.seed is not None:
-            request.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
-        if params.logprobs is not None:
-            request.logprobs = []
-        request.detok = self.detokenizer.new_state(prompt_ids, params.skip_special_tokens)
-        request.stop_holdback = stop_checker.holdback(request)
-        request.stop_ids = stop_checker.stopping_ids(request)
-        request.sampling_row = SamplingRow(params=params, prompt_token_ids=prompt_ids,
-                                           output_token_ids=(), generator=request.generator)
-        request.sampling_row_varies = _uses_penalties(params) or params.min_tokens > 0
+            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        state = OutputState(
+            sampling_row=SamplingRow(params=params, prompt_token_ids=prompt_ids,
+                                     output_token_ids=(), generator=generator),
+            row_varies=_uses_penalties(params) or params.min_tokens > 0,
+            detok=self.detokenizer.new_state(prompt_ids, params.skip_special_tokens),
+            stop_ids=stop_checker.stopping_ids(params, eos),
+            stop_holdback=stop_checker.holdback(params),
+            generator=generator,
+            logprobs=[] if params.logprobs is not None else None)
+        request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
+                          max_tokens=max_tokens, eos_token_ids=eos, state=state)
         self.requests[request_id] = request
         self._prompts[request_id] = text
         self.num_prompt_tokens_total += len(prompt_ids)
@@ -99,10 +101,11 @@ class LLMEngine:
     def get_output(self, request_id: str) -> RequestOutput:
         """The vLLM-shaped output of a request (final once it finished)."""
         r = self.requests[request_id]
+        st = r.state
         completion = CompletionOutput(
-            index=0, text=r.text, token_ids=r.output_token_ids,
-            cumulative_logprob=r.cumulative_logprob if r.logprobs is not None else None,
-            logprobs=r.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
+            index=0, text=st.text, token_ids=r.output_token_ids,
+            cumulative_logprob=st.cumulative_logprob if st.logprobs is not None else None,
+            logprobs=st.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
         return RequestOutput(request_id=r.request_id, prompt=self._prompts[request_id],
                              prompt_token_ids=list(r.prompt_token_ids), outputs=[completion],
                              finished=r.is_finished, num_cached_tokens=r.num_cached_tokens)
@@ -137,7 +140,7 @@ class LLMEngine:
             sample.append(last)
             if last:
                 sampling.append(r)
-                rows.append(self._sampling_row(r) if r.sampling_row_varies else r.sampling_row)
+                rows.append(self._sampling_row(r) if r.state.row_varies else r.state.sampling_row)
         result = self.runner.execute(token_ids=token_ids, num_computed=num_computed,
                                      num_tokens=out.num_tokens, block_tables=block_tables,
                                      sample=sample, rows=rows)
@@ -145,7 +148,7 @@ class LLMEngine:
 
     def _sampling_row(self, r: Request) -> SamplingRow:
         """Update the parts of a request's SamplingRow that change from step to step."""
-        row = r.sampling_row
+        row = r.state.sampling_row
         p = r.sampling_params
         if _uses_penalties(p):
             row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
@@ -161,21 +164,20 @@ class LLMEngine:
         NOTE: runs once per running request per step: the engine's hot loop on CPU. Keep it flat.
         """
         requests, result = sampled
-        now = time.monotonic()
         finishing: dict[str, RequestStatus] = {}
         for r, token, lp in zip(requests, result.token_ids, result.logprobs):
             r.all_token_ids.append(token)
-            if r.first_token_time is None:
-                r.first_token_time = now
+            st = r.state
             if lp is not None:
-                r.logprobs.append(lp)
-                r.cumulative_logprob += lp[token]
-            if token in r.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
+                st.logprobs.append(lp)
+                st.cumulative_logprob += lp[token]
+            if token in st.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
                 status = stop_checker.check_token(r, token)
                 if status is not None:
                     finishing[r.request_id] = status
         self.num_generation_tokens_total += len(requests)
-        texts = self.detokenizer.step([r.detok for r in requests], [r.all_token_ids for r in requests])
+        texts = self.detokenizer.step([r.state.detok for r in requests],
+                                      [r.all_token_ids for r in requests])
         deltas = []
         for r, new in zip(requests, texts):
             # (stop_holdback is 0 for one-character stop strings: test the strings themselves.)
@@ -183,41 +185,47 @@ class LLMEngine:
                 deltas.append(self._finish_or_hold(r, new, finishing.get(r.request_id)))
                 continue
             # Common case: no stop strings, not finishing: the delta is the new text.
+            st = r.state
             if new:
-                r.text += new
-                r.num_text_sent += len(new)
+                st.text += new
+                st.num_text_sent += len(new)
             tokens = r.all_token_ids
-            deltas.append(StreamDelta(r.request_id, [tokens[-1]], new, False, None,
-                                      r.logprobs[-1:] if r.logprobs is not None else None,
-                                      r.num_prompt_tokens, len(tokens) - r.num_prompt_tokens))
+            deltas.append(StreamDelta(
+                request_id=r.request_id, token_ids=[tokens[-1]], text=new,
+                logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
+                num_prompt_tokens=r.num_prompt_tokens,
+                num_output_tokens=len(tokens) - r.num_prompt_tokens))
         return deltas
 
     def _finish_or_hold(self, r: Request, new: str, status: RequestStatus | None) -> StreamDelta:
         """The delta of a request that finishes this step or has stop strings to watch for."""
+        st = r.state
         if status is not None:
-            new += self.detokenizer.flush(r.detok, r.all_token_ids)
+            new += self.detokenizer.flush(st.detok, r.all_token_ids)
         if new:
-            r.text += new
+            st.text += new
             if r.sampling_params.stop and stop_checker.find_stop_string(r, len(new)):
                 status = RequestStatus.FINISHED_STOPPED
         if status is not None:
             self.scheduler.finish(r, status)
             return self._final_delta(r, [r.all_token_ids[-1]])
         text = ""
-        sendable = len(r.text) - r.stop_holdback
-        if sendable > r.num_text_sent:
-            text = r.text[r.num_text_sent:sendable]
-            r.num_text_sent = sendable
-        return StreamDelta(r.request_id, [r.all_token_ids[-1]], text, False, None,
-                           r.logprobs[-1:] if r.logprobs is not None else None,
-                           r.num_prompt_tokens, r.num_output_tokens)
+        sendable = len(st.text) - st.stop_holdback
+        if sendable > st.num_text_sent:
+            text = st.text[st.num_text_sent:sendable]
+            st.num_text_sent = sendable
+        return StreamDelta(request_id=r.request_id, token_ids=[r.all_token_ids[-1]], text=text,
+                           logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
+                           num_prompt_tokens=r.num_prompt_tokens,
+                           num_output_tokens=r.num_output_tokens)
 
     def _final_delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
-        text = r.text[r.num_text_sent:]
-        r.num_text_sent = len(r.text)
+        st = r.state
+        text = st.text[st.num_text_sent:]
+        st.num_text_sent = len(st.text)
         return StreamDelta(request_id=r.request_id, token_ids=token_ids, text=text, finished=True,
                            finish_reason=r.finish_reason,
-                           logprobs=r.logprobs[-1:] if r.logprobs and token_ids else None,
+                           logprobs=st.logprobs[-1:] if st.logprobs and token_ids else None,
                            num_prompt_tokens=r.num_prompt_tokens,
                            num_output_tokens=r.num_output_tokens)
 
@@ -230,15 +238,15 @@ class LLMEngine:
         bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
         if bad:
             raise ValueError(f"prompt_token_ids must be ints in [0, {vocab}), got {bad[:5]}")
-        num_blocks, bs = self.kv_cache.num_blocks, self.kv_cache.block_size
-        needed = self.kv_cache.blocks_needed(len(prompt_ids) + 1)
-        if needed > num_blocks:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens needs {needed} KV blocks (with its "
-                             f"first output token), but the whole KV cache has {num_blocks} blocks "
-                             f"of {bs} tokens")
+        # NOTE: max_model_len is never more than the cache holds, so this also rules out a
+        # prompt that needs more KV blocks than the whole cache has.
         if len(prompt_ids) >= self.max_model_len:
+            kv = self.kv_cache
+            capped = (f", capped by the KV cache: {kv.num_blocks} KV blocks of {kv.block_size} tokens"
+                      if self.max_model_len == kv.num_blocks * kv.block_size else "")
             raise ValueError(f"prompt has {len(prompt_ids)} tokens, but max_model_len is "
-                             f"{self.max_model_len} (prompt + at least one output token must fit)")
+                             f"{self.max_model_len}{capped} (prompt + at least one output token "
+                             f"must fit)")
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix if no request holds KV blocks; returns whether it did."""

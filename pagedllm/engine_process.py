@@ -5,7 +5,9 @@ response per token. In one process that thread and the engine thread share one G
 busy machine the GIL's holder is often descheduled while the other waits. Measured on 2 CPU
 cores at concurrency 32: the in-process engine thread ran 28 s of a 36 s load and its step
 slowed by a third against the offline engine; vLLM V1 puts its EngineCore in its own process
-for the same reason. The cost: one pickled list of delta tuples per engine step through a pipe.
+for the same reason. The cost: one pickled list of delta tuples per engine step through a pipe
+(deltas travel as tuples, `pagedllm.outputs.to_wire`: pickling 256 dataclasses took 580 µs of
+the engine thread per step here, their tuples 77 µs).
 
     parent                                  child (spawned, `_serve`)
     submit/abort/shutdown -> command pipe -> main thread -> EngineLoop.submit/abort/shutdown
@@ -16,10 +18,8 @@ child dies, an error naming that.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
-import operator
 import os
 import shutil
 import sys
@@ -28,15 +28,10 @@ from typing import Sequence
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine_loop import LoopStats, RequestStream, Sink, deliver, error_delta
-from pagedllm.outputs import StreamDelta
+from pagedllm.outputs import WIRE_FIELDS, StreamDelta, from_wire, to_wire
 from pagedllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
-
-# Deltas cross the pipe as plain tuples in field order: pickling 256 dataclasses took 580 µs of
-# the engine thread per step here, their tuples 77 µs (and 135 vs 325 µs to load and rebuild).
-_FIELDS = tuple(f.name for f in dataclasses.fields(StreamDelta))
-_as_row = operator.attrgetter(*_FIELDS)
 
 
 def python_executable() -> str:
@@ -96,6 +91,10 @@ class EngineProcess:
         if kind != "ready":
             self._process.join(5)
             raise RuntimeError(f"the engine process failed to start: {detail}")
+        if tuple(detail) != WIRE_FIELDS:  # another version of the package in the child
+            self._process.kill()
+            raise RuntimeError(f"the engine process sends deltas as {detail}, this process reads "
+                               f"{WIRE_FIELDS}: both must run the same pagedllm")
         self._receiver.start()
         return self
 
@@ -161,7 +160,7 @@ class EngineProcess:
                 rows, stats = self._results.recv()
             except (EOFError, OSError):
                 break
-            deltas = [StreamDelta(*row) for row in rows]
+            deltas = [from_wire(row) for row in rows]
             with self._lock:
                 self._stats = stats
                 sinks = [self._sinks.pop(d.request_id, None) if d.finished
@@ -197,7 +196,7 @@ def _serve(config: EngineConfig, commands, results) -> None:
         nonlocal last_stats
         stats = loop.stats()
         if outbox or stats != last_stats:
-            rows = [_as_row(delta) for delta in outbox]
+            rows = [to_wire(delta) for delta in outbox]
             outbox.clear()
             last_stats = stats
             try:
@@ -211,7 +210,7 @@ def _serve(config: EngineConfig, commands, results) -> None:
     except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
         results.send(("error", f"{type(e).__name__}: {e}"))
         return
-    results.send(("ready", None))
+    results.send(("ready", WIRE_FIELDS))
     while True:
         try:
             command = commands.recv()

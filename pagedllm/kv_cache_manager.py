@@ -57,9 +57,6 @@ class KVCacheManager:
         self.pool.reset_prefix_cache()
         return True
 
-    def blocks_needed(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
-
     def get_computed_blocks(self, request: Request) -> list[KVBlock]:
         """Longest run of cached full blocks that prefix the request's tokens.
 
@@ -98,6 +95,7 @@ class KVCacheManager:
             # NOTE: the common decode step: the tokens fit the blocks the request has.
             num_total = request.num_computed_tokens + num_new_tokens
             if num_total <= len(table) * bs:
+                # (inline, not _cache_full_blocks' own test: a call per request per step costs)
                 if self.enable_caching and num_total // bs > self._num_cached_blocks.get(rid, 0):
                     self._cache_full_blocks(request, table, num_total // bs)
                 return True
@@ -121,7 +119,7 @@ class KVCacheManager:
                 new += self.pool.allocate(num_new_blocks)
             table.extend(new)
             self._block_ids[rid].extend(b.block_id for b in new)
-        if self.enable_caching and num_total // bs > self._num_cached_blocks.get(rid, 0):
+        if self.enable_caching:
             self._cache_full_blocks(request, table, num_total // bs)
         return True
 
@@ -138,6 +136,7 @@ class KVCacheManager:
         return self._block_ids.get(request_id, [])
 
     def _cache_full_blocks(self, request: Request, table: list[KVBlock], num_full: int) -> None:
+        """Index the request's blocks that became full since the last call (none: no work)."""
         start = self._num_cached_blocks.get(request.request_id, 0)
         if num_full <= start:
             return

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pagedllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # NOTE: types only: the scheduler and its tests import this without torch
+    import torch
+
+    from pagedllm.detokenizer import DetokState
+    from pagedllm.layers.sampler import SamplingRow
 
 
 class RequestStatus(enum.Enum):
@@ -26,6 +31,39 @@ class RequestStatus(enum.Enum):
 
 
 @dataclass(slots=True, eq=False)
+class OutputState:
+    """What the engine's output processing keeps per request; the scheduler never reads it.
+
+    Built by LLMEngine.add_request with the request, never filled in afterwards.
+
+    Attributes:
+        sampling_row: what the sampler needs about the request (updated in place when
+            `row_varies`: penalties and min_tokens look at the tokens generated so far).
+        row_varies: whether sampling_row changes from step to step.
+        detok: where the request's incremental detokenization stands.
+        stop_ids: token ids that may stop it (a fast membership test before stop_checker).
+        stop_holdback: characters held back at the end of the text while a stop string may
+            still begin there.
+        generator: the request's own generator when its params have a seed.
+        text: the output text so far (stop strings cut off).
+        num_text_sent: how much of `text` the deltas have carried.
+        logprobs: per output token, {token_id: logprob}, when the params ask for them.
+        cumulative_logprob: the sum of the sampled tokens' logprobs.
+    """
+
+    sampling_row: SamplingRow
+    row_varies: bool
+    detok: DetokState
+    stop_ids: frozenset[int]
+    stop_holdback: int
+    generator: torch.Generator | None = None
+    text: str = ""
+    num_text_sent: int = 0
+    logprobs: list[dict[int, float]] | None = None
+    cumulative_logprob: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
 class Request:
     """One generation request.
 
@@ -39,10 +77,12 @@ class Request:
         sampling_params: how to sample and when to stop.
         max_tokens: the effective output limit (sampling_params.max_tokens capped by max_model_len).
         eos_token_ids: the model's end-of-sequence ids.
+        state: the engine's output processing state (None for requests only the scheduler sees).
         all_token_ids: prompt followed by every generated token (the K/V source of truth).
         num_computed_tokens: leading tokens of all_token_ids whose K/V are in the cache.
         block_hashes: chained hashes of this request's full blocks, computed once, kept across preemption.
         num_cached_tokens: prompt tokens served from the prefix cache at admission (for stats).
+        stop_reason: the stop token id or stop string that finished it, if one did.
     """
 
     request_id: str
@@ -50,7 +90,7 @@ class Request:
     sampling_params: SamplingParams
     max_tokens: int
     eos_token_ids: tuple[int, ...] = ()
-    arrival_time: float = field(default_factory=time.monotonic)
+    state: OutputState | None = None
     all_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_hashes: list[int] = field(default_factory=list)
@@ -58,19 +98,6 @@ class Request:
     num_preemptions: int = 0
     num_cached_tokens: int = 0
     stop_reason: int | str | None = None
-    # Filled by the engine's output processing, opaque to the scheduler.
-    generator: Any = None
-    sampling_row: Any = None
-    sampling_row_varies: bool = False
-    stop_ids: frozenset = frozenset()
-    detok: Any = None
-    text: str = ""
-    num_text_sent: int = 0
-    stop_holdback: int = 0
-    logprobs: list[dict[int, float]] | None = None
-    cumulative_logprob: float = 0.0
-    first_token_time: float | None = None
-
     num_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ Stop strings are never emitted, not even partly: the streamed text holds back th
 from __future__ import annotations
 
 from pagedllm.request import Request, RequestStatus
+from pagedllm.sampling_params import SamplingParams
 
 
 def check_token(r: Request, token: int) -> RequestStatus | None:
@@ -23,31 +24,30 @@ def check_token(r: Request, token: int) -> RequestStatus | None:
     return None
 
 
-def stopping_ids(r: Request) -> frozenset[int]:
-    """Token ids that may stop the request (a fast membership test before check_token)."""
-    p = r.sampling_params
-    return frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(r.eos_token_ids))
+def stopping_ids(p: SamplingParams, eos_token_ids: tuple[int, ...]) -> frozenset[int]:
+    """Token ids that may stop a request (a fast membership test before check_token)."""
+    return frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(eos_token_ids))
 
 
 def find_stop_string(r: Request, num_new_chars: int) -> bool:
-    """Cut r.text before the first stop string that ends in the new characters; True if one did."""
+    """Cut the text before the first stop string that ends in the new characters; True if one did."""
     stops = r.sampling_params.stop
     if not stops or num_new_chars == 0 or r.num_output_tokens < r.sampling_params.min_tokens:
         return False
-    start_min = len(r.text) - num_new_chars
+    text = r.state.text
+    start_min = len(text) - num_new_chars
     best: tuple[int, str] | None = None
     for s in stops:
-        i = r.text.find(s, max(0, start_min - len(s) + 1))
+        i = text.find(s, max(0, start_min - len(s) + 1))
         if i != -1 and (best is None or i < best[0]):
             best = (i, s)
     if best is None:
         return False
-    r.text = r.text[:best[0]]
+    r.state.text = text[:best[0]]
     r.stop_reason = best[1]
     return True
 
 
-def holdback(r: Request) -> int:
-    """Characters at the end of r.text that may still turn out to begin a stop string."""
-    stops = r.sampling_params.stop
-    return max(map(len, stops)) - 1 if stops else 0
+def holdback(p: SamplingParams) -> int:
+    """Characters at the end of a text that may still turn out to begin one of p's stop strings."""
+    return max(map(len, p.stop)) - 1 if p.stop else 0

@@ -1,15 +1,39 @@
-"""coalesce: deltas that piled up become one per request, with the same concatenated text."""
+"""StreamDelta: built by keyword only, crosses processes as a tuple, piled-up deltas coalesce."""
 from __future__ import annotations
 
-from pagedllm.outputs import StreamDelta, coalesce
+import dataclasses
+
+import pytest
+
+from pagedllm.outputs import WIRE_FIELDS, StreamDelta, coalesce, from_wire, to_wire
+
+
+def _delta(rid: str, ids: list[int], text: str, **kw) -> StreamDelta:
+    return StreamDelta(request_id=rid, token_ids=ids, text=text, **kw)
+
+
+def test_positional_construction_is_refused():
+    with pytest.raises(TypeError):
+        StreamDelta("a", [1], "x")  # noqa: the point: field order must never matter
+
+
+def test_the_wire_format_round_trips_every_field():
+    # Every field a distinct value: a swap of two fields in to_wire or from_wire shows.
+    d = StreamDelta(request_id="r#3", token_ids=[5, 6], text="hé", finished=True,
+                    finish_reason="stop", logprobs=[{5: -0.5}], num_prompt_tokens=11,
+                    num_output_tokens=12, error="boom")
+    row = to_wire(d)
+    assert from_wire(row) == d
+    assert dict(zip(WIRE_FIELDS, row)) == dataclasses.asdict(d)
+    assert set(WIRE_FIELDS) == {f.name for f in dataclasses.fields(StreamDelta)}
 
 
 def test_coalesce_joins_per_request_in_order():
-    deltas = [StreamDelta("a", [1], "x", num_output_tokens=1),
-              StreamDelta("b", [7], "p", logprobs=[{7: -0.1}], num_output_tokens=1),
-              StreamDelta("a", [2], "y", num_output_tokens=2),
-              StreamDelta("b", [8], "", logprobs=[{8: -0.2}], num_output_tokens=2),
-              StreamDelta("a", [3], "z", finished=True, finish_reason="length", num_output_tokens=3)]
+    deltas = [_delta("a", [1], "x", num_output_tokens=1),
+              _delta("b", [7], "p", logprobs=[{7: -0.1}], num_output_tokens=1),
+              _delta("a", [2], "y", num_output_tokens=2),
+              _delta("b", [8], "", logprobs=[{8: -0.2}], num_output_tokens=2),
+              _delta("a", [3], "z", finished=True, finish_reason="length", num_output_tokens=3)]
     a, b = coalesce(deltas)
     assert (a.request_id, a.token_ids, a.text, a.finished, a.finish_reason, a.num_output_tokens) \
         == ("a", [1, 2, 3], "xyz", True, "length", 3)
@@ -17,5 +41,5 @@ def test_coalesce_joins_per_request_in_order():
 
 
 def test_coalesce_keeps_single_deltas():
-    d = StreamDelta("a", [1], "x")
+    d = _delta("a", [1], "x")
     assert coalesce([d]) == [d] and coalesce([]) == []

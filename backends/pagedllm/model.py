@@ -152,7 +152,7 @@ class TritonPythonModel:
             for rid in targets:
                 self.loop.abort(rid)
             empty_id = self.text_ids[True].empty_id
-            _send_final(sender, _response([empty_id], StreamDelta(triton_id, finished=True,
+            _send_final(sender, _response([empty_id], StreamDelta(request_id=triton_id, finished=True,
                                                                   finish_reason="abort")))
             return
         request_id = f"{triton_id or 'request'}#{next(self._ids)}"
