@@ -5,7 +5,7 @@ would keep generating (and holding KV blocks) for a client that has gone. So a c
 a stream also sends this: a request with the same request id and `cancel` = true, which the `llm`
 model answers at once (finish_reason "abort") after aborting the live requests with that id.
 
-    python clients/cancel.py REQUEST_ID [--url localhost:8001] [--model ensemble]
+    pagedllm-cancel REQUEST_ID [--url localhost:8001] [--model ensemble]
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Send one prompt to the `ensemble` model over gRPC and print the text as it streams.
 
-    python clients/generate.py "def fib(n):"
-    python clients/generate.py "Once upon a time" --max-tokens 64 --temperature 0.8 --seed 1
-    python clients/generate.py "Hello" --no-stream --stop "." --stop "!"
+    pagedllm-generate "def fib(n):"
+    pagedllm-generate "Once upon a time" --max-tokens 64 --temperature 0.8 --seed 1
+    pagedllm-generate "Hello" --no-stream --stop "." --stop "!"
 
 The completion goes to stdout (without the prompt); the finish reason and token counts go to
 stderr, so `> out.txt` keeps only the text. Exit status: 0 done, 1 the request failed, 2 the server

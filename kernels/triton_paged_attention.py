@@ -223,7 +223,7 @@ def _reduce_splits_kernel(
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """The attention kernel's tile and launch knobs (scripts/check_kernels_gpu.py --sweep times them).
+    """The attention kernel's tile and launch knobs (scripts/bench/kernels_gpu.py --sweep times them).
 
     Attributes:
         block_n: keys per inner step.

@@ -12,7 +12,7 @@ tokenizer.json, ...) that `transformers.AutoModelForCausalLM` / `AutoTokenizer` 
 NOTE: training stops after `--steps`, never after a wall-time budget, so the same command on the same
 Python (the corpus) and torch version (the kernels) reproduces the same weights.
 
-Usage: python scripts/build_default_model.py --out models/default [--steps N] [--seed 0]
+Usage: python -m pagedllm_tools.default_model --out models/default [--steps N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def write_readme(out: Path, facts: dict[str, object], samples: dict[str, str]) -
     lines = [
         "# pagedllm default model",
         "",
-        "A toy Llama trained from scratch, offline, by `scripts/build_default_model.py`, so every machine",
+        "A toy Llama trained from scratch, offline, by `scripts/default_model.py`, so every machine",
         "can rebuild the project's default checkpoint without a model hub. It writes plausible-looking",
         "Python and nothing more; it exists to exercise the engine (GQA, tied embeddings, byte-level BPE).",
         "",
@@ -292,7 +292,7 @@ def main() -> None:
         "training": f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, AdamW lr {cfg.lr}, "
                     f"cosine, seed {args.seed}, torch {torch.__version__}, {train_s:.0f}s on CPU",
         "final loss": f"train {train_loss:.3f} (mean of last {cfg.log_every} steps), held-out {val_loss:.3f}",
-        "command": f"`python scripts/build_default_model.py --out {args.out} --steps {cfg.steps} --seed {args.seed}`",
+        "command": f"`python -m pagedllm_tools.default_model --out {args.out} --steps {cfg.steps} --seed {args.seed}`",
     }
     write_readme(args.out, facts, samples)
     for prompt, text in samples.items():
