@@ -32,6 +32,12 @@ class EngineConfig:
             default, one per core. A server on a small machine leaves cores to Triton with 1.
         enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs for decode
             steps (vLLM's name). Graphs take a second or two to capture and a little memory.
+        max_queue_len: most sequences waiting to be scheduled; a request that would exceed it is
+            refused at once with an "overloaded, retry later" error (OverloadedError) instead of
+            queueing without bound. None: no limit (the offline API).
+        strict_max_tokens: a request whose max_tokens cannot fit after its prompt within
+            max_model_len is refused with an error naming max_tokens (servers: vLLM's OpenAI
+            server does the same) instead of stopping at max_model_len (the offline API).
     """
 
     model: str
@@ -48,6 +54,8 @@ class EngineConfig:
     seed: int = 0
     enforce_eager: bool = False
     cpu_threads: int | None = None
+    max_queue_len: int | None = None
+    strict_max_tokens: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -75,8 +83,11 @@ class EngineConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.cpu_threads is not None:
             _positive_int("cpu_threads", self.cpu_threads)
-        if not isinstance(self.enforce_eager, bool):
-            raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        for name in ("enforce_eager", "strict_max_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.max_queue_len is not None:
+            _positive_int("max_queue_len", self.max_queue_len)
 
 
     def resolved(self) -> "EngineConfig":

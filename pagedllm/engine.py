@@ -2,15 +2,21 @@
 
 One step is: schedule -> run the model -> process outputs (append tokens, detokenize, check stops,
 retire finished requests). The engine loop (engine_loop.py) wraps it in a thread for servers.
+
+A request asking for n > 1 completions (`SamplingParams.n`) runs as n sequences, each an engine
+request of its own (the scheduler and the KV cache see n requests); they share the caller's
+request id, and deltas and outputs carry each sequence's `index`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.detokenizer import IncrementalDetokenizer
+from pagedllm.errors import OverloadedError
 from pagedllm.kv_cache_manager import KVCacheManager
 from pagedllm.layers.sampler import SamplingRow
 from pagedllm.model_runner import ModelRunner
@@ -43,19 +49,28 @@ class LLMEngine:
                              f"max_position_embeddings {model_len}")
         # NOTE: never longer than the cache, so a request alone can always run to its end.
         self.max_model_len = min(config.max_model_len or model_len, num_blocks * config.block_size)
-        self.requests: dict[str, Request] = {}
-        self._prompts: dict[str, str | None] = {}
+        self.requests: dict[str, Request] = {}      # engine requests (sequences), by their id
+        self._groups: dict[str, _Group] = {}        # callers' requests, by the caller's id
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
 
     # ---- requests in and out -------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: str | Sequence[int],
-                    params: SamplingParams | None = None) -> Request:
-        """Queue a request. Raises ValueError naming the problem; nothing is queued then."""
+                    params: SamplingParams | None = None) -> None:
+        """Queue a request (its `params.n` sequences).
+
+        Raises:
+            ValueError: naming the problem (nothing is queued then); OverloadedError, a
+                ValueError, when `max_queue_len` requests already wait.
+        """
         params = params or SamplingParams()
-        if request_id in self.requests:
+        if request_id in self._groups:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        limit = self.config.max_queue_len
+        if limit is not None and len(self.scheduler.waiting) + params.n > limit:
+            raise OverloadedError(f"overloaded: {len(self.scheduler.waiting)} sequences are "
+                                  f"waiting (max_queue_len {limit}); retry later")
         if isinstance(prompt, str):
             text: str | None = prompt
             prompt_ids = self.tokenizer.encode(prompt)
@@ -63,14 +78,28 @@ class LLMEngine:
             text = None
             prompt_ids = list(prompt)
         self._check_prompt(prompt_ids)
-        max_tokens = self.max_model_len - len(prompt_ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
+        room = self.max_model_len - len(prompt_ids)
+        if self.config.strict_max_tokens and params.max_tokens is not None \
+                and params.max_tokens > room:
+            raise ValueError(f"max_tokens is {params.max_tokens}, but the prompt has "
+                             f"{len(prompt_ids)} tokens and max_model_len is {self.max_model_len}: "
+                             f"at most {room} tokens can follow it")
+        max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
+        ids = [request_id] if params.n == 1 else [f"{request_id}{_SEP}{i}" for i in range(params.n)]
+        self._groups[request_id] = _Group(ids, params.n, text)
+        for index, child_id in enumerate(ids):
+            self._add_sequence(request_id, index, child_id, prompt_ids, params, max_tokens)
+        self.num_prompt_tokens_total += len(prompt_ids)
+
+    def _add_sequence(self, group_id: str, index: int, request_id: str, prompt_ids: list[int],
+                      params: SamplingParams, max_tokens: int) -> None:
         eos = self.model_config.eos_token_ids
         generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        if params.seed is not None:  # sequence i of a seeded request draws with seed + i
+            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed + index)
         state = OutputState(
+            group_id=group_id,
+            index=index,
             sampling_row=SamplingRow(params=params, prompt_token_ids=prompt_ids,
                                      output_token_ids=(), generator=generator),
             row_varies=_uses_penalties(params) or params.min_tokens > 0,
@@ -82,40 +111,48 @@ class LLMEngine:
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
                           max_tokens=max_tokens, eos_token_ids=eos, state=state)
         self.requests[request_id] = request
-        self._prompts[request_id] = text
-        self.num_prompt_tokens_total += len(prompt_ids)
         self.scheduler.add_request(request)
-        return request
 
-    def abort_request(self, request_id: str) -> StreamDelta | None:
-        """Abort a request in any state; returns its final delta, or None if it is not live."""
-        request = self.requests.get(request_id)
-        if request is None or request.is_finished:
-            return None
-        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
-        return self._final_delta(request, [])
+    def abort_request(self, request_id: str) -> list[StreamDelta]:
+        """Abort a request in any state: the final delta of each of its unfinished sequences (the
+        last one `finished`), or [] if the request is not live."""
+        group = self._groups.get(request_id)
+        if group is None:
+            return []
+        deltas = []
+        for child_id in group.children:
+            request = self.requests[child_id]
+            if not request.is_finished:
+                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+                deltas.append(self._final_delta(request, []))
+        return deltas
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
     def get_output(self, request_id: str) -> RequestOutput:
-        """The vLLM-shaped output of a request (final once it finished)."""
-        r = self.requests[request_id]
-        st = r.state
-        completion = CompletionOutput(
-            index=0, text=st.text, token_ids=r.output_token_ids,
-            cumulative_logprob=st.cumulative_logprob if st.logprobs is not None else None,
-            logprobs=st.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
-        return RequestOutput(request_id=r.request_id, prompt=self._prompts[request_id],
-                             prompt_token_ids=list(r.prompt_token_ids), outputs=[completion],
-                             finished=r.is_finished, num_cached_tokens=r.num_cached_tokens)
+        """The vLLM-shaped output of a request, one CompletionOutput per sequence (final once it
+        finished)."""
+        group = self._groups[request_id]
+        sequences = [self.requests[child_id] for child_id in group.children]
+        completions = [CompletionOutput(
+            index=r.state.index, text=r.state.text, token_ids=r.output_token_ids,
+            cumulative_logprob=r.state.cumulative_logprob if r.state.logprobs is not None else None,
+            logprobs=r.state.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
+            for r in sequences]
+        first = sequences[0]
+        return RequestOutput(request_id=request_id, prompt=group.prompt,
+                             prompt_token_ids=list(first.prompt_token_ids), outputs=completions,
+                             finished=group.unfinished == 0,
+                             num_cached_tokens=first.num_cached_tokens)
 
     def release(self, request_id: str) -> None:
         """Forget a finished request (its blocks are already free)."""
-        request = self.requests.get(request_id)
-        if request is not None and request.is_finished:
-            del self.requests[request_id]
-            del self._prompts[request_id]
+        group = self._groups.get(request_id)
+        if group is not None and group.unfinished == 0:
+            for child_id in group.children:
+                del self.requests[child_id]
+            del self._groups[request_id]
 
     # ---- the step ------------------------------------------------------------------------------
 
@@ -191,7 +228,7 @@ class LLMEngine:
                 st.num_text_sent += len(new)
             tokens = r.all_token_ids
             deltas.append(StreamDelta(
-                request_id=r.request_id, token_ids=[tokens[-1]], text=new,
+                request_id=st.group_id, index=st.index, token_ids=[tokens[-1]], text=new,
                 logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
                 num_prompt_tokens=r.num_prompt_tokens,
                 num_output_tokens=len(tokens) - r.num_prompt_tokens))
@@ -214,17 +251,21 @@ class LLMEngine:
         if sendable > st.num_text_sent:
             text = st.text[st.num_text_sent:sendable]
             st.num_text_sent = sendable
-        return StreamDelta(request_id=r.request_id, token_ids=[r.all_token_ids[-1]], text=text,
-                           logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
+        return StreamDelta(request_id=st.group_id, index=st.index, token_ids=[r.all_token_ids[-1]],
+                           text=text, logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
                            num_prompt_tokens=r.num_prompt_tokens,
                            num_output_tokens=r.num_output_tokens)
 
     def _final_delta(self, r: Request, token_ids: list[int]) -> StreamDelta:
+        """The last delta of a sequence that just finished; `finished` when it was the request's
+        last unfinished sequence."""
         st = r.state
         text = st.text[st.num_text_sent:]
         st.num_text_sent = len(st.text)
-        return StreamDelta(request_id=r.request_id, token_ids=token_ids, text=text, finished=True,
-                           finish_reason=r.finish_reason,
+        group = self._groups[st.group_id]
+        group.unfinished -= 1
+        return StreamDelta(request_id=st.group_id, index=st.index, token_ids=token_ids, text=text,
+                           finished=group.unfinished == 0, finish_reason=r.finish_reason,
                            logprobs=st.logprobs[-1:] if st.logprobs and token_ids else None,
                            num_prompt_tokens=r.num_prompt_tokens,
                            num_output_tokens=r.num_output_tokens)
@@ -266,6 +307,18 @@ class LLMEngine:
             "num_preemptions": self.scheduler.stats.num_preemptions,
             "num_partial_prefills": self.scheduler.stats.num_partial_prefills,
         }
+
+
+_SEP = "\x1f"  # between a request's id and a sequence's index, in the ids of n > 1 sequences
+
+
+@dataclass(slots=True)
+class _Group:
+    """A caller's request: its sequences' engine ids (index order) and how many still run."""
+
+    children: list[str]
+    unfinished: int
+    prompt: str | None
 
 
 def _uses_penalties(p: SamplingParams) -> bool:

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from pagedllm.errors import OverloadedError
 from pagedllm.outputs import StreamDelta
 from pagedllm.sampling_params import SamplingParams
 
@@ -164,7 +165,7 @@ class EngineLoop:
                 command = None
             while command is not None:
                 if isinstance(command, _Stop):
-                    self._abort_all("server shutting down")
+                    self._abort_all("server shutting down", "unavailable")
                     self._end_turn()
                     command.done.set()
                     return
@@ -179,17 +180,25 @@ class EngineLoop:
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
-            delta = self.engine.abort_request(command.request_id)
-            if delta is not None:
+            for delta in self.engine.abort_request(command.request_id):
                 self._emit(delta)
             return
         if command.request_id in self._sinks:
-            command.sink(error_delta(command.request_id, f"request_id {command.request_id!r} is already in use"))
+            command.sink(error_delta(command.request_id,
+                                     f"request_id {command.request_id!r} is already in use"))
             return
         try:
             self.engine.add_request(command.request_id, command.prompt, command.params)
+        except OverloadedError as e:
+            command.sink(error_delta(command.request_id, str(e), "unavailable"))
+            return
         except (ValueError, TypeError) as e:
             command.sink(error_delta(command.request_id, str(e)))
+            return
+        except Exception as e:  # a bug: this request fails, the loop serves on
+            logger.exception("adding request %s failed", command.request_id)
+            command.sink(error_delta(command.request_id, f"internal error: {type(e).__name__}: {e}",
+                                     "internal"))
             return
         self._sinks[command.request_id] = command.sink
 
@@ -198,7 +207,7 @@ class EngineLoop:
             deltas = self.engine.step()
         except Exception as e:  # a bug or device error: fail the live requests, keep serving
             logger.exception("engine step failed")
-            self._abort_all(f"engine step failed: {e}")
+            self._abort_all(f"engine step failed: {e}", "internal")
             return
         for delta in deltas:
             self._emit(delta)
@@ -210,13 +219,12 @@ class EngineLoop:
             self.engine.release(delta.request_id)
         deliver(sink, delta)
 
-    def _abort_all(self, reason: str) -> None:
+    def _abort_all(self, reason: str, code: str) -> None:
         for request_id in list(self._sinks):
-            delta = self.engine.abort_request(request_id)
-            if delta is None:
-                delta = error_delta(request_id, reason)
-            delta.error = reason
-            self._emit(delta)
+            deltas = self.engine.abort_request(request_id) or [error_delta(request_id, reason, code)]
+            deltas[-1].error, deltas[-1].error_code = reason, code
+            for delta in deltas:
+                self._emit(delta)
 
     def _end_turn(self) -> None:
         self._update_stats()
@@ -236,9 +244,13 @@ class EngineLoop:
             s.num_steps = e.scheduler.stats.num_steps
 
 
-def error_delta(request_id: str, message: str) -> StreamDelta:
-    """The finished delta that tells a request it failed (or was refused) and why."""
-    return StreamDelta(request_id=request_id, finished=True, finish_reason="abort", error=message)
+def error_delta(request_id: str, message: str, code: str = "invalid_argument") -> StreamDelta:
+    """The finished delta that tells a request it failed (or was refused) and why.
+
+    `code` is StreamDelta.error_code: "invalid_argument", "unavailable" or "internal".
+    """
+    return StreamDelta(request_id=request_id, finished=True, finish_reason="abort", error=message,
+                       error_code=code)
 
 
 def deliver(sink: Sink | None, delta: StreamDelta) -> None:

@@ -106,16 +106,16 @@ class EngineProcess:
             stream = RequestStream(request_id)
             sink = stream.put
         with self._lock:
-            reason = self._dead
+            reason, code = self._dead, "unavailable"
             if reason is None and request_id in self._sinks:
-                reason = f"request_id {request_id!r} is already in use"
+                reason, code = f"request_id {request_id!r} is already in use", "invalid_argument"
             if reason is None:
                 self._sinks[request_id] = sink
                 if not self._send(("add", request_id, prompt, params or SamplingParams())):
                     del self._sinks[request_id]
                     reason = self._dead
         if reason is not None:
-            sink(error_delta(request_id, reason))
+            sink(error_delta(request_id, reason, code))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -174,7 +174,7 @@ class EngineProcess:
         if orphans:
             logger.error("%s with %d live requests", self._dead, len(orphans))
         for request_id, sink in orphans.items():
-            deliver(sink, error_delta(request_id, self._dead))
+            deliver(sink, error_delta(request_id, self._dead, "unavailable"))
 
 
 # ---- the child ---------------------------------------------------------------------------------

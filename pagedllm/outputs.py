@@ -13,17 +13,22 @@ class StreamDelta:
 
     Attributes:
         request_id: the request.
+        index: which of the request's n sequences (SamplingParams.n) the delta belongs to.
         token_ids: tokens generated this step (empty for a step that only held text back).
         text: text that became final this step (may be empty: an incomplete UTF-8 character or a
             possible stop-string prefix is held back until it is decided).
-        finished: True on the request's last delta, exactly once.
-        finish_reason: "stop", "length" or "abort" when finished.
+        finished: True on the request's last delta, exactly once (with n > 1: when the last of its
+            sequences ends).
+        finish_reason: "stop", "length" or "abort" on each sequence's last delta, else None.
         logprobs: per new token, {token_id: logprob} when requested.
         num_prompt_tokens / num_output_tokens: running counts, for metrics.
         error: set when the request failed inside the engine (it is then finished).
+        error_code: what kind of failure: "invalid_argument" (the request's own fault),
+            "unavailable" (overloaded, or the engine is gone: retry later) or "internal".
     """
 
     request_id: str
+    index: int = 0
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finished: bool = False
@@ -32,25 +37,27 @@ class StreamDelta:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     error: str | None = None
+    error_code: str | None = None
 
 
 # The wire format of a StreamDelta: a tuple in this order. NOTE: EngineProcess's child sends this
 # tuple in its handshake and the parent refuses a child whose order differs from its own.
-WIRE_FIELDS = ("request_id", "token_ids", "text", "finished", "finish_reason", "logprobs",
-               "num_prompt_tokens", "num_output_tokens", "error")
+WIRE_FIELDS = ("request_id", "index", "token_ids", "text", "finished", "finish_reason",
+               "logprobs", "num_prompt_tokens", "num_output_tokens", "error", "error_code")
 
 
 def to_wire(d: StreamDelta) -> tuple:
     """The delta as a plain tuple in WIRE_FIELDS order (cheap to pickle)."""
-    return (d.request_id, d.token_ids, d.text, d.finished, d.finish_reason, d.logprobs,
-            d.num_prompt_tokens, d.num_output_tokens, d.error)
+    return (d.request_id, d.index, d.token_ids, d.text, d.finished, d.finish_reason, d.logprobs,
+            d.num_prompt_tokens, d.num_output_tokens, d.error, d.error_code)
 
 
 def from_wire(row: tuple) -> StreamDelta:
     """The StreamDelta of a `to_wire` tuple."""
-    return StreamDelta(request_id=row[0], token_ids=row[1], text=row[2], finished=row[3],
-                       finish_reason=row[4], logprobs=row[5], num_prompt_tokens=row[6],
-                       num_output_tokens=row[7], error=row[8])
+    return StreamDelta(request_id=row[0], index=row[1], token_ids=row[2], text=row[3],
+                       finished=row[4], finish_reason=row[5], logprobs=row[6],
+                       num_prompt_tokens=row[7], num_output_tokens=row[8], error=row[9],
+                       error_code=row[10])
 
 
 @dataclass
@@ -79,22 +86,23 @@ class RequestOutput:
 
 
 def coalesce(deltas: list[StreamDelta]) -> list[StreamDelta]:
-    """One delta per request, in first-seen order: token ids, text and logprobs joined.
+    """One delta per sequence, in first-seen order: token ids, text and logprobs joined.
 
     A server that falls behind the engine sends one response per request for everything that
     piled up, rather than one per step: fewer, larger responses, the same concatenated text.
-    The deltas are merged in place (the first of each request absorbs the later ones).
+    The deltas are merged in place (the first of each sequence absorbs the later ones).
     """
-    merged: dict[str, StreamDelta] = {}
+    merged: dict[tuple[str, int], StreamDelta] = {}
     for d in deltas:
-        m = merged.get(d.request_id)
+        m = merged.get((d.request_id, d.index))
         if m is None:
-            merged[d.request_id] = d
+            merged[(d.request_id, d.index)] = d
             continue
         m.token_ids = m.token_ids + d.token_ids
         m.text += d.text
         if d.logprobs is not None:
             m.logprobs = (m.logprobs or []) + d.logprobs
-        m.finished, m.finish_reason, m.error = d.finished, d.finish_reason, d.error
+        m.finished, m.finish_reason, m.error, m.error_code = (d.finished, d.finish_reason, d.error,
+                                                              d.error_code)
         m.num_prompt_tokens, m.num_output_tokens = d.num_prompt_tokens, d.num_output_tokens
     return list(merged.values())

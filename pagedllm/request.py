@@ -37,6 +37,8 @@ class OutputState:
     Built by LLMEngine.add_request with the request, never filled in afterwards.
 
     Attributes:
+        group_id: the caller's request id (n > 1 sequences share it).
+        index: which of the request's n sequences this is.
         sampling_row: what the sampler needs about the request (updated in place when
             `row_varies`: penalties and min_tokens look at the tokens generated so far).
         row_varies: whether sampling_row changes from step to step.
@@ -51,6 +53,8 @@ class OutputState:
         cumulative_logprob: the sum of the sampled tokens' logprobs.
     """
 
+    group_id: str
+    index: int
     sampling_row: SamplingRow
     row_varies: bool
     detok: DetokState

@@ -13,11 +13,13 @@ from typing import Any
 
 MAX_LOGPROBS = 20
 """Most top logprobs a request may ask for (vLLM's default `max_logprobs`)."""
+MAX_N = 64
+"""Most completions one request may ask for (each is a sequence of the running batch)."""
 
 _GREEDY_EPS = 1e-5
 _SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
 
-_INT_FIELDS = ("max_tokens", "top_k", "min_tokens", "logprobs", "seed")
+_INT_FIELDS = ("n", "max_tokens", "top_k", "min_tokens", "logprobs", "seed")
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty")
 _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
@@ -33,6 +35,7 @@ class SamplingParams:
     raises ValueError naming the field and its allowed range.
 
     Attributes:
+        n: how many completions to generate for the prompt (each its own sequence).
         max_tokens: most tokens to generate; None means up to the model's context length.
         temperature: softmax temperature; 0 means greedy (argmax).
         top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to top_p.
@@ -41,7 +44,8 @@ class SamplingParams:
         repetition_penalty: > 1 discourages any token already in the prompt or the output.
         presence_penalty: subtracted once from the logit of every token already in the output.
         frequency_penalty: subtracted from a token's logit per time it appears in the output.
-        seed: a per-request seed: the request samples the same tokens whatever else is batched.
+        seed: a per-request seed: the request samples the same tokens whatever else is batched
+            (with n > 1, completion i draws with seed + i).
         stop: strings that end the request when they appear in the output (not included in it).
         stop_token_ids: token ids that end the request (in addition to EOS).
         ignore_eos: keep generating after EOS (benchmarks).
@@ -50,6 +54,7 @@ class SamplingParams:
         skip_special_tokens: leave special tokens out of the output text.
     """
 
+    n: int = 1
     max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -82,6 +87,8 @@ class SamplingParams:
         self._check_ranges()
 
     def _check_ranges(self) -> None:
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be in [1, {MAX_N}], got {self.n}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 (or None), got {self.max_tokens}")
         if not self.temperature >= 0:

@@ -56,13 +56,16 @@ def test_invariants_hold_at_every_step(ops, num_blocks, budget):
             (prefix, length), max_tokens = o[1], o[2]
             tokens = [(prefix * 1000 + i) % 4096 for i in range(length)]
             rid = str(len(ids))
-            engine.add_request(rid, tokens, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+            n = 1 + prefix % 3  # some requests ask for 2 or 3 completions: 2-3 sequences
+            engine.add_request(rid, tokens, SamplingParams(n=n, max_tokens=max_tokens, ignore_eos=True))
             ids.append(rid)
         elif o[0] == "abort" and ids:
             rid = ids[o[1] % len(ids)]
-            delta = engine.abort_request(rid)
-            if delta is not None:
-                assert delta.finished and delta.finish_reason == "abort"
+            deltas = engine.abort_request(rid)
+            if deltas:
+                assert [d.finished for d in deltas] == [False] * (len(deltas) - 1) + [True]
+                assert all(d.finish_reason == "abort" for d in deltas)
+                assert rid not in finished, "two final deltas for one request"
                 finished.add(rid)
         else:
             for _ in range(o[1]):

@@ -170,12 +170,12 @@ def test_abort_frees_blocks_in_any_state(llm):
     for i, p in enumerate(prompts(4, seed=40)):
         engine.add_request(f"a{i}", p["prompt_token_ids"], params)
     engine.step()
-    aborted = engine.abort_request("a1")
+    [aborted] = engine.abort_request("a1")
     assert aborted.finished and aborted.finish_reason == "abort"
-    assert engine.abort_request("a1") is None, "abort twice is a no-op"
+    assert engine.abort_request("a1") == [], "abort twice is a no-op"
     engine.step()
     for i in (0, 2, 3):
-        assert engine.abort_request(f"a{i}").finish_reason == "abort"
+        assert [d.finish_reason for d in engine.abort_request(f"a{i}")] == ["abort"]
         engine.release(f"a{i}")
     engine.release("a1")
     assert not engine.has_unfinished_requests() and all_free(llm)
@@ -213,3 +213,73 @@ def test_reset_prefix_cache_makes_the_same_prompts_compute_again(llm):
         engine.step()
     engine.release("holding")
     assert all_free(llm) and engine.reset_prefix_cache() is True
+
+
+def test_n_completions_of_one_prompt(llm):
+    p = prompts(1, seed=70)
+    seeded = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=12, ignore_eos=True)
+    [out] = llm.generate(p, seeded)
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    texts = [c.token_ids for c in out.outputs]
+    assert len({tuple(t) for t in texts}) == 3, "each completion draws its own tokens"
+    assert all(len(t) == 12 and c.finish_reason == "length" for t, c in zip(texts, out.outputs))
+    assert [c.token_ids for c in llm.generate(p, seeded)[0].outputs] == texts, "seeds reproduce"
+    # Completion 0 of n is the n=1 request with the same seed.
+    one = SamplingParams(n=1, temperature=1.0, seed=5, max_tokens=12, ignore_eos=True)
+    assert llm.generate(p, one)[0].outputs[0].token_ids == texts[0]
+    greedy = llm.generate(p, SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True))
+    a, b = greedy[0].outputs
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert all_free(llm)
+
+
+def test_n_sequences_stream_with_their_index_and_one_final_delta(llm):
+    engine = llm.engine
+    p = prompts(1, seed=71)[0]["prompt_token_ids"]
+    engine.add_request("nstream", p, SamplingParams(n=2, temperature=0.8, seed=1, max_tokens=20,
+                                                    stop_token_ids=[7, 8, 9, 10, 11, 12]))
+    texts, reasons, finals = {0: "", 1: ""}, {}, 0
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            assert d.request_id == "nstream"
+            texts[d.index] += d.text
+            if d.finish_reason is not None:
+                assert d.index not in reasons, "a sequence ends once"
+                reasons[d.index] = d.finish_reason
+            finals += d.finished
+    assert finals == 1 and sorted(reasons) == [0, 1]
+    out = engine.get_output("nstream")
+    assert [c.text for c in out.outputs] == [texts[0], texts[1]]
+    engine.release("nstream")
+    assert all_free(llm)
+
+
+def test_a_full_waiting_queue_refuses_with_an_overload_error(tiny_checkpoints):
+    from pagedllm.errors import OverloadedError
+
+    small = LLM(tiny_checkpoints["llama"], num_kv_blocks=64, max_num_seqs=1, max_queue_len=2)
+    engine = small.engine
+    p = prompts(4, seed=72)
+    engine.add_request("q0", p[0]["prompt_token_ids"], SamplingParams(max_tokens=4))
+    engine.add_request("q1", p[1]["prompt_token_ids"], SamplingParams(max_tokens=4))
+    with pytest.raises(OverloadedError, match="max_queue_len 2"):
+        engine.add_request("q2", p[2]["prompt_token_ids"], SamplingParams(max_tokens=4))
+    with pytest.raises(OverloadedError):  # n counts: two sequences do not fit one place
+        engine.step()  # admits q0: one place frees up
+        engine.add_request("q3", p[3]["prompt_token_ids"], SamplingParams(n=2, max_tokens=4))
+    engine.add_request("q2", p[2]["prompt_token_ids"], SamplingParams(max_tokens=4))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert all(len(engine.get_output(r).outputs[0].token_ids) <= 4 for r in ("q0", "q1", "q2"))
+
+
+def test_strict_max_tokens_names_the_field_instead_of_capping(tiny_checkpoints):
+    strict = LLM(tiny_checkpoints["llama"], num_kv_blocks=64, max_model_len=100,
+                 strict_max_tokens=True)
+    p = {"prompt_token_ids": list(range(10, 40))}
+    with pytest.raises(ValueError, match=r"max_tokens is 71.*at most 70"):
+        strict.generate(p, SamplingParams(max_tokens=71))
+    assert len(strict.generate(p, SamplingParams(max_tokens=70, ignore_eos=True))[0]
+               .outputs[0].token_ids) == 70
+    with pytest.raises(ValueError, match="max_tokens is 1000000000000"):
+        strict.generate(p, SamplingParams(max_tokens=10**12))

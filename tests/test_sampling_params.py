@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pagedllm.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedllm.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
 
 
 def test_defaults_match_vllm():
@@ -19,7 +19,7 @@ def test_defaults_match_vllm():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("max_tokens", 0), ("max_tokens", -3),
+    ("max_tokens", 0), ("max_tokens", -3), ("n", 0), ("n", -1), ("n", MAX_N + 1),
     ("temperature", -1), ("temperature", -1e-9), ("temperature", float("nan")),
     ("temperature", float("inf")),
     ("top_p", 0), ("top_p", 1.01), ("top_p", -0.5),
@@ -39,7 +39,7 @@ def test_out_of_range_raises_naming_field(field, value):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("max_tokens", "16"), ("max_tokens", 16.0), ("max_tokens", True),
+    ("max_tokens", "16"), ("max_tokens", 16.0), ("max_tokens", True), ("n", 2.5), ("n", None),
     ("temperature", "0.5"), ("temperature", True), ("temperature", None),
     ("top_p", "1"), ("top_k", 2.0), ("top_k", False), ("top_k", None),
     ("min_p", [0.1]), ("repetition_penalty", "x"), ("presence_penalty", None),
