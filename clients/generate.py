@@ -31,13 +31,18 @@ from pagedllm_clients.cancel import cancel_request
 
 @dataclass
 class Reply:
-    """One streamed response: a piece of text, and on the last one the finish reason and counts."""
+    """One response: a piece of text (the first completion's), and what came with it.
+
+    `finish_reason` is "" until the completion ends (the server sends "None" before, as Triton's
+    vllm_backend does); `num_output_tokens` counts the tokens of this response alone.
+    """
 
     text: str
     final: bool
     finish_reason: str = ""
     num_input_tokens: int | None = None
-    num_output_tokens: int | None = None
+    num_output_tokens: int = 0
+    cancel_token: str = ""
 
 
 def sampling_parameters(args: argparse.Namespace) -> dict:
@@ -56,7 +61,7 @@ def sampling_parameters(args: argparse.Namespace) -> dict:
 
 def build_inputs(prompt: str, stream: bool, max_tokens: int, params: dict,
                  exclude_input: bool = True) -> list:
-    """The ensemble's input tensors for one request (every tensor carries a batch dim of 1)."""
+    """The ensemble's input tensors for one request: vllm_backend's shape [1] each."""
 
     def tensor(name: str, value: np.ndarray, dtype: str):
         t = grpcclient.InferInput(name, list(value.shape), dtype)
@@ -64,29 +69,33 @@ def build_inputs(prompt: str, stream: bool, max_tokens: int, params: dict,
         return t
 
     return [
-        tensor("text_input", np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"),
-        tensor("stream", np.array([[stream]], dtype=bool), "BOOL"),
-        tensor("sampling_parameters", np.array([[json.dumps(params).encode()]], dtype=object),
+        tensor("text_input", np.array([prompt.encode("utf-8")], dtype=object), "BYTES"),
+        tensor("stream", np.array([stream], dtype=bool), "BOOL"),
+        tensor("sampling_parameters", np.array([json.dumps(params).encode()], dtype=object),
                "BYTES"),
-        tensor("exclude_input_in_output", np.array([[exclude_input]], dtype=bool), "BOOL"),
-        tensor("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        tensor("exclude_input_in_output", np.array([exclude_input], dtype=bool), "BOOL"),
+        tensor("max_tokens", np.array([max_tokens], dtype=np.int32), "INT32"),
     ]
 
 
 def parse_result(result) -> Reply:
     """A Reply from one tritonclient InferResult (an empty final response has no tensors)."""
-    final = result.get_response().parameters["triton_final_response"].bool_param
+    params = result.get_response().parameters
+    final = "triton_final_response" in params and params["triton_final_response"].bool_param
     text_out = result.as_numpy("text_output")
     if text_out is None:
         return Reply(text="", final=final)
     reason = result.as_numpy("finish_reason")
+    reason = _str(reason) if reason is not None else ""
     n_in, n_out = result.as_numpy("num_input_tokens"), result.as_numpy("num_output_tokens")
+    token = result.as_numpy("cancel_token")
     return Reply(
         text=_str(text_out),
         final=final,
-        finish_reason=_str(reason) if reason is not None else "",
+        finish_reason="" if reason == "None" else reason,
         num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None else None,
-        num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None else None,
+        num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None else 0,
+        cancel_token=_str(token) if token is not None else "",
     )
 
 
@@ -126,6 +135,7 @@ def generate(args: argparse.Namespace) -> int:
     check_server(client, args.url, args.model)
     replies: queue.Queue = queue.Queue()
     request_id = f"generate-{uuid.uuid4().hex[:12]}"
+    cancel_token, output_tokens = "", 0
     client.start_stream(callback=lambda result, error: replies.put((result, error)),
                         stream_timeout=args.timeout)
     try:
@@ -146,6 +156,8 @@ def generate(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"\nerror: {error}\n")
                 return 1
             reply = parse_result(result)
+            cancel_token = reply.cancel_token or cancel_token
+            output_tokens += reply.num_output_tokens
             if reply.text:
                 sys.stdout.write(reply.text)
                 sys.stdout.flush()
@@ -155,8 +167,10 @@ def generate(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         client.stop_stream(cancel_requests=True)
-        # Triton 2.51 does not pass an ensemble cancellation on to the llm step: cancel by id.
-        cancel_request(args.url, request_id, args.model)
+        # Triton 2.51 does not pass an ensemble cancellation on to the llm step: cancel by the
+        # token the responses carry (none yet: the request ends by itself, unseen).
+        if cancel_token:
+            cancel_request(args.url, cancel_token, args.model)
         sys.stderr.write("\ncancelled\n")
         return 130
     finally:
@@ -164,8 +178,7 @@ def generate(args: argparse.Namespace) -> int:
         client.close()
     sys.stdout.write("\n")
     sys.stderr.write(f"[finish_reason={last.finish_reason or '?'} "
-                     f"input_tokens={last.num_input_tokens} "
-                     f"output_tokens={last.num_output_tokens}]\n")
+                     f"input_tokens={last.num_input_tokens} output_tokens={output_tokens}]\n")
     return 0
 
 

@@ -150,9 +150,11 @@ async def _one_request(client, model: str, record: RequestRecord, prompt: str, m
     """Streams one request on its own gRPC stream, recording each response's time and count.
 
     NOTE: tritonclient's asyncio `stream_infer` cannot ask for Triton's empty final response, so
-    the end of a request is its response with a non-empty `finish_reason` (or a
-    `triton_final_response` parameter, should one come). The request iterator stays open until
-    then, so the stream is not half-closed while responses are in flight.
+    the end of a request is its response whose `finish_reason` is set (not "" or "None", which
+    vllm_backend sends before the end), or a `triton_final_response` parameter, should one come.
+    The request iterator stays open until then, so the stream is not half-closed while responses
+    are in flight. Each response's `num_output_tokens` counts its own tokens (vllm_backend's
+    meaning); the record keeps running totals.
     """
     done = asyncio.Event()
 
@@ -172,9 +174,10 @@ async def _one_request(client, model: str, record: RequestRecord, prompt: str, m
             count = _scalar(result, "num_output_tokens")
             reason = _scalar(result, "finish_reason")
             reason = reason.decode() if isinstance(reason, bytes) else (reason or "")
+            reason = "" if reason == "None" else reason
             if count is not None:
                 record.times.append(now)
-                record.counts.append(int(count))
+                record.counts.append(record.num_output_tokens + int(count))
             n_in = _scalar(result, "num_input_tokens")
             if n_in is not None:
                 record.num_input_tokens = int(n_in)

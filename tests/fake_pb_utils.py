@@ -34,11 +34,17 @@ class Tensor:
 
 
 class TritonError(Exception):
-    """pb_utils.TritonError: a message that becomes the response's error."""
+    """pb_utils.TritonError: a message (and a code) that becomes the response's error."""
 
-    def __init__(self, message: str):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, \
+        CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1):
         super().__init__(message)
-        self._message = message
+        self._message, self._code = message, code
+
+    def code(self) -> int:
+        return self._code
 
     def message(self) -> str:
         return self._message

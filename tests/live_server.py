@@ -71,18 +71,21 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
     return server
 
 
-def tensor(name: str, value):
-    """A [1, 1] (or [1, n] for lists of ints) tritonclient.grpc input; bytes go as they are."""
+def tensor(name: str, value, batched: bool = False):
+    """A tritonclient.grpc input: shape [1] as the ensemble (vllm_backend) takes it, or with
+    `batched` [1, 1] ([1, n] for lists of ints) as the llm model takes it; bytes go as they are."""
     import tritonclient.grpc as grpcclient
     if isinstance(value, (str, bytes)):
         data = value.encode() if isinstance(value, str) else value
-        arr, dtype = np.array([[data]], dtype=np.object_), "BYTES"
+        arr, dtype = np.array([data], dtype=np.object_), "BYTES"
     elif isinstance(value, bool):
-        arr, dtype = np.array([[value]], dtype=bool), "BOOL"
+        arr, dtype = np.array([value], dtype=bool), "BOOL"
     elif isinstance(value, list):
-        arr, dtype = np.array([value], dtype=np.int64), "INT64"
+        arr, dtype = np.array(value, dtype=np.int64), "INT64"
     else:
-        arr, dtype = np.array([[value]], dtype=np.int32), "INT32"
+        arr, dtype = np.array([value], dtype=np.int32), "INT32"
+    if batched:
+        arr = arr[None]
     t = grpcclient.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
     return t
@@ -90,30 +93,45 @@ def tensor(name: str, value):
 
 @dataclass
 class Result:
+    """What one request's responses said (the first completion's, for n > 1: `texts` has all)."""
+
     pieces: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
-    num_output_tokens: int | None = None
+    num_output_tokens: int = 0
+    num_input_tokens: int | None = None
+    cancel_token: str = ""
+    logprobs: list = field(default_factory=list)
+    cumulative_logprob: float | None = None
     error: str | None = None
     num_final: int = 0
+    num_responses: int = 0
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
 
-def stream(url: str, text: str | bytes, params: dict | None = None, stream: bool = True,
+def stream(url: str, text: str | bytes | None, params: dict | None = None, stream: bool = True,
            model: str = "ensemble", request_id: str = "", timeout: float = 120.0,
-           **inputs) -> Result:
-    """One request over a gRPC stream; collects every response until the final one."""
+           exclude_input: bool | None = True, on_response=None, **inputs) -> Result:
+    """One request over a gRPC stream; collects every response until the final one.
+
+    `exclude_input` None leaves the input out; `on_response(result)` sees each partial Result.
+    """
     import tritonclient.grpc as grpcclient
     client = grpcclient.InferenceServerClient(url)
     responses: queue.SimpleQueue = queue.SimpleQueue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    tensors = [tensor("text_input", text), tensor("stream", stream),
-               tensor("exclude_input_in_output", True)]
+    batched = model != "ensemble"
+    tensors = [tensor("stream", stream, batched)]
+    if text is not None:
+        tensors.append(tensor("text_input", text, batched))
+    if exclude_input is not None:
+        tensors.append(tensor("exclude_input_in_output", exclude_input, batched))
     if params is not None:
-        tensors.append(tensor("sampling_parameters", json.dumps(params)))
-    tensors += [tensor(k, v) for k, v in inputs.items()]
+        tensors.append(tensor("sampling_parameters", json.dumps(params), batched))
+    tensors += [tensor(k, v, batched) for k, v in inputs.items()]
     client.async_stream_infer(model, tensors, request_id=request_id,
                               enable_empty_final_response=True)
     out = Result()
@@ -125,13 +143,29 @@ def stream(url: str, text: str | bytes, params: dict | None = None, stream: bool
                 return out
             response = result.get_response()
             if response.outputs:
-                out.pieces.append(result.as_numpy("text_output")[0][0].decode())
-                reason = result.as_numpy("finish_reason")[0][0].decode()
-                out.finish_reason = reason or out.finish_reason
-                out.num_output_tokens = int(result.as_numpy("num_output_tokens")[0][0])
+                _read(result, out)
+                if on_response is not None:
+                    on_response(out)
             if response.parameters["triton_final_response"].bool_param:
                 out.num_final += 1
                 return out
     finally:
         client.stop_stream()
         client.close()
+
+
+def _read(result, out: Result) -> None:
+    """Adds one response's outputs to `out` (every output as vllm_backend shapes it: [n])."""
+    texts = [t.decode() for t in result.as_numpy("text_output").reshape(-1)]
+    out.num_responses += 1
+    out.pieces.append(texts[0])
+    out.texts = [a + b for a, b in zip(out.texts, texts)] if out.texts else texts
+    reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
+    out.finish_reason = reason if reason != "None" else out.finish_reason
+    out.num_output_tokens += int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+    out.num_input_tokens = int(result.as_numpy("num_input_tokens").reshape(-1)[0])
+    out.cancel_token = result.as_numpy("cancel_token").reshape(-1)[0].decode()
+    logprobs = json.loads(result.as_numpy("logprobs").reshape(-1)[0])
+    if logprobs is not None:
+        out.logprobs.extend(logprobs)
+    out.cumulative_logprob = float(result.as_numpy("cumulative_logprob").reshape(-1)[0])

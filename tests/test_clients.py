@@ -63,7 +63,7 @@ def test_profile_export_parsing(tmp_path):
     export = {"experiments": [{"experiment": {"mode": "concurrency", "value": 2}, "requests": [
         {"timestamp": 1_000_000_000, "response_timestamps": [1_100_000_000, 1_150_000_000,
                                                              1_160_000_000],
-         "response_outputs": [{"num_output_tokens": [1]}, {"num_output_tokens": [2]}, {}]}]}]}
+         "response_outputs": [{"num_output_tokens": [1]}, {"num_output_tokens": [1]}, {}]}]}]}
     path = tmp_path / "export.json"
     path.write_text(json.dumps(export))
     [level] = perf_analyzer.parse_profile_export(path)

@@ -75,8 +75,8 @@ PRE_CONFIG = {"name": "preprocessing", "backend": "onnxruntime", "max_batch_size
                          _io("input_lengths", "TYPE_INT64", [1])],
               "model_operations": {"op_library_filename": ["/nonexistent/libortextensions.so"]}}
 POST_CONFIG = {"name": "postprocessing", "backend": "onnxruntime", "max_batch_size": 64,
-               "input": [_io("output_ids", "TYPE_INT64", [-1])],
-               "output": [_io("text_output", "TYPE_STRING", [1])]}
+               "input": [_io("output_ids", "TYPE_INT64", [-1, -1])],
+               "output": [_io("text_output", "TYPE_STRING", [-1])]}
 
 
 def _texts(*texts: str) -> fake_pb_utils.FakeRequest:
@@ -119,23 +119,24 @@ def test_postprocessing_groups_requests_by_id_width(tokenizer_repo):
     repo, tokenizer, spec = tokenizer_repo
     instance = _instance(repo / "postprocessing", POST_CONFIG)
     calls = _count_runs(instance)
-    texts = [[" Hello", " wörld"], ["日本"], [" a", "b"], ["\n\t x"], ["😀"], ["c"]]
+    texts = [[" Hello", " wörld"], ["日本"], [" a", "b"], ["\n\t x"], ["😀"], ["c"], ["d"], ["e", "f"]]
     rows = [[tokenizer.encode(t) for t in group] for group in texts]
     width = [max(map(len, r)) for r in rows]
+    # One request per group: its completions are the rows, [1, n, width].
     requests = [fake_pb_utils.FakeRequest({"output_ids": np.array(
-        [ids + [spec.pad_id] * (w - len(ids)) for ids in r], dtype=np.int64)})
+        [[ids + [spec.pad_id] * (w - len(ids)) for ids in r]], dtype=np.int64)})
         for r, w in zip(rows, width)]
     responses = instance.execute(requests)
-    rows_of_width: dict[int, int] = {}
+    requests_of_shape: dict[tuple[int, int], int] = {}
     for r, w in zip(rows, width):
-        rows_of_width[w] = rows_of_width.get(w, 0) + len(r)
+        requests_of_shape[(len(r), w)] = requests_of_shape.get((len(r), w), 0) + 1
     assert sorted(c["output_ids"] for c in calls) == sorted(
-        (n, w) for w, n in rows_of_width.items())
-    assert len(calls) < len(requests)  # requests of one width shared a run
+        (b, n, w) for (n, w), b in requests_of_shape.items())
+    assert len(calls) < len(requests)  # requests of one shape shared a run
     for group, response in zip(texts, responses):
         out = response.as_dict()["text_output"]
-        assert out.shape == (len(group), 1) and all(isinstance(x, bytes) for x in out.flat)
-        assert [x.decode() for x in out[:, 0]] == group
+        assert out.shape == (1, len(group)) and all(isinstance(x, bytes) for x in out.flat)
+        assert [x.decode() for x in out[0]] == group
 
 
 def test_a_bad_request_fails_alone(tokenizer_repo):

@@ -145,8 +145,11 @@ def _encode(pre, texts: list[str], flags: list | None = None) -> list[list[int]]
 def _decode(post, rows: list[list[int]], pad: int) -> list[str]:
     width = max(1, *map(len, rows))
     batch = np.array([r + [pad] * (width - len(r)) for r in rows], dtype=np.int64)
-    out = post.run(None, {"output_ids": batch})[0]
+    # Half the rows as a batch of requests, half as one request's completions: [B, n, L].
+    out = post.run(None, {"output_ids": batch[:, None, :]})[0]
     assert out.shape == (len(rows), 1)
+    both = post.run(None, {"output_ids": batch[None, :, :]})[0]
+    assert both.shape == (1, len(rows)) and both[0].tolist() == out[:, 0].tolist()
     return [s.decode() if isinstance(s, bytes) else s for s in out[:, 0]]
 
 
@@ -286,8 +289,8 @@ def test_exported_models_signature(exported):
         assert io(pre.graph.output) == [("input_ids", int64, ["batch", "max_len"]),
                                         ("input_lengths", int64, ["batch", 1]),
                                         ("text_has_nul", bool_, ["batch", 1])]
-        assert io(post.graph.input) == [("output_ids", int64, ["batch", "n"])]
-        assert io(post.graph.output) == [("text_output", string, ["batch", 1])]
+        assert io(post.graph.input) == [("output_ids", int64, ["batch", "n", "len"])]
+        assert io(post.graph.output) == [("text_output", string, ["batch", "n"])]
         assert pre.ir_version == post.ir_version == ex.IR_VERSION
 
 

@@ -80,6 +80,7 @@ def test_http_generate_stream_equals_offline(server, offline):
                   if line.startswith("data: ")]
         assert "".join(e["text_output"] for e in events) == _offline_text(offline, prompt, params)
         assert events[-1]["finish_reason"] == "length"
+        assert {e["finish_reason"] for e in events[:-1]} <= {"None"}  # vllm_backend's meaning
         status, body = _http(server, "/v2/models/ensemble/generate",
                              {"text_input": prompt, "max_tokens": 24,
                               "sampling_parameters": json.dumps({"temperature": 0})})
@@ -155,7 +156,8 @@ def _wait_usage_positive(server) -> None:
 
 
 def _start_long(server, model: str, request_id: str):
-    """Starts a long streaming request; returns (client, responses) once tokens flow."""
+    """Starts a long streaming request; returns (client, responses, its cancel_token) once
+    tokens flow."""
     import tritonclient.grpc as grpcclient
     client = grpcclient.InferenceServerClient(server.grpc_url)
     responses: queue.SimpleQueue = queue.SimpleQueue()
@@ -164,8 +166,8 @@ def _start_long(server, model: str, request_id: str):
     if model == "llm":
         from pagedllm.tokenizer import Tokenizer
         ids = Tokenizer.from_dir(DEFAULT_MODEL).encode("Once upon a time " * 10)
-        inputs = [tensor("input_ids", ids), tensor("stream", True),
-                  tensor("sampling_parameters", params)]
+        inputs = [tensor("input_ids", ids, True), tensor("stream", True, True),
+                  tensor("sampling_parameters", params, True)]
     else:
         inputs = [tensor("text_input", "Once upon a time " * 10), tensor("stream", True),
                   tensor("sampling_parameters", params)]
@@ -174,12 +176,13 @@ def _start_long(server, model: str, request_id: str):
     for _ in range(5):
         result, error = responses.get(timeout=60)
         assert error is None
+    token = result.as_numpy("cancel_token").reshape(-1)[0].decode()
     _wait_usage_positive(server)
-    return client, responses
+    return client, responses, token
 
 
 def test_cancel_direct_llm_frees_blocks_within_1s(server):
-    client, _ = _start_long(server, "llm", "cancel-direct")
+    client, _, _ = _start_long(server, "llm", "cancel-direct")
     t0 = time.monotonic()
     client.stop_stream(cancel_requests=True)
     elapsed = _wait_usage_zero(server, t0)
@@ -187,15 +190,15 @@ def test_cancel_direct_llm_frees_blocks_within_1s(server):
     assert elapsed < 1.0, f"blocks freed after {elapsed:.2f} s"
 
 
-def test_cancel_ensemble_by_id_frees_blocks_within_1s(server):
+def test_cancel_ensemble_by_token_frees_blocks_within_1s(server):
     """Triton 2.51 does not pass an ensemble cancellation on to the running llm step: the client
-    cancels its stream and sends `cancel` with the same request id (pagedllm_clients.generate
-    does)."""
+    cancels its stream and sends `cancel` with the token its responses carried
+    (pagedllm_clients.generate does)."""
     from pagedllm_clients.cancel import cancel_request
-    client, _ = _start_long(server, "ensemble", "cancel-ensemble")
+    client, _, token = _start_long(server, "ensemble", "cancel-ensemble")
     t0 = time.monotonic()
     client.stop_stream(cancel_requests=True)
-    cancel_request(server.grpc_url, "cancel-ensemble")
+    cancel_request(server.grpc_url, token)
     elapsed = _wait_usage_zero(server, t0)
     client.close()
     assert elapsed < 1.0, f"blocks freed after {elapsed:.2f} s"
@@ -221,8 +224,9 @@ from live_server import tensor
 client = grpcclient.InferenceServerClient(sys.argv[1])
 client.start_stream(callback=lambda result, error: print("token", flush=True))
 params = json.dumps({"max_tokens": 900, "ignore_eos": True})
-client.async_stream_infer("llm", [tensor("input_ids", [1, 2, 3, 4, 5]), tensor("stream", True),
-                                  tensor("sampling_parameters", params)], request_id="gone")
+client.async_stream_infer("llm", [tensor("input_ids", [1, 2, 3, 4, 5], True),
+                                  tensor("stream", True, True),
+                                  tensor("sampling_parameters", params, True)], request_id="gone")
 time.sleep(600)
 """
 
@@ -313,7 +317,7 @@ def test_a_killed_server_leaves_no_stub_or_engine_process(tmp_path):
     own = start_server(tmp_path)
     try:
         streaming = threading.Thread(target=stream, args=(own.grpc_url, "def fib(n):"),
-                                     kwargs={"params": {"max_tokens": 4000, "ignore_eos": True}},
+                                     kwargs={"params": {"max_tokens": 1000, "ignore_eos": True}},
                                      daemon=True)
         streaming.start()
         _wait_usage_positive(own)
@@ -358,3 +362,97 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
     return stat[stat.rindex(")") + 2]
+
+
+# ---- vllm_backend's contract, and requests owned by their client -----------------------------
+
+async def _vllm_sample_client(url: str, prompts: list[str], stream: bool, exclude: bool) -> dict:
+    """What Triton's vllm_backend sample client (samples/client.py) does, written anew here:
+    asyncio gRPC stream_infer, every input of shape [1], numbers as strings in
+    sampling_parameters (also sent as request parameters), text_output concatenated per
+    request id."""
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    sampling = {"temperature": "0", "top_p": "0.95", "max_tokens": "20"}
+
+    def request(i: int, prompt: str) -> dict:
+        values = [("text_input", np.array([prompt.encode()], dtype=np.object_), "BYTES"),
+                  ("stream", np.array([stream], dtype=bool), "BOOL"),
+                  ("sampling_parameters", np.array([json.dumps(sampling).encode()],
+                                                   dtype=np.object_), "BYTES"),
+                  ("exclude_input_in_output", np.array([exclude], dtype=bool), "BOOL")]
+        inputs = []
+        for name, value, dtype in values:
+            tensor = grpcclient.InferInput(name, [1], dtype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        return {"model_name": "ensemble", "inputs": inputs, "request_id": str(i),
+                "outputs": [grpcclient.InferRequestedOutput("text_output")],
+                "parameters": sampling}
+
+    async def requests():
+        for i, prompt in enumerate(prompts):
+            yield request(i, prompt)
+
+    client = grpcclient.InferenceServerClient(url=url)
+    results: dict[str, list[str]] = {}
+    try:
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            for piece in result.as_numpy("text_output"):
+                results.setdefault(result.get_response().id, []).append(piece.decode())
+    finally:
+        await client.close()
+    return {rid: "".join(pieces) for rid, pieces in results.items()}
+
+
+@pytest.mark.parametrize("stream, exclude", [(False, False), (True, True)])
+def test_vllm_backend_sample_client_works_unchanged(server, offline, stream, exclude):
+    import asyncio
+    prompts = PROMPTS[:3]
+    got = asyncio.run(asyncio.wait_for(
+        _vllm_sample_client(server.grpc_url, prompts, stream, exclude), timeout=120))
+    params = {"temperature": 0, "max_tokens": 20}
+    for i, prompt in enumerate(prompts):
+        lead = "" if exclude else prompt  # vllm_backend: the prompt leads a non-excluded text
+        assert got[str(i)] == lead + _offline_text(offline, prompt, params), prompt
+
+
+def test_n_completions_and_logprobs_through_the_ensemble(server, offline):
+    params = {"n": 2, "temperature": 0, "max_tokens": 12, "ignore_eos": True, "logprobs": 2}
+    r = stream(server.grpc_url, "def fib(n):", params)
+    assert r.error is None and len(r.texts) == 2
+    expected = _offline_text(offline, "def fib(n):", {"temperature": 0, "max_tokens": 12,
+                                                       "ignore_eos": True})
+    assert r.texts == [expected, expected]  # greedy: both completions alike
+    assert len(r.logprobs) == 12  # completion 0: one entry per token, the sampled one ranked
+    assert all(len(entry) >= 2 and min(v["rank"] for v in entry.values()) == 1
+               for entry in r.logprobs)
+    sampled_lps = [max(entry.values(), key=lambda v: v["logprob"])["logprob"] for entry in r.logprobs]
+    assert r.cumulative_logprob == pytest.approx(sum(sampled_lps), rel=1e-4)  # greedy: the top one
+
+
+def test_min_length_and_a_max_tokens_that_cannot_fit(server):
+    r = stream(server.grpc_url, "hello", {"max_tokens": 8}, min_length=8)
+    assert r.error is None and r.num_output_tokens == 8
+    r = stream(server.grpc_url, "hello", {"max_tokens": 5000})
+    assert r.error is not None and "max_tokens is 5000" in r.error
+    r = stream(server.grpc_url, "hello", max_tokens=2**31 - 1)
+    assert r.error is not None and "max_tokens" in r.error
+
+
+def test_no_client_can_cancel_another_clients_request(server):
+    from pagedllm_clients.cancel import cancel_request
+    client, responses, token = _start_long(server, "ensemble", "owner")
+    try:
+        for bad in ("", "not-a-token", token[:-1] + ("A" if token[-1] != "A" else "B")):
+            with pytest.raises((RuntimeError, ValueError), match="cancel"):
+                cancel_request(server.grpc_url, bad)
+        time.sleep(0.3)
+        assert server.metric("pagedllm:kv_cache_usage_perc") > 0, "the owner's request still runs"
+        cancel_request(server.grpc_url, token)  # its owner can
+        assert _wait_usage_zero(server, time.monotonic()) < 1.0
+    finally:
+        client.stop_stream()
+        client.close()

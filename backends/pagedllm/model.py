@@ -1,9 +1,9 @@
 """Triton entry of the `llm` model (a Python-based backend): requests in, engine deltas out.
 
-Thin on purpose: parsing lives in request_inputs.py, ids-for-text in text_ids.py, metrics in
-metrics.py, and all engine logic behind EngineLoop, which runs in a child process
-(EngineProcess; the config's parameter `engine_process` "false" keeps it on a thread here). Three
-threads meet here:
+Thin on purpose: parsing lives in request_inputs.py, response arrays in responses.py (with
+ids-for-text in text_ids.py), metrics in metrics.py, and all engine logic behind EngineLoop, which
+runs in a child process (EngineProcess; the config's parameter `engine_process` "false" keeps it
+on a thread here). Three threads meet here:
 
     Triton's execute()  -> loop.submit(...)                     (returns at once: decoupled)
     engine              -> sink: puts each delta on one queue   (never blocks on Triton)
@@ -16,9 +16,10 @@ to a cancel.
 Cancellation. On a direct call of `llm`, a client that cancels or disconnects shows up as
 `response_sender.is_cancelled()`, polled for every live request every CANCEL_POLL_S. Through the
 `ensemble`, Triton 2.51 does not pass the cancellation on to this step (the ensemble only stops
-forwarding our responses), so a client cancels by id: a request to `llm` (or `ensemble`) with
-the same request id and input `cancel` = true aborts the live requests that carry that id.
-pagedllm_clients.generate and pagedllm_clients.load do this when they cancel a stream.
+forwarding our responses), so a client cancels by token: every response of a request carries
+`cancel_token`, a random token this model issued for it, and a request whose input `cancel`
+holds that token aborts it. Only whoever reads the request's responses knows its token: no
+client can cancel another's request (Triton's request ids are chosen by clients, and guessable).
 """
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ for _p in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
     site.addsitedir(_p)
 sys.path[:] = [p for p in sys.path if p not in _stub_path] + _stub_path
 
-import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
+import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -52,17 +53,22 @@ from pagedllm.engine_process import EngineProcess  # noqa: E402
 from pagedllm.outputs import StreamDelta, coalesce  # noqa: E402
 from pagedllm.tokenizer import Tokenizer  # noqa: E402
 from pagedllm_backends.pagedllm.metrics import TritonMetrics  # noqa: E402
-from pagedllm_backends.pagedllm.request_inputs import parse_inputs  # noqa: E402
+from pagedllm_backends.pagedllm.request_inputs import RETURN_FLAGS, parse_inputs  # noqa: E402
+from pagedllm_backends.pagedllm.responses import RequestResponses  # noqa: E402
 from pagedllm_backends.pagedllm.text_ids import TextIds  # noqa: E402
 from pagedllm_backends.stub_watchdog import exit_with_server  # noqa: E402
 
 logger = logging.getLogger("pagedllm.triton")
 
 INPUTS = ("input_ids", "input_lengths", "text_has_nul", "stream", "sampling_parameters",
-          "exclude_input_in_output", "max_tokens", "cancel")
+          "exclude_input_in_output", "max_tokens", "min_length", "cancel", *RETURN_FLAGS)
 CANCEL_POLL_S = 0.2
 STATS_EVERY_S = 0.05
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# StreamDelta.error_code -> pb_utils.TritonError's code name (looked up when an error is sent:
+# the stub binds TritonError only after it has imported this file).
+ERROR_CODES = {"invalid_argument": "INVALID_ARG", "unavailable": "UNAVAILABLE",
+               "internal": "INTERNAL"}
 
 
 def _flag(model_config: dict, key: str, default: bool) -> bool:
@@ -79,15 +85,11 @@ def _flag(model_config: dict, key: str, default: bool) -> bool:
 
 @dataclass
 class _Live:
-    """A request between submit and its final response (touched by the sender thread only)."""
+    """A request between submit and its final response (its responses: the sender thread's)."""
 
     sender: object
-    triton_id: str
-    stream: bool
-    skip_special_tokens: bool
+    responses: RequestResponses
     arrival: float
-    pending: list = field(default_factory=list)
-    collected: list[int] = field(default_factory=list)  # ids of a non-streamed response
     last_token_time: float | None = None
     cancelled: bool = False
 
@@ -110,9 +112,8 @@ class TritonPythonModel:
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
                                       "version": args["model_version"]})
-        self._ids = itertools.count()
         self._deltas: queue.SimpleQueue = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, _Live] = {}  # by cancel_token, which is also the engine's request id
         self._live_lock = threading.Lock()  # _live: added by execute(), removed by the sender
         self._sender = threading.Thread(target=self._send_loop, name="pagedllm-sender",
                                         daemon=True)
@@ -134,36 +135,48 @@ class TritonPythonModel:
 
     def _accept(self, request) -> None:
         sender = request.get_response_sender()
-        tensors = {}
-        for name in INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                tensors[name] = tensor.as_numpy()
         try:
-            inputs = parse_inputs(tensors)
+            tensors = {}
+            for name in INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    tensors[name] = tensor.as_numpy()
+            inputs = parse_inputs(tensors, self.text_ids[True].vocab_size)
         except ValueError as e:
-            _send_final(sender, pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+            _send_error(sender, str(e), "invalid_argument")
             return
-        triton_id = request.request_id()
         if inputs.cancel:
-            with self._live_lock:
-                targets = [rid for rid, live in self._live.items() if live.triton_id == triton_id]
-            for rid in targets:
-                self.loop.abort(rid)
-            empty_id = self.text_ids[True].empty_id
-            _send_final(sender, _response([empty_id], StreamDelta(request_id=triton_id, finished=True,
-                                                                  finish_reason="abort")))
+            self._cancel(sender, inputs.cancel_token)
             return
-        request_id = f"{triton_id or 'request'}#{next(self._ids)}"
-        skip = inputs.params.skip_special_tokens
-        live = _Live(sender, triton_id, inputs.stream, skip, time.monotonic())
-        if not (inputs.stream or inputs.exclude_input_in_output):  # vllm_backend's default
-            live.collected = self.text_ids[skip].prompt_ids(inputs.prompt_token_ids)
+        # NOTE: the token is the engine's request id too: unique, and never the client's choice.
+        token = secrets.token_urlsafe(16)
+        params = inputs.params
+        text_ids = self.text_ids[params.skip_special_tokens]
+        prompt = text_ids.prompt_ids(inputs.prompt_token_ids) if inputs.prepend_prompt else []
+        responses = RequestResponses(
+            text_ids=text_ids, names=self.text_ids[False], stream=inputs.stream, n=params.n,
+            want_logprobs=params.logprobs is not None, prompt_ids=prompt,
+            num_input_tokens=len(inputs.prompt_token_ids), cancel_token=token)
         with self._live_lock:
-            self._live[request_id] = live
-        self.loop.submit(request_id, inputs.prompt_token_ids, inputs.params,
-                         sink=self._deltas.put)
+            self._live[token] = _Live(sender, responses, time.monotonic())
+        self.loop.submit(token, inputs.prompt_token_ids, params, sink=self._deltas.put)
+
+    def _cancel(self, sender, token: str) -> None:
+        """Aborts the live request `token` names; the reply is this cancel request's only one."""
+        with self._live_lock:
+            live = token in self._live
+        if not live:
+            _send_error(sender, "input 'cancel' names no live request (it finished, or the "
+                                "token is not a cancel_token this server issued)",
+                        "invalid_argument")
+            return
+        self.loop.abort(token)
+        responses = RequestResponses(
+            text_ids=self.text_ids[True], names=self.text_ids[False], stream=True, n=1,
+            want_logprobs=False, prompt_ids=[], num_input_tokens=0, cancel_token=token)
+        arrays = responses.update([StreamDelta(request_id=token, finished=True,
+                                               finish_reason="abort")])
+        _send_final(sender, _response(arrays))
 
     # ---- the sender thread -----------------------------------------------------------------
 
@@ -182,11 +195,14 @@ class TritonPythonModel:
                     break
             if None in batch:  # finalize(): send what came before, then stop
                 batch, running = batch[:batch.index(None)], False
+            by_request: dict[str, list[StreamDelta]] = {}
             for delta in coalesce(batch):
+                by_request.setdefault(delta.request_id, []).append(delta)
+            for request_id, deltas in by_request.items():
                 try:
-                    self._send(delta)
+                    self._send(request_id, deltas)
                 except Exception:  # one bad send must not stop the others' responses
-                    logger.exception("sending a response of %s failed", delta.request_id)
+                    logger.exception("sending a response of %s failed", request_id)
             now = time.monotonic()
             if now - last_stats >= STATS_EVERY_S:
                 self.metrics.update(self.loop.stats())
@@ -195,44 +211,42 @@ class TritonPythonModel:
                 self._poll_cancelled()
                 last_poll = now
 
-    def _send(self, delta: StreamDelta) -> None:
+    def _send(self, request_id: str, deltas: list[StreamDelta]) -> None:
+        """One response for one request's deltas of this drain (or none, when not yet due)."""
+        finished = any(d.finished for d in deltas)
         with self._live_lock:
-            live = self._live.get(delta.request_id)
-            if live is not None and delta.finished:
-                del self._live[delta.request_id]
+            live = self._live.get(request_id)
+            if live is not None and finished:
+                del self._live[request_id]
         if live is None:
             return
+        self._observe(live, deltas, finished)
+        if live.cancelled:
+            if finished:
+                _send_final(live.sender, None)
+            return
+        error = next((d for d in deltas if d.error is not None), None)
+        if error is not None:
+            _send_error(live.sender, error.error, error.error_code or "internal")
+            return
+        arrays = live.responses.update(deltas)
+        if arrays is None:
+            return
+        if finished:
+            _send_final(live.sender, _response(arrays))
+        else:
+            live.sender.send(_response(arrays))
+
+    def _observe(self, live: _Live, deltas: list[StreamDelta], finished: bool) -> None:
         now = time.monotonic()
-        if delta.token_ids:
+        if any(d.token_ids for d in deltas):
             if live.last_token_time is None:
                 self.metrics.ttft.observe(now - live.arrival)
             else:
                 self.metrics.itl.observe(now - live.last_token_time)
             live.last_token_time = now
-        if delta.finished:
+        if finished:
             self.metrics.e2e.observe(now - live.arrival)
-        if live.cancelled:
-            if delta.finished:
-                _send_final(live.sender, None)
-            return
-        if delta.error is not None:
-            _send_final(live.sender, pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(delta.error, pb_utils.TritonError.INVALID_ARG)))
-            return
-        text_ids = self.text_ids[live.skip_special_tokens]
-        ids = text_ids.ids_for(live.pending, delta.token_ids, delta.text)
-        if not live.stream:
-            live.collected.extend(ids)
-            if not delta.finished:
-                return
-            ids = live.collected
-        elif not ids and not delta.finished:
-            return
-        response = _response(ids or [text_ids.empty_id], delta)
-        if delta.finished:
-            _send_final(live.sender, response)
-        else:
-            live.sender.send(response)
 
     def _poll_cancelled(self) -> None:
         with self._live_lock:
@@ -243,14 +257,14 @@ class TritonPythonModel:
                 self.loop.abort(request_id)
 
 
-def _response(ids: list[int], delta: StreamDelta):
-    reason = (delta.finish_reason or "") if delta.finished else ""
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("output_ids", np.asarray([ids], dtype=np.int64)),
-        pb_utils.Tensor("finish_reason", np.asarray([[reason.encode()]], dtype=np.object_)),
-        pb_utils.Tensor("num_input_tokens", np.asarray([[delta.num_prompt_tokens]], np.int32)),
-        pb_utils.Tensor("num_output_tokens", np.asarray([[delta.num_output_tokens]], np.int32)),
-    ])
+def _response(arrays: dict[str, np.ndarray]):
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, array) for name, array in arrays.items()])
+
+
+def _send_error(sender, message: str, code: str) -> None:
+    triton_code = getattr(pb_utils.TritonError, ERROR_CODES.get(code, "INTERNAL"))
+    _send_final(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(message, triton_code)))
 
 
 def _send_final(sender, response) -> None:

@@ -52,6 +52,14 @@ class TextIds:
         # An id that decodes to nothing: sent when a response has no text but must carry ids.
         self.empty_id: int | None = min(special) if special else None
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self._table)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as decoded alone (a part of a character reads as U+FFFD)."""
+        return self._table[token_id].decode("utf-8", "replace")
+
     def spell(self, data: bytes) -> list[int]:
         """Byte tokens for raw bytes."""
         byte_ids = self._byte_ids

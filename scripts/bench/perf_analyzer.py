@@ -138,8 +138,9 @@ def text_input_data(input_name: str, texts: list[str]) -> dict:
 def parse_profile_export(path: Path) -> list[dict]:
     """Per concurrency: output tok/s, TTFT and ITL from perf_analyzer's --profile-export-file.
 
-    Output tokens are read from the responses' running `num_output_tokens` (load.py's
-    RequestRecord does the maths); responses without it (an empty final) carry no token.
+    Output tokens are each response's `num_output_tokens` (the tokens it carries, as
+    vllm_backend counts them), summed into running totals for load.py's RequestRecord, which
+    does the maths; responses without it (an empty final) carry no token.
     """
     data = json.loads(Path(path).read_text())
     results = []
@@ -154,7 +155,7 @@ def parse_profile_export(path: Path) -> list[dict]:
                 if n is None:
                     continue
                 rec.times.append(t / 1e9)
-                rec.counts.append(_first_int(n))
+                rec.counts.append(rec.num_output_tokens + _first_int(n))
             records.append(rec)
             starts.append(rec.start)
             ends.append(max(req.get("response_timestamps") or [req["timestamp"]]) / 1e9)

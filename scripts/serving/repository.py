@@ -7,10 +7,11 @@ the ONNX files and the engine reads engine.json. So serving another checkpoint i
 
 which writes, under the repository (default model_repository/):
     preprocessing/1/model.onnx   tokenizer.json -> ONNX tokenizer (tokenizer_onnx.py)
-    postprocessing/1/model.onnx  ONNX detokenizer, plus the pass-through of the llm's
-                                 finish_reason and token counts (so every ensemble response
-                                 comes whole from this one step)
-    llm/engine.json              EngineConfig fields: model path, device "auto", cpu_threads 1,
+    postprocessing/1/model.onnx  ONNX detokenizer, plus the pass-through of the llm's other
+                                 outputs (finish_reason, logprobs, token counts, cancel_token:
+                                 every ensemble response comes whole from this one step)
+    llm/engine.json              EngineConfig fields: model path, SERVER_DEFAULTS (device
+                                 "auto", cpu_threads 1, strict_max_tokens, max_queue_len 256),
                                  your overrides
     ensemble/1/, llm/1/          the empty version folders Triton wants
     postprocessing/configs/host.pbtxt
@@ -34,16 +35,32 @@ from pagedllm_tools.serving import tokenizer_onnx
 from pagedllm_tools.serving.model_configs import write_host_configs
 
 DEFAULT_MODEL = ROOT / "models" / "default"
-PASS_THROUGH = (("finish_reason", TensorProto.STRING), ("num_input_tokens", TensorProto.INT32),
-                ("num_output_tokens", TensorProto.INT32))
+# The llm's outputs besides output_ids, passed through postprocessing: (name, type, per completion).
+PASS_THROUGH = (("finish_reason", TensorProto.STRING, True),
+                ("cumulative_logprob", TensorProto.FLOAT, True),
+                ("logprobs", TensorProto.STRING, True),
+                ("num_input_tokens", TensorProto.UINT32, False),
+                ("num_output_tokens", TensorProto.UINT32, True),
+                ("cancel_token", TensorProto.STRING, False))
+
+
+# What a server's engine.json holds unless ENGINE_ARGS says otherwise:
+# - cpu_threads 1: on CPU the engine shares the machine with Triton's front end and the
+#   tokenizer steps; one torch thread left them a core (2-core machine, concurrency 32: 412 vs
+#   366 output tok/s through the ensemble). Ignored on CUDA.
+# - strict_max_tokens: a max_tokens that cannot fit is an error naming it, not a silent cap.
+# - max_queue_len 256: beyond it a request is refused at once ("overloaded, retry later").
+SERVER_DEFAULTS = {"device": "auto", "cpu_threads": 1, "strict_max_tokens": True,
+                   "max_queue_len": 256}
 
 
 def add_pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
     """Adds inputs llm_<name> -> outputs <name> (Identity) for the llm's per-response fields."""
     graph = model.graph
-    for name, dtype in PASS_THROUGH:
-        graph.input.append(helper.make_tensor_value_info(f"llm_{name}", dtype, ["batch", 1]))
-        graph.output.append(helper.make_tensor_value_info(name, dtype, ["batch", 1]))
+    for name, dtype, per_completion in PASS_THROUGH:
+        shape = ["batch", "n" if per_completion else 1]
+        graph.input.append(helper.make_tensor_value_info(f"llm_{name}", dtype, shape))
+        graph.output.append(helper.make_tensor_value_info(name, dtype, shape))
         graph.node.append(helper.make_node("Identity", [f"llm_{name}"], [name],
                                            name=f"pass_{name}"))
     onnx.checker.check_model(model)
@@ -64,10 +81,7 @@ def build(model_dir: Path, repo: Path, engine_args: dict) -> None:
             and llm_dir.is_relative_to(ROOT) else str(model_dir)
     except ValueError:
         model_path = str(model_dir)
-    # cpu_threads 1: on CPU the engine shares the machine with Triton's front end and the
-    # tokenizer steps; one torch thread left them a core (2-core machine, concurrency 32: 412 vs
-    # 366 output tok/s through the ensemble). Ignored on CUDA; ENGINE_ARGS overrides it.
-    config = {"model": model_path, "device": "auto", "cpu_threads": 1, **engine_args}
+    config = {"model": model_path, **SERVER_DEFAULTS, **engine_args}
     (repo / "llm" / "engine.json").write_text(json.dumps(config, indent=2) + "\n")
     write_host_configs(repo)
 

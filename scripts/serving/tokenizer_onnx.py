@@ -10,8 +10,8 @@ the server of the nvidia-pytriton wheel.
                  -> input_ids      INT64  [batch, max_len]   row i: its first input_lengths[i] ids
                     input_lengths  INT64  [batch, 1]         are Tokenizer.encode(text_i); the rest
                                                              is padding (a special id)
-    postprocessing  output_ids     INT64  [batch, n], n >= 1
-                 -> text_output    STRING [batch, 1]         decode(row, skip_special_tokens=True)
+    postprocessing  output_ids     INT64  [batch, n, len]    n rows (a request's completions)
+                 -> text_output    STRING [batch, n]         decode(row, skip_special_tokens=True)
 
 Supported: byte-level BPE (GPT-2, Llama-3, Qwen2 style), i.e. a BPE model without byte fallback,
 a ByteLevel decoder, and as pre-tokenizer either ByteLevel with GPT-2's regex or Split(regex) +
@@ -320,28 +320,28 @@ def build_preprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
 
 
 def build_postprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
-    """output_ids INT64 [B,n] -> text_output STRING [B,1], special tokens skipped.
+    """output_ids INT64 [B,n,L] -> text_output STRING [B,n], special tokens skipped.
 
-    Byte-level decoding is joining the tokens' bytes and reading them as UTF-8, so the graph is a
-    Gather from a table of each token's bytes (b"" for special tokens) and a StringJoin of each
-    row. A table entry may be part of a character; the joined row is whole when its ids are.
+    Each of a request's n rows (one per completion) decodes alone. Byte-level decoding is joining
+    the tokens' bytes and reading them as UTF-8, so the graph is a Gather from a table of each
+    token's bytes (b"" for special tokens) and a StringJoin along each row. A table entry may be
+    part of a character; the joined row is whole when its ids are.
     """
     # NOTE: not BpeDecoder: in 0.15.2 it reads past the row ends of a [B, n] input with B > 1,
     # and inside a Loop (one row at a time) it crashes ONNX Runtime 1.19 (the NGC container's).
     table = spec.token_bytes
     nodes = [
         helper.make_node("Gather", ["token_bytes", "output_ids"], ["pieces"], axis=0),
-        helper.make_node("StringJoin", ["pieces", "separator", "row_axis"], ["texts"],
+        helper.make_node("StringJoin", ["pieces", "separator", "row_axis"], ["text_output"],
                          domain=CONTRIB),
-        helper.make_node("Unsqueeze", ["texts", "row_axis_1d"], ["text_output"]),
     ]
     return _model(
         nodes, "postprocessing",
-        [helper.make_tensor_value_info("output_ids", TensorProto.INT64, ["batch", "n"])],
-        [helper.make_tensor_value_info("text_output", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("output_ids", TensorProto.INT64, ["batch", "n", "len"])],
+        [helper.make_tensor_value_info("text_output", TensorProto.STRING, ["batch", "n"])],
         [helper.make_tensor("token_bytes", TensorProto.STRING, [len(table)], table),
          helper.make_tensor("separator", TensorProto.STRING, [], [b""]),
-         _const("row_axis", 1), _const("row_axis_1d", [1])])
+         _const("row_axis", 2)])
 
 
 def session(model: onnx.ModelProto):
@@ -369,7 +369,7 @@ def verify(model_dir: str | os.PathLike, spec: TokenizerSpec, pre: onnx.ModelPro
                              f"tokenizers {want}: this tokenizer is not supported")
     decode = session(post)
     for text, row, n in zip(texts, ids, lengths[:, 0]):
-        got = decode.run(None, {"output_ids": row[None, :n]})[0][0, 0] if n else ""
+        got = decode.run(None, {"output_ids": row[None, None, :n]})[0][0, 0] if n else ""
         if got != tokenizer.decode(row[:n].tolist()):
             raise ValueError(f"verify: the ONNX detokenizer gives {got!r} for {text!r}")
 
