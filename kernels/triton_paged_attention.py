@@ -99,7 +99,11 @@ def _attend_tile(
     return acc, l_i, m_new
 
 
-@triton.jit
+# NOTE: the per-step integers are not specialised: Triton would compile a variant for each of
+# ==1 / multiple of 16 / other, per argument, and real traffic meets them all (a compile of
+# seconds under the first requests). With these three left out, the warm-up at start-up
+# (ModelRunner.warm_up) compiles every variant the engine can launch.
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens", "stride_bt"])
 def _paged_attention_kernel(
     out_ptr,  # [T, num_heads, HEAD_DIM], contiguous; written when NUM_SPLITS == 1
     part_acc_ptr,  # [T, num_heads, NUM_SPLITS, HEAD_DIM] fp32; written when NUM_SPLITS > 1
@@ -193,7 +197,7 @@ def _paged_attention_kernel(
         tl.store(part_ml_ptr + num_tokens * num_heads * NUM_SPLITS + part, l_i, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens"])
 def _reduce_splits_kernel(
     out_ptr,  # [T, num_heads, HEAD_DIM], contiguous
     part_acc_ptr,  # [T, num_heads, NUM_SPLITS, HEAD_DIM] fp32

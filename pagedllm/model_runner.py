@@ -19,8 +19,15 @@ from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.layers.sampler import Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
+from pagedllm.sampling_params import SamplingParams
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# One row of each sampling kind the sampler has (its torch kernels load on first use).
+_WARM_UP_SAMPLING = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, seed=0),
+    SamplingParams(temperature=0.7, logprobs=5, repetition_penalty=1.1, presence_penalty=0.5),
+]
 
 __all__ = ["ModelRunner", "BatchInput"]
 
@@ -56,6 +63,47 @@ class ModelRunner:
                 self.model, self.kv_caches, self.buffers,
                 max_batch=min(config.max_num_seqs, config.max_num_batched_tokens),
                 max_model_len=self.max_model_len, num_kv_heads=model_config.num_key_value_heads)
+        if self.device.type == "cuda":
+            self.warm_up()
+
+    def warm_up(self) -> int:
+        """Runs one step of each kind the engine launches, so that nothing compiles under traffic.
+
+        OpenAI Triton compiles a kernel the first time it meets a new specialisation, which took
+        seconds inside the first real prefill steps (the first nano run was 28-38 % slower than
+        the second on an H200). The graphs' capture compiles every decode variant; this compiles
+        the rest: a prefill step at the full token budget over several sequences, a mixed step
+        (a prompt chunk beside decodes) and sampling of each kind (greedy, random with top-k,
+        top-p and min-p, logprobs). The K/V it writes land in blocks no request owns yet; any
+        request overwrites its blocks before it reads them. Returns the steps it ran.
+        """
+        steps = 0
+        bs, budget = self.block_size, self.config.max_num_batched_tokens
+        room = min(self.max_model_len, self.num_kv_blocks * bs) - 1
+        lengths = [min(room, budget - i * room) for i in range(-(-budget // room))]
+        mixed = [min(room, max(2, budget // 2)), 1, 1]
+        for sizes, contexts in ((lengths, [0] * len(lengths)), (mixed, [0, 7, 33])):
+            plan = [(n, c) for n, c in zip(sizes, contexts) if n > 0 and (n + c) <= room]
+            tables, first = [], 0
+            for n, c in plan:
+                blocks = -(-(n + c + 1) // bs)
+                if first + blocks > self.num_kv_blocks:
+                    break
+                tables.append(list(range(first, first + blocks)))
+                first += blocks
+            plan = plan[:len(tables)]
+            if not plan:
+                continue
+            rows = [SamplingRow(params=p, prompt_token_ids=(1,), output_token_ids=(1,))
+                    for p in _WARM_UP_SAMPLING[:len(plan)]]
+            rows += rows[-1:] * (len(plan) - len(rows))
+            self.execute(token_ids=[[1] * (n + c) for n, c in plan],
+                         num_computed=[c for _, c in plan], num_tokens=[n for n, _ in plan],
+                         block_tables=tables, sample=[True] * len(plan), rows=rows)
+            steps += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return steps
 
     @property
     def kv_bytes_per_block(self) -> int:

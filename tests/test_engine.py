@@ -283,3 +283,15 @@ def test_strict_max_tokens_names_the_field_instead_of_capping(tiny_checkpoints):
                .outputs[0].token_ids) == 70
     with pytest.raises(ValueError, match="max_tokens is 1000000000000"):
         strict.generate(p, SamplingParams(max_tokens=10**12))
+
+
+def test_the_start_up_warm_up_runs_every_step_kind_and_leaves_the_engine_clean(llm):
+    """warm_up runs at start-up on CUDA; here on CPU: it must run and leave no trace."""
+    engine = llm.engine
+    before = engine.kv_cache_stats()
+    assert engine.runner.warm_up() == 2  # a full-budget prefill step and a mixed step
+    assert engine.kv_cache_stats() == before and all_free(llm)
+    p = prompts(2, seed=90)
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    assert [o.outputs[0].token_ids for o in llm.generate(p, params)] == \
+        [o.outputs[0].token_ids for o in llm.generate(p, params)]
