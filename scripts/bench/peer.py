@@ -1,0 +1,191 @@
+"""pagedllm against a peer engine (vLLM) on one GPU: same checkpoints, settings and workloads.
+
+Each engine runs in its own subprocess (its own process group: vLLM starts an EngineCore
+process too), one after the other, so they never share the GPU. Checkpoints: random-weight bf16
+`llama-1b` and `qwen3-0.6b` (pagedllm_tools.bench.gpu.build_shape).
+
+Settings (both engines): max_num_seqs 256, max_num_batched_tokens 8192, max_model_len 4096,
+gpu_memory_utilization 0.45, greedy, ignore_eos. Workloads (`nano`-shaped, docs/workloads.md):
+A = 256 requests (seed 7), B = 1,024 requests (seed 8); prompt and output lengths uniform in
+[100, 1024], prompt ids below 10000. After start-up, one untimed warm-up (256 prompts x 16
+tokens, seed 5), then each timed run twice in a row (the prefix cache emptied before each): the
+FIRST run is what a user meets after start-up, the second shows what compiling cost it. tok/s =
+output tokens / wall time of the generate() call. Start-up = constructor to ready.
+
+    python -m pagedllm_tools.bench.peer [--vllm-site DIR] [--out DIR] [--budget 540]
+
+Without --vllm-site only pagedllm runs (the peer's figures recorded earlier are in
+docs/benchmarks.md). Writes OUT/peer.json and a log per child; prints a table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pagedllm_tools.workloads import peer_workload as workload
+
+ENGINE_KW = dict(max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=4096,
+                 gpu_memory_utilization=0.45)
+WORKLOADS = {"A_256_seed7": (256, 7), "B_1024_seed8": (1024, 8)}
+PLAN = [("llama-1b", ["A_256_seed7", "B_1024_seed8"]), ("qwen3-0.6b", ["A_256_seed7"])]
+
+
+def _save(path: Path, obj: dict) -> None:
+    Path(path).write_text(json.dumps(obj, indent=1))
+
+
+# ---- children: one engine each ------------------------------------------------------------------
+
+def child_build(shape: str, out_dir: str) -> None:
+    import torch
+
+    from pagedllm_tools.bench.gpu import build_shape
+    t0 = time.perf_counter()
+    del_model = build_shape(shape, Path(out_dir))
+    del del_model
+    torch.cuda.empty_cache()
+    print(json.dumps({"built": shape, "s": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int) -> None:
+    import torch
+
+    from pagedllm import LLM, SamplingParams
+    res: dict = {"engine": "pagedllm"}
+    t0 = time.perf_counter()
+    llm = LLM(model_dir, device="cuda", dtype="bfloat16", **ENGINE_KW)
+    res["startup_s"] = time.perf_counter() - t0
+    _save(Path(out), res)
+
+    def run(prompts, outputs) -> dict:
+        if not llm.reset_prefix_cache():
+            raise RuntimeError("prefix cache not emptied: a request still holds blocks")
+        params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+        wall = time.perf_counter() - t
+        made = sum(len(o.outputs[0].token_ids) for o in outs)
+        return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall}
+
+    t = time.perf_counter()
+    run(workload(256, 5)[0], [16] * 256)
+    res["warmup_s"] = time.perf_counter() - t
+    for name in works:
+        res[name] = [run(*workload(*WORKLOADS[name])) for _ in range(repeats)]
+        _save(Path(out), res)
+        print("pagedllm", name, [round(r["output_tok_s"]) for r in res[name]], flush=True)
+    res["done"] = True
+    _save(Path(out), res)
+
+
+def child_vllm(model_dir: str, works: list[str], out: str, repeats: int) -> None:
+    # NOTE: flashinfer is not carried to the GPU machine; vLLM 0.25 imports its sampler probe
+    # unguarded unless told not to. Greedy sampling never uses it.
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    import vllm
+    from vllm import LLM, SamplingParams
+    res: dict = {"engine": "vllm", "version": vllm.__version__}
+    t0 = time.perf_counter()
+    llm = LLM(model=model_dir, dtype="bfloat16", seed=0, **ENGINE_KW)
+    res["startup_s"] = time.perf_counter() - t0
+    _save(Path(out), res)
+
+    def run(prompts, outputs) -> dict:
+        llm.reset_prefix_cache()
+        params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
+        t = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        wall = time.perf_counter() - t
+        made = sum(len(o.outputs[0].token_ids) for o in outs)
+        return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall}
+
+    run(workload(256, 5)[0], [16] * 256)
+    for name in works:
+        res[name] = [run(*workload(*WORKLOADS[name])) for _ in range(repeats)]
+        _save(Path(out), res)
+        print("vllm", name, [round(r["output_tok_s"]) for r in res[name]], flush=True)
+    res["done"] = True
+    _save(Path(out), res)
+
+
+# ---- the orchestrator ---------------------------------------------------------------------------
+
+def _child(args: list[str], log: Path, timeout: float, env: dict | None = None):
+    if timeout < 10:
+        return "skipped"
+    with open(log, "a") as f:
+        p = subprocess.Popen([sys.executable, "-m", "pagedllm_tools.bench.peer", "--child", *args],
+                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        try:  # the whole process group: vLLM's EngineCore too
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    return rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--work", default="/tmp/peer")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds for everything")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--vllm-site", help="a folder holding vLLM's packages (PYTHONPATH for its runs)")
+    ap.add_argument("--shapes", nargs="+", default=[s for s, _ in PLAN])
+    ap.add_argument("--child", nargs="+")
+    a = ap.parse_args()
+    if a.child:
+        kind, *rest = a.child
+        if kind == "build":
+            return child_build(*rest)
+        fn = {"pagedllm": child_pagedllm, "vllm": child_vllm}[kind]
+        return fn(rest[0], rest[1].split(","), rest[2], int(rest[3]))
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def left() -> float:
+        return a.budget - (time.perf_counter() - start)
+
+    device = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip()
+    report: dict = {"device": device, "engine_kwargs": ENGINE_KW, "repeats": a.repeats,
+                    "workloads": {k: list(v) for k, v in WORKLOADS.items()}, "runs": {}}
+    engines = [("pagedllm", None)]
+    if a.vllm_site:
+        engines.append(("vllm", dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [a.vllm_site, os.environ.get("PYTHONPATH")])))))
+    for shape, works in PLAN:
+        if shape not in a.shapes:
+            continue
+        ckpt = work / shape
+        if not (ckpt / "config.json").exists():
+            _child(["build", shape, str(ckpt)], out / f"build-{shape}.log", min(left(), 180))
+        for engine, env in engines:
+            result = out / f"{engine}-{shape}.json"
+            rc = _child([engine, str(ckpt), ",".join(works), str(result), str(a.repeats)],
+                        out / f"{engine}-{shape}.log", left() - 5, env)
+            report["runs"][f"{engine}/{shape}"] = {
+                "rc": rc, **(json.loads(result.read_text()) if result.exists() else {})}
+            _save(out / "peer.json", report)
+    print(f"\n{device}")
+    for key, run in report["runs"].items():
+        figures = "  ".join(f"{w}: " + " / ".join(f"{r['output_tok_s']:,.0f}" for r in run[w])
+                            for w in WORKLOADS if w in run)
+        print(f"{key:24s} start-up {run.get('startup_s', float('nan')):5.1f} s  {figures}")
+
+
+if __name__ == "__main__":
+    main()
