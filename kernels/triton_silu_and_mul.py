@@ -7,9 +7,11 @@ does in 16 bits: silu in float32 (`x / (1 + exp(-x))`, torch's formula), rounded
 then the product computed in float32 (exact for two 16-bit values) and rounded once.
 
 On CUDA the exponential is libdevice's `expf` and the division IEEE-rounded (`div_rn`), what
-torch's CUDA silu compiles to; Triton's default `tl.exp` (ex2.approx) and `/` (div.full) would
-each be a few float32 ulps off. The CPU interpreter has no libdevice and takes numpy's exp
-(PRECISE_EXP=False). The pure-torch twin is `pagedllm.kernels.reference.silu_and_mul_ref`.
+torch's CUDA silu compiles to (CUDA's expf, an IEEE divide). Triton's default `tl.exp` lowers to
+ex2.approx of x * log2(e), a few float32 ulps off for larger |x|, and `/` may lower to an
+approximate divide; either could flip a 16-bit rounding now and then. The CPU interpreter has no
+libdevice and takes numpy's exp (PRECISE_EXP=False). The pure-torch twin is
+`pagedllm.kernels.reference.silu_and_mul_ref`.
 """
 
 from __future__ import annotations
