@@ -9,12 +9,14 @@ Two ways in:
   its model (`KernelOps`). The model calls those without checks on its hot path: the engine checks
   its KV cache once (`check_kv_cache`) and builds every per-step tensor itself, with the dtypes
   and layouts the kernels want (see `pagedllm.input_buffers`).
-- `paged_attention`, `reshape_and_cache` and `rms_norm` below are the checked entry points for
-  everyone else: they validate their arguments (ValueError naming the argument), then dispatch on
-  the tensors' device.
+- `paged_attention`, `reshape_and_cache`, `rms_norm`, `fused_add_rms_norm`, `silu_and_mul` and
+  `rotary` below are the checked entry points for everyone else: they validate their arguments
+  (ValueError naming the argument; the reference paths check only the attention's), then
+  dispatch on the tensors' device and dtype as `select_ops` does.
 
-`PAGEDLLM_ATTENTION=reference` makes CUDA take the reference too (A/B checks);
-`PAGEDLLM_RMS_NORM=reference` does so for the norm alone. Both are read by `select_ops`.
+`PAGEDLLM_ATTENTION=reference` makes CUDA take the reference for every op (A/B checks);
+`PAGEDLLM_RMS_NORM=reference` does so for both norms alone, `PAGEDLLM_ELEMENTWISE=reference` for
+silu_and_mul and the rotary embedding. All three are read by `select_ops`.
 
 NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a submodule
 binds it as an attribute of this package, which would replace the function `paged_attention`.
@@ -29,10 +31,12 @@ from typing import Callable
 
 import torch
 
-from pagedllm.kernels.reference import paged_attention_ref, reshape_and_cache_ref, rms_norm_ref
+from pagedllm.kernels.reference import (apply_rotary_ref, fused_add_rms_norm_ref, paged_attention_ref,
+                                       reshape_and_cache_ref, rms_norm_ref, rope_ref, rotary_ref,
+                                       silu_and_mul_ref)
 
 __all__ = ["KernelOps", "REFERENCE_OPS", "select_ops", "check_kv_cache", "reshape_and_cache", "paged_attention",
-           "rms_norm", "decode_num_splits"]
+           "rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary", "decode_num_splits"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,24 @@ class KernelOps:
         paged_attention: (query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
             scale, max_query_len, max_seq_len) -> [T, num_heads, head_dim].
         rms_norm: (x, weight, eps) -> normalised x.
+        fused_add_rms_norm: (x, residual, weight, eps) -> (rms_norm(residual + x), residual + x).
+        silu_and_mul: (gate_up [..., 2I]) -> silu(gate) * up [..., I].
+        rope: (positions, cos_cache, sin_cache, dtype) -> what `rotary` reads, once per step.
+        rotary: (q, k, rope) -> (q, k) rotated, new tensors.
+
+    `rope` and `rotary` come as a pair: the reference gathers (cos, sin) once per step and each
+    layer's `rotary` applies them (as transformers does); the kernel reads the float32 tables at
+    each token's position itself, so its `rope` only passes them on (no launch per step).
     """
 
     backend: str
     reshape_and_cache: Callable[..., None]
     paged_attention: Callable[..., torch.Tensor]
     rms_norm: Callable[..., torch.Tensor]
+    fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[..., torch.Tensor]
+    rope: Callable[..., tuple]
+    rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
@@ -59,7 +75,17 @@ def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, 
                                query_start_loc, scale)
 
 
-REFERENCE_OPS = KernelOps("reference", reshape_and_cache_ref, _reference_attention, rms_norm_ref)
+def _reference_rotary(q, k, rope):
+    cos, sin = rope
+    return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+
+
+def _tables_rope(positions, cos_cache, sin_cache, dtype):
+    return positions, cos_cache, sin_cache
+
+
+REFERENCE_OPS = KernelOps("reference", reshape_and_cache_ref, _reference_attention, rms_norm_ref,
+                          fused_add_rms_norm_ref, silu_and_mul_ref, rope_ref, _reference_rotary)
 _triton_ops: KernelOps | None = None
 _triton_import_error: ImportError | None = None
 
@@ -69,33 +95,48 @@ def _load_triton_ops() -> KernelOps | None:
     global _triton_ops, _triton_import_error
     if _triton_ops is None and _triton_import_error is None:
         try:
-            from pagedllm.kernels import triton_paged_attention, triton_reshape_and_cache, triton_rms_norm
+            from pagedllm.kernels import (triton_fused_add_rms_norm, triton_paged_attention,
+                                          triton_reshape_and_cache, triton_rms_norm, triton_rotary,
+                                          triton_silu_and_mul)
         except ImportError as e:  # no triton in this environment: the reference still works
             _triton_import_error = e
             warnings.warn(f"Triton does not import ({e}): CUDA attention runs the slow torch reference")
         else:
-            _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch,
-                                    triton_paged_attention.launch, triton_rms_norm.launch)
+            def rotary(q, k, rope):
+                return triton_rotary.launch(q, k, *rope)
+
+            _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch, triton_paged_attention.launch,
+                                    triton_rms_norm.launch, triton_fused_add_rms_norm.launch,
+                                    triton_silu_and_mul.launch, _tables_rope, rotary)
     return _triton_ops
 
 
 def select_ops(device: torch.device | str, dtype: torch.dtype) -> KernelOps:
     """The ops a model on `device` in `dtype` runs: the Triton kernels on CUDA, else the reference.
 
-    RMSNorm takes the kernel for bfloat16 only: float32 keeps the reference, bit-identical to
-    transformers, and float16 waits for its GPU test to pass with the corrected bound
-    (tests/test_rms_norm_kernel.py).
+    The norms, silu_and_mul and the rotary embedding take their kernels for bfloat16 only: float32
+    keeps the references, bit-identical to transformers, and float16 waits for the kernels' GPU
+    tests to pass (tests/test_rms_norm_kernel.py, tests/test_fused_kernels.py).
     """
     device = torch.device(device)
-    if device.type != "cuda" or os.environ.get("PAGEDLLM_ATTENTION", "").lower() == "reference":
+    if device.type != "cuda" or _env("PAGEDLLM_ATTENTION") == "reference":
         return REFERENCE_OPS
-    triton_ops = _load_triton_ops()
-    if triton_ops is None:
+    t = _load_triton_ops()
+    if t is None:
         return REFERENCE_OPS
-    norm = triton_ops.rms_norm
-    if dtype != torch.bfloat16 or os.environ.get("PAGEDLLM_RMS_NORM", "").lower() == "reference":
-        norm = rms_norm_ref
-    return KernelOps("triton", triton_ops.reshape_and_cache, triton_ops.paged_attention, norm)
+    r = REFERENCE_OPS
+    norms = dtype == torch.bfloat16 and _env("PAGEDLLM_RMS_NORM") != "reference"
+    elementwise = dtype == torch.bfloat16 and _env("PAGEDLLM_ELEMENTWISE") != "reference"
+    return KernelOps("triton", t.reshape_and_cache, t.paged_attention,
+                     t.rms_norm if norms else r.rms_norm,
+                     t.fused_add_rms_norm if norms else r.fused_add_rms_norm,
+                     t.silu_and_mul if elementwise else r.silu_and_mul,
+                     t.rope if elementwise else r.rope,
+                     t.rotary if elementwise else r.rotary)
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").lower()
 
 
 def check_kv_cache(kv_cache: torch.Tensor, ops: KernelOps) -> None:
@@ -193,6 +234,37 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from pagedllm.kernels import triton_rms_norm
         return triton_rms_norm.rms_norm(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
+
+
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`rms_norm(residual + x)`, `residual + x`): a decoder layer's residual add and next norm.
+
+    The sum is rounded to x's dtype (HF's residual stream); bfloat16 CUDA tensors run one Triton
+    kernel (torch runs nine), the rest the reference.
+    """
+    if select_ops(x.device, x.dtype).fused_add_rms_norm is not fused_add_rms_norm_ref:
+        from pagedllm.kernels import triton_fused_add_rms_norm
+        return triton_fused_add_rms_norm.fused_add_rms_norm(x, residual, weight, eps)
+    return fused_add_rms_norm_ref(x, residual, weight, eps)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2I] (gate | up) -> [..., I] `silu(gate) * up`; one Triton kernel for bfloat16 CUDA."""
+    if select_ops(gate_up.device, gate_up.dtype).silu_and_mul is not silu_and_mul_ref:
+        from pagedllm.kernels import triton_silu_and_mul
+        return triton_silu_and_mul.silu_and_mul(gate_up)
+    return silu_and_mul_ref(gate_up)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [T, Hq, D] and k [T, Hk, D] rotated by position with the float32 [max_position, D // 2]
+    tables; one Triton kernel for bfloat16 CUDA, bit-identical to the reference."""
+    if select_ops(q.device, q.dtype).rotary is not REFERENCE_OPS.rotary:
+        from pagedllm.kernels import triton_rotary
+        return triton_rotary.rotary(q, k, positions, cos_cache, sin_cache)
+    return rotary_ref(q, k, positions, cos_cache, sin_cache)
 
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, ops: KernelOps,

@@ -1,7 +1,9 @@
-"""Pure-torch references for the paged KV-cache kernels.
+"""Pure-torch references for the kernels: paged attention, the KV-cache write and the model's
+elementwise ops (RMSNorm, residual add + RMSNorm, silu * up, rotary embedding).
 
 They are the oracle for the Triton kernels and the implementation used on CPU. Clarity
-beats speed here: attention loops over sequences and gathers each one's blocks.
+beats speed here: attention loops over sequences and gathers each one's blocks. The
+elementwise ones are transformers' ops in transformers' order, so float32 stays bit-identical.
 
 Cache layout (one layer):
 
@@ -96,3 +98,41 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     variance = h.pow(2).mean(-1, keepdim=True)
     h = h * torch.rsqrt(variance + eps)
     return weight * h.to(x.dtype)
+
+
+def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF's `residual + x` (rounded to x's dtype: the new residual), then `rms_norm_ref` of it.
+
+    Returns:
+        (normalised sum, the sum): vLLM's fused_add_rms_norm, out of place.
+    """
+    h = residual + x
+    return rms_norm_ref(h, weight, eps), h
+
+
+def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """`LlamaMLP`'s `silu(gate) * up`, gate|up the two halves of the last dim: [..., 2I] -> [..., I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def rope_ref(positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's (cos, sin), each [T, 1, head_dim // 2] in `dtype`, from the float32 tables."""
+    return cos_cache[positions].to(dtype)[:, None, :], sin_cache[positions].to(dtype)[:, None, :]
+
+
+def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates x [T, heads, head_dim] by `rope_ref`'s (cos, sin) ("rotate half" convention)."""
+    # NOTE: same products and sums as HF's `x * cos + rotate_half(x) * sin` with cos/sin
+    # duplicated over both halves, so results are bitwise equal.
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+               sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [T, Hq, D] and k [T, Hk, D] rotated by position: the oracle of the rotary kernel."""
+    cos, sin = rope_ref(positions, cos_cache, sin_cache, q.dtype)
+    return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from pagedllm.kernels import REFERENCE_OPS, KernelOps
+
 
 def inverse_frequencies(head_dim: int, base: float, rope_scaling: dict | None) -> torch.Tensor:
     """Returns the [head_dim // 2] float32 inverse frequencies, llama3-scaled if asked.
@@ -53,29 +55,24 @@ class RotaryEmbedding(nn.Module):
         max_position: Number of positions in the table (max_position_embeddings).
         base: rope_theta.
         rope_scaling: None or a llama3 scaling dict (see `inverse_frequencies`).
+        ops: whose `rope`/`rotary` pair rotates (`pagedllm.kernels.select_ops`); the reference
+            by default (`pagedllm.kernels.reference.apply_rotary_ref` is HF's op order).
     """
 
-    def __init__(self, head_dim: int, max_position: int, base: float, rope_scaling: dict | None) -> None:
+    def __init__(self, head_dim: int, max_position: int, base: float, rope_scaling: dict | None,
+                 ops: KernelOps = REFERENCE_OPS) -> None:
         super().__init__()
         inv_freq = inverse_frequencies(head_dim, base, rope_scaling)
         positions = torch.arange(max_position, dtype=torch.float32, device="cpu")
         freqs = positions[:, None] * inv_freq[None, :]  # [max_position, head_dim // 2]
         self.register_buffer("cos_cache", freqs.cos(), persistent=False)
         self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+        self._rope = ops.rope
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Looks up (cos, sin), each [T, 1, head_dim // 2] in `dtype`, for [T] int64 positions.
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple:
+        """What `ops.rotary(q, k, rope)` reads for [T] int64 positions, once per forward.
 
-        Computed once per forward and shared by every layer (see `apply_rotary`).
+        The reference gathers (cos, sin), each [T, 1, head_dim // 2] in `dtype`, shared by every
+        layer; the Triton kernel reads the tables at each position itself (no work here).
         """
-        cos = self.cos_cache[positions].to(dtype)[:, None, :]
-        sin = self.sin_cache[positions].to(dtype)[:, None, :]
-        return cos, sin
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates x [T, heads, head_dim] by the (cos, sin) of `RotaryEmbedding.forward`."""
-    # NOTE: same products and sums as HF's `x * cos + rotate_half(x) * sin` with cos/sin
-    # duplicated over both halves, so results are bitwise equal.
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return self._rope(positions, self.cos_cache, self.sin_cache, dtype)

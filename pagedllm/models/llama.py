@@ -4,6 +4,10 @@ One class covers the family; ModelConfig flags switch the differences: q/k/v bia
 per-head q/k RMSNorm (Qwen3), tied embeddings. q/k/v and gate/up are fused into one matmul
 each; `checkpoint_targets` tells the loader where each Hugging Face tensor lands.
 
+The elementwise work goes through `KernelOps` so the Triton path can fuse it (vLLM's layout):
+the residual add rides with the next norm (`h, residual = norm(h, residual)`), silu * up is one
+op, q and k rotate in one op. The references keep transformers' ops and order exactly.
+
 Inputs are flattened: T tokens of all sequences in one dimension, no padding.
 """
 
@@ -19,10 +23,10 @@ from pagedllm.kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.linear import Embedding, Linear
 from pagedllm.layers.norm import RMSNorm
-from pagedllm.layers.rotary import RotaryEmbedding, apply_rotary
+from pagedllm.layers.rotary import RotaryEmbedding
 from pagedllm.models.config import ModelConfig
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) of this step's positions, [T, 1, head_dim // 2]
+Rope = tuple  # this step's `ops.rope(...)`: (cos, sin) for the reference, the tables for Triton
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
+        self._rotary = ops.rotary
 
     def forward(
         self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
@@ -67,40 +72,53 @@ class LlamaAttention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = self._rotary(q, k, rope)
         return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
 
 
 class LlamaMLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate|up fused."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, False, dtype)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, False, dtype)
+        self._silu_and_mul = ops.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]."""
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self._silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm transformer block with HF's residual order."""
+    """Pre-norm transformer block with HF's residual order, the adds fused into the norms.
+
+    It returns its MLP output and the residual stream apart; the next layer's input norm (or the
+    final norm) adds them, the sum rounded to the dtype as transformers' `residual + h` is.
+    """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, dtype, ops)
-        self.mlp = LlamaMLP(config, dtype)
+        self.mlp = LlamaMLP(config, dtype, ops)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
 
     def forward(
-        self, rope: Rope, h: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
-    ) -> torch.Tensor:
-        """[T, hidden] -> [T, hidden]."""
-        h = h + self.self_attn(rope, self.input_layernorm(h), kv_cache, attn_metadata)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        self, rope: Rope, h: torch.Tensor, residual: torch.Tensor | None, kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, residual) [T, hidden] -> (this layer's MLP output, the residual stream before it).
+
+        residual is None for the first layer: h (the embeddings) is then the residual stream.
+        """
+        if residual is None:
+            h, residual = self.input_layernorm(h), h
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(rope, h, kv_cache, attn_metadata)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -112,7 +130,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, ops) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.rotary_emb = RotaryEmbedding(
-            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling, ops
         )
 
     def forward(
@@ -125,9 +143,10 @@ class LlamaModel(nn.Module):
         """[T] ids -> [T, hidden] final hidden states."""
         h = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, h.dtype)
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            h = layer(rope, h, kv_cache, attn_metadata)
-        return self.norm(h)
+            h, residual = layer(rope, h, residual, kv_cache, attn_metadata)
+        return self.norm(h) if residual is None else self.norm(h, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

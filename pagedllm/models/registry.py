@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pagedllm.kernels import select_ops
+from pagedllm.kernels import KernelOps, select_ops
 from pagedllm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from pagedllm.models.llama import LlamaForCausalLM, WeightTarget
 
@@ -29,7 +29,8 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def load_model(model_dir: str, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def load_model(model_dir: str, config: ModelConfig, dtype: torch.dtype, device: torch.device,
+               ops: KernelOps | None = None) -> nn.Module:
     """Builds the model for `config.architecture` and loads every `*.safetensors` in model_dir.
 
     Args:
@@ -37,6 +38,7 @@ def load_model(model_dir: str, config: ModelConfig, dtype: torch.dtype, device: 
         config: `ModelConfig.from_dir(model_dir)`.
         dtype: Dtype to run in; checkpoint tensors are converted to it.
         device: Where the weights live.
+        ops: The kernels the model runs; None: `select_ops(device, dtype)` (tests pass others).
 
     Returns:
         The model in eval mode with no gradients.
@@ -55,7 +57,7 @@ def load_model(model_dir: str, config: ModelConfig, dtype: torch.dtype, device: 
         raise ValueError(f"model_dir: no *.safetensors files in {model_dir}")
     device = torch.device(device)
     with torch.device(device):
-        model = cls(config, dtype, select_ops(device, dtype))
+        model = cls(config, dtype, ops or select_ops(device, dtype))
     # NOTE: the rotary tables are built on CPU on purpose (HF numerics); this moves them.
     model.to(device)
     _load_weights(model, files, dtype)

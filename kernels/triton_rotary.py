@@ -1,0 +1,115 @@
+"""OpenAI Triton rotary embedding of q and k: one kernel for what torch runs as fourteen.
+
+`apply_rotary` (HF's `x * cos + rotate_half(x) * sin`) is seven torch kernels per tensor: four
+products, a difference, a sum and the concatenation, each over the whole of q or k. One program
+here rotates every head of one token's q and k, reading its cos/sin straight from the float32
+tables at its position, so the step needs no gathered (cos, sin) either.
+
+Bit-identical to `pagedllm.kernels.reference.rotary_ref` in every dtype: each op rounds as torch
+rounds it in 16 bits. cos/sin are rounded to the activation dtype; each product is computed in
+float32 (exact for two 16-bit values) and rounded; the difference or sum of two rounded
+products is computed in float32 and rounded. In float32 the roundings are no-ops, and the
+launch turns off FMA contraction (`enable_fp_fusion=False`) so `x1*cos - x2*sin` keeps its two
+product roundings as torch does.
+
+    q: [T, Hq, D], k: [T, Hk, D] (strided views of a fused qkv are fine: head_dim contiguous)
+    out[..., :D/2] = x1*cos - x2*sin,   out[..., D/2:] = x2*cos + x1*sin,   x1|x2 = the halves
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm.kernels.triton_reshape_and_cache import _check_device
+
+__all__ = ["rotary", "launch"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _rotate_heads(x_ptr, out_ptr, stride_h, num_heads, cos, sin, half,
+                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotates num_heads heads at x_ptr (head stride stride_h) into contiguous heads at out_ptr."""
+    dtype = out_ptr.dtype.element_ty
+    offs_h = tl.arange(0, BLOCK_H)[:, None]
+    offs_d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (offs_h < num_heads) & (offs_d < half)
+    src = x_ptr + offs_h * stride_h + offs_d
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32)
+    o1 = (x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)
+    o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
+    dst = out_ptr + offs_h * (2 * half) + offs_d
+    tl.store(dst, o1.to(dtype), mask=mask)
+    tl.store(dst + half, o2.to(dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
+                   stride_qt, stride_qh, stride_kt, stride_kh, num_q_heads, num_k_heads, half,
+                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)[None, :]
+    table_mask = offs_d < half
+    dtype = q_out_ptr.dtype.element_ty
+    # cos/sin rounded to the activation dtype, as `rope_ref`'s .to(dtype) does
+    cos = tl.load(cos_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    sin = tl.load(sin_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    _rotate_heads(q_ptr + token * stride_qt, q_out_ptr + token * num_q_heads * 2 * half, stride_qh,
+                  num_q_heads, cos, sin, half, BLOCK_HQ, BLOCK_D)
+    _rotate_heads(k_ptr + token * stride_kt, k_out_ptr + token * num_k_heads * 2 * half, stride_kh,
+                  num_k_heads, cos, sin, half, BLOCK_HK, BLOCK_D)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, k) rotated by their tokens' positions, as new contiguous tensors; q and k unchanged.
+
+    Args:
+        q: [T, Hq, D], k: [T, Hk, D], one dtype, head_dim contiguous (stride 1), D even.
+        positions: [T] int32/int64 position of each token, each < the tables' length.
+        cos_cache, sin_cache: [max_position, D // 2] float32 contiguous (`RotaryEmbedding`'s).
+
+    Raises:
+        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
+    """
+    if q.dim() != 3 or q.dtype not in _DTYPES or q.shape[2] % 2 or q.stride(2) != 1:
+        raise ValueError(f"q: expected [T, heads, even head_dim] with unit last stride in one of {_DTYPES}, "
+                         f"got {list(q.shape)} {q.dtype} strides {q.stride()}")
+    if k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or k.dtype != q.dtype or k.stride(2) != 1:
+        raise ValueError(f"k: expected [{q.shape[0]}, heads, {q.shape[2]}] {q.dtype} with unit last stride, "
+                         f"got {list(k.shape)} {k.dtype} strides {k.stride()}")
+    if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"positions: expected [{q.shape[0]}] int64, got {list(positions.shape)} {positions.dtype}")
+    for name, t in (("cos_cache", cos_cache), ("sin_cache", sin_cache)):
+        if t.dim() != 2 or t.shape[1] != q.shape[2] // 2 or t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous [max_position, {q.shape[2] // 2}] float32, "
+                             f"got {list(t.shape)} {t.dtype}")
+    if sin_cache.shape != cos_cache.shape:
+        raise ValueError(f"sin_cache: shape {list(sin_cache.shape)} differs from cos_cache's {list(cos_cache.shape)}")
+    _check_device(q=q, k=k, positions=positions, cos_cache=cos_cache, sin_cache=sin_cache)
+    return launch(q, k, positions, cos_cache, sin_cache)
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rotary` without the argument checks: the engine's hot path."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_k_heads = k.shape[1]
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if num_tokens == 0:
+        return q_out, k_out
+    block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
+    block_d = triton.next_power_of_2(head_dim // 2)
+    _rotary_kernel[(num_tokens,)](
+        q, k, positions, cos_cache, sin_cache, q_out, k_out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), num_q_heads, num_k_heads, head_dim // 2,
+        BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
+        num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
+    )
+    return q_out, k_out

@@ -1,0 +1,340 @@
+"""The fused elementwise kernels (residual add + RMSNorm, silu * up, rotary) against their torch
+references (kernels/reference.py, the oracle), and the model run through them.
+
+Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1)
+in float32 and float16 at small sizes. Not bfloat16: the interpreter casts float32 to bfloat16
+by truncation (round toward zero), where torch and the GPU round to nearest even, so any bf16
+rounding may be a step off there. bf16 (and fp16) run in the GPU section at the model's sizes
+(hidden 2048, FFN 8192, up to 8192 tokens).
+
+Tolerances, each the kernel's own rounding argument (docstrings of kernels/triton_*.py):
+- rotary: exact, every dtype. Every op rounds where torch's does, on the same values.
+- fused_add_rms_norm: the new residual exact (a float32 add rounded once, as torch's add); the
+  normalised row as tests/test_rms_norm_kernel.py bounds `rms_norm` (the same lines, on the
+  rounded sum): two rounding steps, >= 99 % of 16-bit elements bit-identical; and bit-identical
+  to torch's add followed by the rms_norm kernel.
+- silu_and_mul: only exp differs (numpy in the interpreter, Sleef in CPU torch; libdevice on
+  CUDA, as in torch's CUDA silu), by an ulp or two of float32: float32 within 1e-6 relative. In
+  16 bits that can flip silu's rounding by one step, which the product carries into its own
+  rounding: two steps, and >= 99.9 % bit-identical (2 of 9900 fp16 elements differ here).
+Subnormal 16-bit results get two steps of the subnormal spacing as an absolute allowance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from pagedllm import kernels  # noqa: E402
+from pagedllm.kernels import REFERENCE_OPS  # noqa: E402
+from pagedllm.kernels.reference import fused_add_rms_norm_ref, rotary_ref, silu_and_mul_ref  # noqa: E402
+from pagedllm.kernels.triton_fused_add_rms_norm import fused_add_rms_norm  # noqa: E402
+from pagedllm.kernels.triton_rms_norm import rms_norm  # noqa: E402
+from pagedllm.kernels.triton_rotary import rotary  # noqa: E402
+from pagedllm.kernels.triton_silu_and_mul import silu_and_mul  # noqa: E402
+from pagedllm.layers.attention import AttentionMetadata  # noqa: E402
+from pagedllm.layers.rotary import RotaryEmbedding  # noqa: E402
+from pagedllm.models.config import ModelConfig  # noqa: E402
+from pagedllm.models.registry import load_model  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+ULP = {torch.float32: 1e-6, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # one step, relative
+SUBNORMAL_STEP = {torch.float32: 2.0**-149, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}
+STEPS = 2
+INTERPRETER_DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+GPU_DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+LLAMA3_SCALING = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=8192)
+
+
+def _randn(shape, dtype, g, scale=3.0):
+    return (torch.randn(shape, generator=g, device=DEVICE) * scale).to(dtype)
+
+
+def assert_within_steps(got, want, min_identical):
+    """|got - want| <= two rounding steps; in 16 bits, a share of elements bit-identical."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    diff = (got.float() - want.float()).abs()
+    bound = STEPS * ULP[got.dtype] * want.float().abs() + STEPS * SUBNORMAL_STEP[got.dtype]
+    assert (diff <= bound).all(), diff.max()
+    if got.dtype != torch.float32:
+        assert (diff == 0).float().mean() >= min_identical
+
+
+# --- residual add + RMSNorm ----------------------------------------------------------------------
+
+def _add_norm_inputs(shape, dtype, seed=0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    weight = (1 + 0.5 * torch.randn(shape[-1], generator=g, device=DEVICE)).to(dtype)
+    return _randn(shape, dtype, g), _randn(shape, dtype, g), weight
+
+
+def check_add_norm(x, residual, weight, eps=1e-5):
+    out, new_residual = fused_add_rms_norm(x, residual, weight, eps)
+    want_out, want_residual = fused_add_rms_norm_ref(x, residual, weight, eps)
+    assert torch.equal(new_residual, want_residual)
+    assert_within_steps(out, want_out, 0.99)
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("shape", [(3, 64), (2, 5, 100), (1, 2048)])
+def test_fused_add_rms_norm_matches_reference(shape, dtype):
+    check_add_norm(*_add_norm_inputs(shape, dtype))
+
+
+@INTERPRETER_DTYPES
+def test_fused_add_rms_norm_is_torch_add_then_the_rms_norm_kernel(dtype):
+    """The norm half is rms_norm's kernel line for line: same bits, whatever the sum's order."""
+    x, residual, weight = _add_norm_inputs((6, 200), dtype, seed=1)
+    out, new_residual = fused_add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(new_residual, residual + x)
+    assert torch.equal(out, rms_norm(residual + x, weight, 1e-6))
+
+
+def test_fused_add_rms_norm_reads_strided_rows():
+    x, residual, weight = _add_norm_inputs((4, 96), torch.float32)
+    check_add_norm(x[:, :64], residual[:, 16:80], weight[:64].contiguous())
+
+
+# --- silu * up -----------------------------------------------------------------------------------
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("shape", [(5, 2 * 96), (2, 3, 2 * 300), (3, 2 * 2500)])  # 2500: three column tiles
+def test_silu_and_mul_matches_reference(shape, dtype):
+    gate_up = _randn(shape, dtype, torch.Generator(device=DEVICE).manual_seed(2), scale=4.0)
+    assert_within_steps(silu_and_mul(gate_up), silu_and_mul_ref(gate_up), 0.999)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # the interpreter's numpy
+def test_silu_and_mul_at_extreme_gates():
+    """exp(-gate) overflows to inf for gate << 0 (silu -> -0) and underflows for gate >> 0."""
+    gate = torch.tensor([[-1e4, -100.0, -88.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 88.0, 100.0, 1e4]])
+    gate_up = torch.cat([gate, torch.full_like(gate, 1.5)], dim=-1).to(DEVICE)
+    assert_within_steps(silu_and_mul(gate_up), silu_and_mul_ref(gate_up), 1.0)
+
+
+# --- rotary --------------------------------------------------------------------------------------
+
+def _tables(head_dim, max_position, rope_scaling=None):
+    rope = RotaryEmbedding(head_dim, max_position, 500000.0, rope_scaling).to(DEVICE)
+    return rope.cos_cache, rope.sin_cache
+
+
+def _qkv(num_tokens, num_q_heads, num_k_heads, head_dim, dtype, seed=3):
+    """q and k as the model slices them out of a fused qkv output: strided views."""
+    width = (num_q_heads + 2 * num_k_heads) * head_dim
+    qkv = _randn((num_tokens, width), dtype, torch.Generator(device=DEVICE).manual_seed(seed))
+    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
+    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_k_heads) * head_dim]
+    return q, k.view(num_tokens, num_k_heads, head_dim)
+
+
+def check_rotary(q, k, positions, cos_cache, sin_cache):
+    got_q, got_k = rotary(q, k, positions, cos_cache, sin_cache)
+    want_q, want_k = rotary_ref(q, k, positions, cos_cache, sin_cache)
+    assert got_q.is_contiguous() and got_k.is_contiguous()
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (8, 8, 64)], ids=["gqa", "odd-heads", "mha"])
+def test_rotary_is_bit_identical_to_reference(heads, dtype):
+    num_q_heads, num_k_heads, head_dim = heads
+    q, k = _qkv(9, num_q_heads, num_k_heads, head_dim, dtype)
+    positions = torch.randint(0, 4096, (9,), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    check_rotary(q, k, positions, *_tables(head_dim, 4096, LLAMA3_SCALING))
+
+
+def test_rotary_of_contiguous_heads_int32_positions():
+    """Qwen3 rotates its q/k norms' outputs: contiguous tensors."""
+    q, k = _qkv(5, 4, 2, 32, torch.float16)
+    check_rotary(q.contiguous(), k.contiguous(), torch.arange(5, dtype=torch.int32, device=DEVICE),
+                 *_tables(32, 16))
+
+
+# --- edges and errors ----------------------------------------------------------------------------
+
+def test_no_tokens():
+    x = torch.ones(0, 64, device=DEVICE)
+    out, new_residual = fused_add_rms_norm(x, x, torch.ones(64, device=DEVICE), 1e-5)
+    assert out.shape == new_residual.shape == (0, 64)
+    assert silu_and_mul(torch.ones(0, 128, device=DEVICE)).shape == (0, 64)
+    q, k = rotary(torch.ones(0, 4, 16, device=DEVICE), torch.ones(0, 2, 16, device=DEVICE),
+                  torch.zeros(0, dtype=torch.int64, device=DEVICE), *_tables(16, 8))
+    assert q.shape == (0, 4, 16) and k.shape == (0, 2, 16)
+
+
+def _ones(*shape, dtype=torch.float32):
+    return torch.ones(shape, dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"residual": _ones(2, 32)}, "residual"),
+    ({"residual": _ones(2, 64, dtype=torch.float16)}, "residual"),
+    ({"weight": _ones(32)}, "weight"),
+    ({"x": _ones(2, 64, dtype=torch.int32)}, "x"),
+])
+def test_fused_add_rms_norm_rejects(changes, match):
+    args = dict(x=_ones(2, 64), residual=_ones(2, 64), weight=_ones(64), eps=1e-5) | changes
+    with pytest.raises(ValueError, match=match):
+        fused_add_rms_norm(**args)
+
+
+@pytest.mark.parametrize("gate_up", [_ones(2, 63), _ones(2, 64, dtype=torch.int32)], ids=["odd", "int"])
+def test_silu_and_mul_rejects(gate_up):
+    with pytest.raises(ValueError, match="gate_up"):
+        silu_and_mul(gate_up)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"q": _ones(3, 64)}, "q"),
+    ({"k": _ones(3, 2, 32)}, "k"),
+    ({"k": _ones(3, 2, 16, dtype=torch.float16)}, "k"),
+    ({"positions": torch.zeros(2, dtype=torch.int64, device=DEVICE)}, "positions"),
+    ({"positions": torch.zeros(3, device=DEVICE)}, "positions"),
+    ({"cos_cache": _ones(8, 16)}, "cos_cache"),
+    ({"cos_cache": _ones(8, 8, dtype=torch.float16)}, "cos_cache"),
+    ({"sin_cache": _ones(9, 8)}, "sin_cache"),
+])
+def test_rotary_rejects(changes, match):
+    args = dict(q=_ones(3, 4, 16), k=_ones(3, 2, 16), positions=torch.zeros(3, dtype=torch.int64, device=DEVICE),
+                cos_cache=_ones(8, 8), sin_cache=_ones(8, 8)) | changes
+    with pytest.raises(ValueError, match=match):
+        rotary(**args)
+
+
+# --- dispatch and the model ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_and_float32_take_the_references_exactly(dtype):
+    """The checked package entries on CPU are the references (the float32 parity contract)."""
+    cpu = torch.device("cpu")
+    x, residual, weight = (t.to(cpu) for t in _add_norm_inputs((3, 64), dtype))
+    assert all(torch.equal(a, b) for a, b in zip(kernels.fused_add_rms_norm(x, residual, weight, 1e-5),
+                                                   fused_add_rms_norm_ref(x, residual, weight, 1e-5)))
+    assert torch.equal(kernels.silu_and_mul(x), silu_and_mul_ref(x))
+    q, k = (t.cpu() for t in _qkv(3, 4, 2, 16, dtype))
+    cos, sin = (t.cpu() for t in _tables(16, 8))
+    positions = torch.tensor([0, 7, 3])
+    assert all(torch.equal(a, b) for a, b in zip(kernels.rotary(q, k, positions, cos, sin),
+                                                   rotary_ref(q, k, positions, cos, sin)))
+    assert kernels.select_ops("cpu", dtype) is REFERENCE_OPS
+
+
+def test_cuda_bf16_selects_the_kernels_and_the_switches_undo_it(monkeypatch):
+    """select_ops looks at the device's type only: this runs without a GPU."""
+    ops = kernels.select_ops("cuda", torch.bfloat16)
+    t = kernels._load_triton_ops()
+    assert (ops.fused_add_rms_norm, ops.silu_and_mul, ops.rotary) == (t.fused_add_rms_norm, t.silu_and_mul, t.rotary)
+    for dtype in (torch.float32, torch.float16):
+        ops = kernels.select_ops("cuda", dtype)
+        assert (ops.fused_add_rms_norm, ops.silu_and_mul, ops.rope) == (
+            REFERENCE_OPS.fused_add_rms_norm, REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope)
+    monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
+    assert kernels.select_ops("cuda", torch.bfloat16).fused_add_rms_norm is REFERENCE_OPS.fused_add_rms_norm
+    monkeypatch.setenv("PAGEDLLM_ELEMENTWISE", "reference")
+    ops = kernels.select_ops("cuda", torch.bfloat16)
+    assert (ops.silu_and_mul, ops.rope, ops.rotary) == (REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope,
+                                                        REFERENCE_OPS.rotary)
+
+
+def _prefill_logits(model, ids: list[int]) -> torch.Tensor:
+    """One prefill of `ids` over a fresh, contiguous paged cache (block size 16)."""
+    c, n = model.config, len(ids)
+    dtype = next(model.parameters()).dtype
+    num_blocks = (n + 15) // 16
+    device = next(model.parameters()).device
+    caches = [torch.zeros(2, num_blocks, 16, c.num_key_value_heads, c.head_dim, dtype=dtype, device=device)
+              for _ in range(c.num_hidden_layers)]
+    i32 = dict(dtype=torch.int32, device=device)
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(n, device=device), block_tables=torch.arange(num_blocks, **i32)[None],
+        seq_lens=torch.tensor([n], **i32), query_start_loc=torch.tensor([0, n], **i32),
+        max_query_len=n, max_seq_len=n)
+    with torch.inference_mode():
+        ids_t = torch.tensor(ids, device=device)
+        return model.compute_logits(model(ids_t, torch.arange(n, device=device), caches, meta))
+
+
+def _load(path, dtype, ops=None, device="cpu"):
+    return load_model(path, ModelConfig.from_dir(path), dtype, torch.device(device), ops=ops)
+
+
+PROMPT = [5, 17, 300, 42, 9, 1200, 77, 3, 4000, 12, 640, 88, 19, 2, 501, 33, 1024, 7, 250, 61]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_bfloat16_model_with_selected_ops_equals_reference_ops(tiny_checkpoints, arch):
+    """On CPU select_ops keeps every reference, so bf16 logits are those of REFERENCE_OPS."""
+    path = tiny_checkpoints[arch]
+    selected = _prefill_logits(_load(path, torch.bfloat16), PROMPT)
+    assert torch.equal(selected, _prefill_logits(_load(path, torch.bfloat16, REFERENCE_OPS), PROMPT))
+
+
+def _triton_elementwise_ops():
+    """REFERENCE_OPS with every elementwise op on its Triton kernel (interpreted on CPU)."""
+    t = kernels._load_triton_ops()
+    return dataclasses.replace(REFERENCE_OPS, rms_norm=t.rms_norm, fused_add_rms_norm=t.fused_add_rms_norm,
+                               silu_and_mul=t.silu_and_mul, rope=t.rope, rotary=t.rotary)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch, dtype, tol):
+    """The wiring: every layer's norms, residual adds, SwiGLU and rotary through the kernels.
+
+    float32: the kernels are ~1e-7 off the references; the logits agree to the parity tests'
+    1e-4 (measured: 2e-6 of the largest logit at most). float16: flipped 16-bit roundings (1e-3
+    relative) travel through both layers; 5e-3 of the largest logit bounds them (measured: 7e-4
+    at most), where a misplaced residual or an unrotated key moves logits by O(1).
+    """
+    path = tiny_checkpoints[arch]
+    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops()), PROMPT)
+    want = _prefill_logits(_load(path, dtype, REFERENCE_OPS), PROMPT)
+    torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=tol)
+
+
+# --- GPU: the compiled kernels at the model's sizes ----------------------------------------------
+
+@needs_cuda
+@GPU_DTYPES
+@pytest.mark.parametrize("num_tokens", [1, 256, 8192])
+def test_gpu_fused_add_rms_norm(num_tokens, dtype):
+    check_add_norm(*_add_norm_inputs((num_tokens, 2048), dtype))
+
+
+@needs_cuda
+@GPU_DTYPES
+@pytest.mark.parametrize("num_tokens", [1, 256, 8192])
+def test_gpu_silu_and_mul(num_tokens, dtype):
+    gate_up = _randn((num_tokens, 2 * 8192), dtype, torch.Generator(device=DEVICE).manual_seed(5), scale=4.0)
+    assert_within_steps(silu_and_mul(gate_up), silu_and_mul_ref(gate_up), 0.999)
+
+
+@needs_cuda
+@GPU_DTYPES
+@pytest.mark.parametrize("num_tokens", [1, 256, 8192])
+@pytest.mark.parametrize("heads", [(32, 8, 64), (16, 8, 128)], ids=["llama-1b", "qwen3-1.7b"])
+def test_gpu_rotary(num_tokens, heads, dtype):
+    q, k = _qkv(num_tokens, *heads, dtype)
+    positions = torch.randint(0, 131072, (num_tokens,), device=DEVICE)
+    check_rotary(q, k, positions, *_tables(heads[2], 131072, LLAMA3_SCALING))
+
+
+@needs_cuda
+def test_gpu_bf16_model_through_the_kernels_tracks_the_references(tiny_checkpoints):
+    """The compiled path end to end: the same bound as transformers' bf16 check (test_model_forward)."""
+    path = tiny_checkpoints["llama"]
+    selected = kernels.select_ops("cuda", torch.bfloat16)
+    elementwise_ref = dataclasses.replace(
+        selected, rms_norm=REFERENCE_OPS.rms_norm, fused_add_rms_norm=REFERENCE_OPS.fused_add_rms_norm,
+        silu_and_mul=REFERENCE_OPS.silu_and_mul, rope=REFERENCE_OPS.rope, rotary=REFERENCE_OPS.rotary)
+    got = _prefill_logits(_load(path, torch.bfloat16, selected, "cuda"), PROMPT)
+    want = _prefill_logits(_load(path, torch.bfloat16, elementwise_ref, "cuda"), PROMPT)
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
