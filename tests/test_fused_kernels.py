@@ -295,8 +295,9 @@ def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch,
     at most), where a misplaced residual or an unrotated key moves logits by O(1).
     """
     path = tiny_checkpoints[arch]
-    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops()), PROMPT)
-    want = _prefill_logits(_load(path, dtype, REFERENCE_OPS), PROMPT)
+    # NOTE: the kernels run where the tests run them: CUDA, or CPU under the interpreter.
+    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops(), DEVICE), PROMPT)
+    want = _prefill_logits(_load(path, dtype, REFERENCE_OPS, DEVICE), PROMPT)
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=tol)
 
 
