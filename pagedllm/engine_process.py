@@ -14,7 +14,8 @@ the engine thread per step here, their tuples 77 µs).
     receiver thread -> sinks <- result pipe <- engine thread: after each step, its deltas + stats
 
 Every request still gets exactly one finished delta: its last, an error, an abort, or, if the
-child dies, an error naming that.
+child dies, an error naming that (error_code "unavailable"). A child that dies unasked also
+calls `on_exit(reason)`, so that its owner can restart it or report itself unready.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import os
 import shutil
 import sys
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine_loop import LoopStats, RequestStream, Sink, deliver, error_delta
@@ -56,9 +57,19 @@ def python_executable() -> str:
 class EngineProcess:
     """Runs an EngineLoop over `LLMEngine(config)` in a spawned child process."""
 
-    def __init__(self, config: EngineConfig, start_timeout: float = 600.0) -> None:
+    def __init__(self, config: EngineConfig, start_timeout: float = 600.0,
+                 on_exit: Callable[[str], None] | None = None) -> None:
+        """
+        Args:
+            config: the engine's configuration.
+            start_timeout: seconds for the child to build its engine.
+            on_exit: called (on the receiver thread) with the reason when the child dies without
+                being told to stop, after every live request got its error.
+        """
         self.config = config
         self._start_timeout = start_timeout
+        self._on_exit = on_exit
+        self._stopping = False
         self._sinks: dict[str, Sink] = {}
         self._lock = threading.Lock()       # _sinks, _dead, and sends on the command pipe
         self._stats = LoopStats()
@@ -131,6 +142,7 @@ class EngineProcess:
         if self._process is None:
             return
         with self._lock:
+            self._stopping = True
             self._send(("stop",))
         self._process.join(timeout)
         if self._process.is_alive():
@@ -171,10 +183,23 @@ class EngineProcess:
         with self._lock:
             self._dead = self._dead or f"the engine process exited (code {self._process.exitcode})"
             orphans, self._sinks = self._sinks, {}
+            self._stats = LoopStats()  # a dead engine runs nothing: no stale gauges
+            unasked = not self._stopping
         if orphans:
             logger.error("%s with %d live requests", self._dead, len(orphans))
         for request_id, sink in orphans.items():
             deliver(sink, error_delta(request_id, self._dead, "unavailable"))
+        if unasked and self._on_exit is not None:
+            try:
+                self._on_exit(self._dead)
+            except Exception:  # the owner's reaction must not kill this thread's last words
+                logger.exception("on_exit of the engine process failed")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child runs and takes requests."""
+        with self._lock:
+            return self._dead is None and self._process is not None and self._process.is_alive()
 
 
 # ---- the child ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 from pagedllm_tools.serving import model_configs, repository, tritonserver
+from pagedllm_tools.serving.watchdog import Watchdog
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 # Small enough that one long request shows in kv_cache_usage_perc; max_model_len bounds prompts.
@@ -29,6 +30,7 @@ class Server:
     grpc: int
     metrics: int
     log: Path
+    watchdog: Watchdog | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -49,15 +51,27 @@ class Server:
                     return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
 
+    def model_ready(self, name: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{name}/ready",
+                                        timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         tritonserver.stop(self.process, timeout=20)
 
 
 def start_server(workdir: Path, engine_args: dict | None = None, timeout: float = 120.0,
-                 llm_parameters: dict[str, str] | None = None) -> Server:
+                 llm_parameters: dict[str, str] | None = None, watchdog: bool = False,
+                 probe_every: float = 5.0) -> Server:
     """A tritonserver on free ports over a fresh copy of the repository (default model).
 
-    `engine_args` go to llm/engine.json; `llm_parameters` set entries of llm's config.pbtxt.
+    `engine_args` go to llm/engine.json; `llm_parameters` set entries of llm's config.pbtxt;
+    `watchdog` runs make serve's watchdog beside it (in this process).
     """
     repo = workdir / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo,
@@ -68,6 +82,8 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
     ports = tritonserver.free_port(), tritonserver.free_port(), tritonserver.free_port()
     log = workdir / "tritonserver.log"
     server = Server(tritonserver.launch(repo, *ports, log, timeout=timeout), *ports, log)
+    if watchdog:
+        server.watchdog = Watchdog(f"127.0.0.1:{server.http}", probe_every=probe_every).start()
     return server
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import pytest
 
@@ -65,20 +66,33 @@ def test_shutdown_finishes_live_requests(config):
 
 
 def test_a_dead_child_fails_its_requests_and_refuses_new_ones(config):
-    process = EngineProcess(config).start()
+    exits: list[str] = []
+    process = EngineProcess(config, on_exit=exits.append).start()
     try:
         streams = [process.submit(f"r{i}", [1, 2, 3 + i], SamplingParams(max_tokens=2000, ignore_eos=True))
                    for i in range(3)]
         for stream in streams:
             stream.get(timeout=30)
+        assert process.alive and process.stats().num_running == 3
         os.kill(process._process.pid, signal.SIGKILL)
         for stream in streams:
             last = list(stream)[-1]
             assert last.finished and "engine process exited" in last.error
+            assert last.error_code == "unavailable"
         late = list(process.submit("late", [1, 2], SamplingParams(max_tokens=2)))
         assert len(late) == 1 and "engine process exited" in late[0].error
+        assert wait_until(lambda: exits, timeout=5) and "exited" in exits[0]
+        assert not process.alive and process.stats().num_running == 0  # no stale gauges
     finally:
         process.shutdown()
+
+
+def test_a_stop_asked_for_is_not_an_unexpected_exit(config):
+    exits: list[str] = []
+    process = EngineProcess(config, on_exit=exits.append).start()
+    process.shutdown()
+    time.sleep(0.3)
+    assert exits == [] and not process.alive
 
 
 def test_a_failed_build_is_raised_by_start(tmp_path):

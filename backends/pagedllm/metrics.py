@@ -37,6 +37,8 @@ class TritonMetrics:
             family("pagedllm:time_to_first_token_seconds", histogram, "Arrival to first token"),
             family("pagedllm:inter_token_latency_seconds", histogram, "Between streamed tokens"),
             family("pagedllm:e2e_request_latency_seconds", histogram, "Arrival to final response"),
+            family("pagedllm:engine_restarts_total", counter,
+                   "Engine processes started again after one died"),
         ]
         f = self._families
         self.kv_cache_usage = f[0].Metric(labels=labels)
@@ -50,6 +52,7 @@ class TritonMetrics:
         self.ttft = f[6].Metric(labels=labels, buckets=_TTFT_BUCKETS)
         self.itl = f[7].Metric(labels=labels, buckets=_ITL_BUCKETS)
         self.e2e = f[8].Metric(labels=labels, buckets=_E2E_BUCKETS)
+        self.engine_restarts = f[9].Metric(labels=labels)
 
     def update(self, stats: LoopStats) -> None:
         """Sets the gauges and moves the counters up to the engine's totals.

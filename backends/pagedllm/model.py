@@ -13,6 +13,15 @@ on a thread here). Three threads meet here:
 Every request gets exactly one response flagged FINAL: its last delta, its error, or the reply
 to a cancel.
 
+A dead engine process. Its live requests get an UNAVAILABLE error at once (EngineProcess). Then
+this model unloads itself (Triton's explicit model control, as `make serve` runs it), so
+tritonserver reports `llm` and `ensemble` not ready, and the serving watchdog
+(pagedllm_tools.serving.watchdog) loads them again: a fresh engine. Where the server does not
+allow that (another model-control mode), the engine process is started again in place, with
+backoff, and readiness cannot say so (Triton 2.51 has no other way for a model to be unready).
+`pagedllm:engine_restarts_total` counts restarts either way (the watchdog hands the count to
+the new instance in the config parameter `engine_restarts`).
+
 Cancellation. On a direct call of `llm`, a client that cancels or disconnects shows up as
 `response_sender.is_cancelled()`, polled for every live request every CANCEL_POLL_S. Through the
 `ensemble`, Triton 2.51 does not pass the cancellation on to this step (the ensemble only stops
@@ -64,6 +73,7 @@ INPUTS = ("input_ids", "input_lengths", "text_has_nul", "stream", "sampling_para
           "exclude_input_in_output", "max_tokens", "min_length", "cancel", *RETURN_FLAGS)
 CANCEL_POLL_S = 0.2
 STATS_EVERY_S = 0.05
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # in-place restarts, when the model cannot unload
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # StreamDelta.error_code -> pb_utils.TritonError's code name (looked up when an error is sent:
 # the stub binds TritonError only after it has imported this file).
@@ -100,10 +110,13 @@ class TritonPythonModel:
         engine_args = json.loads((model_dir / "engine.json").read_text())
         if not os.path.isabs(engine_args["model"]):
             engine_args["model"] = str((model_dir / engine_args["model"]).resolve())
-        own_process = _flag(json.loads(args["model_config"]), "engine_process", True)
+        model_config = json.loads(args["model_config"])
+        own_process = _flag(model_config, "engine_process", True)
         config = EngineConfig(**engine_args)
+        self._config, self._model_name = config, args["model_name"]
         if own_process:  # this process's GIL is busy sending responses (see EngineProcess)
-            self.loop = EngineProcess(config).start()
+            # NOTE: self.loop is swapped whole on an in-place restart; readers take it once.
+            self.loop = EngineProcess(config, on_exit=self._engine_died).start()
             tokenizer = Tokenizer.from_dir(config.model)  # the engine's is in the child
         else:  # built on the loop's thread: torch's CPU pools are per thread
             from pagedllm.engine import LLMEngine  # here only: the process route needs no torch
@@ -112,6 +125,9 @@ class TritonPythonModel:
         self.text_ids = {skip: TextIds(tokenizer, skip) for skip in (True, False)}
         self.metrics = TritonMetrics({"model": args["model_name"],
                                       "version": args["model_version"]})
+        restarts = (model_config.get("parameters") or {}).get("engine_restarts", {})
+        if int(restarts.get("string_value", "0") or 0):
+            self.metrics.engine_restarts.increment(int(restarts["string_value"]))
         self._deltas: queue.SimpleQueue = queue.SimpleQueue()
         self._live: dict[str, _Live] = {}  # by cancel_token, which is also the engine's request id
         self._live_lock = threading.Lock()  # _live: added by execute(), removed by the sender
@@ -130,6 +146,32 @@ class TritonPythonModel:
         self.loop.shutdown()        # every live request gets its final (abort) delta
         self._deltas.put(None)
         self._sender.join(timeout=10)
+
+    # ---- a dead engine ----------------------------------------------------------------------
+
+    def _engine_died(self, reason: str) -> None:
+        """EngineProcess's on_exit: its requests have their errors; now get a new engine."""
+        logger.error("%s: recovering", reason)
+        threading.Thread(target=self._recover, name="pagedllm-recover", daemon=True).start()
+
+    def _recover(self) -> None:
+        try:
+            pb_utils.unload_model(self._model_name)  # unready now; the watchdog loads us again
+            return
+        except Exception as e:  # noqa: BLE001 - not explicit model control: restart in place
+            logger.warning("cannot unload %s (%s): restarting the engine in place",
+                           self._model_name, e)
+        for delay in RESTART_BACKOFF_S:
+            time.sleep(delay)
+            try:
+                self.loop = EngineProcess(self._config, on_exit=self._engine_died).start()
+            except Exception:  # noqa: BLE001 - try again after a longer wait
+                logger.exception("restarting the engine failed")
+                continue
+            self.metrics.engine_restarts.increment(1)
+            return
+        logger.error("the engine did not start again after %d tries: requests fail until the "
+                     "model is loaded again", len(RESTART_BACKOFF_S))
 
     # ---- Triton's thread -----------------------------------------------------------------
 

@@ -378,11 +378,9 @@ class TempServer:
         return f"localhost:{self.grpc}"
 
     def __enter__(self) -> "TempServer":
-        # Explicit model control: the server is ready once exactly these models are.
+        # The server is ready once exactly these models are loaded.
         self.proc = tritonserver.launch(self.repo, self.http, self.grpc, self.metrics, self.log,
-                                 ["--model-control-mode=explicit",
-                                  *[f"--load-model={m}" for m in self.models]],
-                                 timeout=self.ready_timeout)
+                                        tuple(self.models), timeout=self.ready_timeout)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -124,8 +124,13 @@ def server_binary() -> Path:
 
 
 def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int,
-                   log_verbose: int = 0) -> tuple[list[str], dict[str, str]]:
-    """The tritonserver argv and environment for a filled repository (installs what is missing)."""
+                   log_verbose: int = 0, models: tuple[str, ...] = ("*",)
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver argv and environment for a filled repository (installs what is missing).
+
+    Explicit model control, `models` loaded at start: a model can then unload itself (the `llm`
+    model does when its engine dies) and the watchdog can load it again (watchdog.py).
+    """
     backends = assemble_backends()
     argv = [str(server_binary()), f"--model-repository={repo}",
             f"--backend-directory={backends}",
@@ -134,7 +139,8 @@ def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
             "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-timeout-secs=3", f"--log-verbose={log_verbose}",
-            "--model-config-name=host"]  # configs/host.pbtxt where the repository has one
+            "--model-config-name=host",  # configs/host.pbtxt where the repository has one
+            "--model-control-mode=explicit", *[f"--load-model={m}" for m in models]]
     return argv, server_env()
 
 
@@ -146,14 +152,14 @@ def free_port() -> int:
 
 
 def launch(repo: Path, http_port: int, grpc_port: int, metrics_port: int, log: Path,
-           extra_args: list[str] = (), timeout: float = 180.0) -> subprocess.Popen:
+           models: tuple[str, ...] = ("*",), timeout: float = 180.0) -> subprocess.Popen:
     """Starts tritonserver in the background (output to `log`); returns once it is ready.
 
     Raises:
         RuntimeError: it exited or was not ready within `timeout` s (the log's tail says why).
     """
-    argv, env = server_command(repo, http_port, grpc_port, metrics_port)
-    process = subprocess.Popen([*argv, *extra_args], env=env, stdout=log.open("w"),
+    argv, env = server_command(repo, http_port, grpc_port, metrics_port, models=models)
+    process = subprocess.Popen(argv, env=env, stdout=log.open("w"),
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while True:

@@ -1,0 +1,109 @@
+"""Live: a dead engine or stub is noticed, reported unready and replaced; nothing is left behind.
+
+One tritonserver with make serve's watchdog (tests/live_server.py). Each test kills a process
+the server depends on, the way a crash or an out-of-memory kill would, and checks what a client
+sees, what readiness says, and that the server comes back to serve the same greedy text.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+
+from live_server import start_server, stream  # noqa: E402
+from polling import wait_until  # noqa: E402
+
+GREEDY = {"max_tokens": 16, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = start_server(tmp_path_factory.mktemp("reliability"), watchdog=True, probe_every=1.0)
+    yield s
+    s.stop()
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    parents, cmds = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parents[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+    out, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, p in parents.items():
+            if p == parent and child not in out:
+                out[child] = cmds[child]
+                todo.append(child)
+    return out
+
+
+def _engine_pids(server) -> list[int]:
+    return [p for p, cmd in _descendants(server.process.pid).items() if "spawn_main" in cmd]
+
+
+def _stub_pid(server, model: str) -> int:
+    [pid] = [p for p, cmd in _descendants(server.process.pid).items()
+             if "triton_python_backend_stub" in cmd and f"/{model}/" in cmd]
+    return pid
+
+
+def _serving_again(server, expected: str, timeout: float) -> float:
+    """Seconds until the ensemble answers `expected` again (inf if it never did)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if server.ready() and server.model_ready("ensemble"):
+            r = stream(server.grpc_url, "def fib(n):", GREEDY, timeout=30)
+            if r.error is None and r.text == expected:
+                return time.monotonic() - t0
+        time.sleep(0.5)
+    return float("inf")
+
+
+def test_a_killed_engine_fails_its_streams_reports_unready_and_comes_back(server):
+    expected = stream(server.grpc_url, "def fib(n):", GREEDY).text
+    [engine] = _engine_pids(server)
+    seen: dict = {}
+
+    def long_stream():
+        seen["result"] = stream(server.grpc_url, "Once upon a time", {"max_tokens": 900,
+                                                                       "ignore_eos": True},
+                                on_response=lambda r: seen.setdefault("first", time.monotonic()))
+        seen["end"] = time.monotonic()
+
+    thread = threading.Thread(target=long_stream, daemon=True)
+    thread.start()
+    assert wait_until(lambda: "first" in seen, timeout=30)
+    killed = time.monotonic()
+    os.kill(engine, signal.SIGKILL)
+    thread.join(timeout=10)
+    assert seen["result"].error is not None and "engine process exited" in seen["result"].error
+    assert seen["end"] - killed < 1.0, f"the stream's error came {seen['end'] - killed:.2f} s after"
+    assert wait_until(lambda: not server.model_ready("llm"), timeout=5), "llm still reports ready"
+    back = _serving_again(server, expected, timeout=60)
+    assert back < 60, "not serving the same greedy text again within 60 s"
+    assert server.metric("pagedllm:engine_restarts_total") == 1
+    # (the watchdog's one-token probes come and go: wait for a moment without one)
+    assert wait_until(lambda: server.metric("pagedllm:kv_cache_usage_perc") == 0, timeout=5)
+    assert not Path(f"/proc/{engine}").exists() and len(_engine_pids(server)) == 1, "orphan"
+
+
+def test_a_killed_postprocessing_stub_is_replaced(server):
+    expected = stream(server.grpc_url, "def fib(n):", GREEDY).text
+    stub = _stub_pid(server, "postprocessing")
+    os.kill(stub, signal.SIGKILL)
+    back = _serving_again(server, expected, timeout=60)
+    assert back < 60, "the ensemble did not serve again"
+    assert _stub_pid(server, "postprocessing") != stub
+    assert server.watchdog.restarts("postprocessing") >= 1
