@@ -243,8 +243,9 @@ class TritonPythonModel:
             for request_id, deltas in by_request.items():
                 try:
                     self._send(request_id, deltas)
-                except Exception:  # one bad send must not stop the others' responses
+                except Exception as e:  # a bug: this request ends with an error, others go on
                     logger.exception("sending a response of %s failed", request_id)
+                    self._fail(request_id, f"internal error while answering: {type(e).__name__}")
             now = time.monotonic()
             if now - last_stats >= STATS_EVERY_S:
                 self.metrics.update(self.loop.stats())
@@ -278,6 +279,14 @@ class TritonPythonModel:
             _send_final(live.sender, _response(arrays))
         else:
             live.sender.send(_response(arrays))
+
+    def _fail(self, request_id: str, message: str) -> None:
+        """Ends a request whose response could not be built: an error, its engine work aborted."""
+        with self._live_lock:
+            live = self._live.pop(request_id, None)
+        if live is not None:
+            self.loop.abort(request_id)
+            _send_error(live.sender, message, "internal")
 
     def _observe(self, live: _Live, deltas: list[StreamDelta], finished: bool) -> None:
         now = time.monotonic()
