@@ -6,6 +6,7 @@ sees, what readiness says, and that the server comes back to serve the same gree
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -107,3 +108,65 @@ def test_a_killed_postprocessing_stub_is_replaced(server):
     assert back < 60, "the ensemble did not serve again"
     assert _stub_pid(server, "postprocessing") != stub
     assert server.watchdog.restarts("postprocessing") >= 1
+
+
+def test_overload_is_refused_quickly_and_the_admitted_complete_exactly(server):
+    """2,000 streams at once, max_queue_len 256 (make serve's default): the engine runs 256 and
+    queues 256; the rest are refused at once with the overload error; every admitted request
+    completes with its unloaded output."""
+    import asyncio
+
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    from pagedllm import LLM, SamplingParams
+    from live_server import DEFAULT_MODEL, ENGINE_ARGS
+
+    n, params = 2000, {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    prompts = [f"def f{i}(x):" for i in range(n)]
+
+    def inputs(prompt: str) -> list:
+        values = [("text_input", np.array([prompt.encode()], dtype=np.object_), "BYTES"),
+                  ("stream", np.array([False]), "BOOL"),
+                  ("exclude_input_in_output", np.array([True]), "BOOL"),
+                  ("sampling_parameters", np.array([json.dumps(params).encode()], dtype=np.object_),
+                   "BYTES")]
+        out = []
+        for name, value, dtype in values:
+            t = grpcclient.InferInput(name, [1], dtype)
+            t.set_data_from_numpy(value)
+            out.append(t)
+        return out
+
+    async def one(client, prompt: str):
+        t0 = time.monotonic()
+
+        async def requests():
+            yield {"model_name": "ensemble", "inputs": inputs(prompt)}
+            await asyncio.sleep(120)
+
+        async for result, error in client.stream_infer(requests()):
+            if error is not None:
+                return "error", str(error), time.monotonic() - t0
+            return "ok", result.as_numpy("text_output")[0].decode(), time.monotonic() - t0
+
+    async def burst():
+        clients = [grpcclient.InferenceServerClient(server.grpc_url) for _ in range(20)]
+        try:
+            return await asyncio.gather(*(one(clients[i % 20], p) for i, p in enumerate(prompts)))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    outcomes = asyncio.run(asyncio.wait_for(burst(), timeout=300))
+    refused = [(p, o) for p, o in zip(prompts, outcomes) if o[0] == "error"]
+    admitted = [(p, o) for p, o in zip(prompts, outcomes) if o[0] == "ok"]
+    print(f"admitted {len(admitted)}, refused {len(refused)}, slowest refusal "
+          f"{max(o[2] for _, o in refused):.2f} s, slowest completion {max(o[2] for _, o in admitted):.2f} s")
+    assert all("overloaded" in o[1] for _, o in refused), {o[1] for _, o in refused}
+    assert len(admitted) >= 256 and len(refused) >= 1000, (len(admitted), len(refused))
+    assert max(o[2] for _, o in refused) < 30, "refusals must come quickly, not after a queue"
+    offline = LLM(model=str(DEFAULT_MODEL), **ENGINE_ARGS)
+    expected = offline.generate([p for p, _ in admitted], SamplingParams(**params))
+    assert [o[1] for _, o in admitted] == [e.outputs[0].text for e in expected]
+    assert wait_until(lambda: server.metric("pagedllm:kv_cache_usage_perc") == 0, timeout=5)
+    assert server.ready()
