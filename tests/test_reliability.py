@@ -170,3 +170,11 @@ def test_overload_is_refused_quickly_and_the_admitted_complete_exactly(server):
     assert [o[1] for _, o in admitted] == [e.outputs[0].text for e in expected]
     assert wait_until(lambda: server.metric("pagedllm:kv_cache_usage_perc") == 0, timeout=5)
     assert server.ready()
+
+
+def test_a_huge_grpc_prompt_is_refused_before_it_is_tokenized(server):
+    t0 = time.monotonic()
+    r = stream(server.grpc_url, "word " * 2_000_000, {"max_tokens": 4})  # 10 MB
+    assert r.error is not None and "input 'text_input' holds 10000000 bytes" in r.error, r.error
+    assert time.monotonic() - t0 < 2.0
+    assert stream(server.grpc_url, "hello", {"max_tokens": 4}).error is None

@@ -12,7 +12,11 @@ runs the same model.onnx and config.pbtxt the NGC container runs natively:
   [B, n] ids group by n; nothing is padded), and the outputs are split back per request;
 - BYTES tensors come as numpy object arrays of bytes: str for ONNX Runtime (an input that is
   not UTF-8 fails its request, naming the input), bytes back;
-- `parameters { key: "intra_op_thread_count" }` as the native backend reads it.
+- `parameters { key: "intra_op_thread_count" }` as the native backend reads it;
+- `parameters { key: "max_string_bytes" }` (ours; the native backend ignores it): a BYTES item
+  longer than that fails its request, naming the input, before ONNX Runtime sees it (a 10 MB
+  prompt kept the one preprocessing instance busy 3-5 s tokenizing; the front door refuses
+  long prompts for HTTP clients, this does it for gRPC clients of Triton's own port).
 
 An error (a bad input, a failed run) is answered per request as a TritonError.
 """
@@ -92,9 +96,12 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], str(args["model_version"]), filename)
         options = ort.SessionOptions()
         options.register_custom_ops_library(_op_library(config))
-        threads = (config.get("parameters") or {}).get("intra_op_thread_count")
+        parameters = config.get("parameters") or {}
+        threads = parameters.get("intra_op_thread_count")
         if threads:
             options.intra_op_num_threads = int(threads["string_value"])
+        limit = parameters.get("max_string_bytes")
+        self.max_string_bytes = int(limit["string_value"]) if limit else None
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         exit_with_server()
         pb_utils.Logger.log_info(f"onnxruntime backend: loaded {path} (ONNX Runtime "
@@ -108,7 +115,13 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
-            feeds[name] = _to_str(tensor.as_numpy(), name) if is_string else tensor.as_numpy()
+            array = tensor.as_numpy()
+            if is_string and self.max_string_bytes is not None:
+                longest = max((len(x) for x in array.flat), default=0)
+                if longest > self.max_string_bytes:
+                    raise ValueError(f"input {name!r} holds {longest} bytes, more than this "
+                                     f"server takes ({self.max_string_bytes})")
+            feeds[name] = _to_str(array, name) if is_string else array
         return feeds
 
     def _merge(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
