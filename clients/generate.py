@@ -53,10 +53,16 @@ def sampling_parameters(args: argparse.Namespace) -> dict:
         if value is not None:
             params[name] = value
     if args.stop:
-        params["stop"] = list(args.stop)
+        params["stop"] = [unescape(s) for s in args.stop]
     if args.ignore_eos:
         params["ignore_eos"] = True
     return params
+
+
+def unescape(text: str) -> str:
+    """A stop string as typed in a shell: backslash escapes read as such (`--stop "\\n\\n"` is
+    two newlines; a shell's double quotes keep the backslashes), other characters unchanged."""
+    return text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
 
 
 def build_inputs(prompt: str, stream: bool, max_tokens: int, params: dict,
@@ -194,7 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, help="per-request seed: the same seed gives the same text")
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stop", action="append",
+                   help='stop string (repeatable); backslash escapes count: --stop "\\n\\n"')
     p.add_argument("--ignore-eos", action="store_true", help="keep going past EOS")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for each response (default %(default)s)")

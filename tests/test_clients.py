@@ -106,3 +106,11 @@ def test_null_models_answer_without_work(tmp_path):
     assert (src / "1" / "model.onnx").read_bytes() == b"the tokenizer"  # the source untouched
     with pytest.raises(ValueError, match="'onnx' or 'python'"):
         null_models.make_null(tmp_path / "onnx", "tflite")
+
+
+def test_stop_strings_typed_in_a_shell_are_unescaped():
+    from pagedllm_clients.generate import unescape
+    assert unescape(r"\n\n") == "\n\n"
+    assert unescape("é" + r"\t" + "日本") == "é\t日本"
+    assert unescape("plain ###") == "plain ###"
+    assert unescape(r"a\\n") == r"a\n"  # a doubled backslash stays one backslash
