@@ -194,7 +194,7 @@ async def _openai_worker(base: str, stop_at: float, counts: Counts, seed: int) -
                 counts.error(f"{type(e).__name__}: {e}")
 
 
-def _start_front_door(grpc: int, http: int, model_dir: Path, log: Path):
+def _start_front_door(grpc: int, http: int, metrics: int, model_dir: Path, log: Path):
     """The OpenAI-compatible front door, when it is installed; (process, port) or (None, None)."""
     try:
         import pagedllm_openai  # noqa: F401  (installed or not)
@@ -203,7 +203,9 @@ def _start_front_door(grpc: int, http: int, model_dir: Path, log: Path):
     port = tritonserver.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pagedllm_openai.server", "--port", str(port),
                              "--triton-grpc-url", f"127.0.0.1:{grpc}",
-                             "--triton-http-url", f"127.0.0.1:{http}", "--model", str(model_dir)],
+                             "--triton-http-url", f"http://127.0.0.1:{http}",
+                             "--triton-metrics-url", f"http://127.0.0.1:{metrics}/metrics",
+                             "--model", str(model_dir)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     end = time.monotonic() + 120
     while time.monotonic() < end:
@@ -230,7 +232,7 @@ def main() -> int:
     http, grpc, metrics = (tritonserver.free_port() for _ in range(3))
     server = tritonserver.launch(repo, http, grpc, metrics, work / "tritonserver.log")
     watchdog = Watchdog(f"127.0.0.1:{http}").start()
-    door, door_port = _start_front_door(grpc, http, MODEL, work / "front_door.log")
+    door, door_port = _start_front_door(grpc, http, metrics, MODEL, work / "front_door.log")
     samples, counts = [], Counts()
     t0 = time.monotonic()
     stop_at = t0 + args.minutes * 60
