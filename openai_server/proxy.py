@@ -9,7 +9,8 @@ port on an internal address and clients reach it through here, where:
 - an application/x-www-form-urlencoded body is held to at most FORM_LIMIT whatever
   max_body_bytes says (Triton has no use for form bodies; they are only the crash's trigger);
 - a JSON body to /v2/models/ensemble/generate[_stream] without `text_input` gets 400 naming it
-  (Triton 2.51 itself answers that with an empty 200).
+  (Triton 2.51 itself answers that with an empty 200);
+- a request with a body takes one of its client's max_concurrent_per_client slots (429).
 
 Everything else passes through unchanged, streaming both ways (httpx), SSE included. Errors of
 the guard itself use Triton's HTTP error shape, `{"error": "<message>"}`, which its clients
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pagedllm_openai.errors import OpenAIError, bad_request
-from pagedllm_openai.limits import limited_stream, read_body, too_large
+from pagedllm_openai.limits import client_key, limited_stream, read_body, too_large
 from pagedllm_openai.service import Service
 from pagedllm_openai.sse import RelayedStream
 from pagedllm_openai.triton_client import ENSEMBLE, LLM
@@ -82,7 +83,31 @@ class _Upload:
 
 
 async def proxy(service: Service, request: Request) -> Response:
-    """Forwards one request to Triton's HTTP port and streams its answer back."""
+    """Forwards one request to Triton's HTTP port and streams its answer back.
+
+    A request with a body (an inference) holds one of its client's concurrency slots until its
+    answer is over, as a /v1 generation does.
+    """
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return await _forward(service, request, lambda: None)
+    key = client_key(request)
+    service.limiter.acquire(key)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            service.limiter.release(key)
+
+    try:
+        return await _forward(service, request, release)
+    except BaseException:
+        release()
+        raise
+
+
+async def _forward(service: Service, request: Request, release) -> Response:
     limit, setting = body_limit(request, service.config.max_body_bytes)
     path = request.url.path
     generate = _GENERATE.match(path)
@@ -114,7 +139,7 @@ async def proxy(service: Service, request: Request) -> Response:
         raise
     out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
     model = generate["model"] if generate and generate["stream"] else None
-    relay = _Relay(service, upstream, model if model in (ENSEMBLE, LLM) else None)
+    relay = _Relay(service, upstream, model if model in (ENSEMBLE, LLM) else None, release)
     return RelayedStream(relay.chunks(), status_code=upstream.status_code, headers=out_headers,
                          on_close=relay.close)
 
@@ -123,8 +148,9 @@ class _Relay:
     """Triton's answer streamed back; for generate_stream, the cancel_token it carried, so that
     a client leaving early gets its request cancelled in the engine."""
 
-    def __init__(self, service: Service, upstream: httpx.Response, model: str | None):
+    def __init__(self, service: Service, upstream: httpx.Response, model: str | None, release):
         self._service = service
+        self._release = release
         self._upstream = upstream
         self._model = model
         self._token = ""
@@ -146,6 +172,7 @@ class _Relay:
         self._tail = data[-256:]
 
     def close(self) -> None:
+        self._release()
         triton = self._service.triton
         triton.spawn(self._upstream.aclose())
         if not self._complete and self._token:

@@ -450,6 +450,10 @@ def test_per_client_concurrency_limit(triton, tmp_path):
             other = _post(own, "/v1/completions", {"prompt": "hi", "max_tokens": 2},
                           headers={"Authorization": "Bearer bob"})
             assert other.status_code == 200, other.text
+            # Inference through the /v2 guard counts too.
+            v2 = _post(own, "/v2/models/ensemble/generate", {"text_input": "hi", "max_tokens": 2},
+                       headers={"Authorization": "Bearer alice"})
+            assert v2.status_code == 429
             for r, _ in opened:
                 r.close()
         assert _wait_kv(triton, positive=False, limit=2) < 1.0
@@ -460,6 +464,27 @@ def test_per_client_concurrency_limit(triton, tmp_path):
     finally:
         for r, _ in opened:
             r.close()
+        own.stop()
+
+
+def test_without_triton_every_answer_is_a_clear_503(tmp_path):
+    from types import SimpleNamespace
+    nowhere = SimpleNamespace(grpc_url=f"127.0.0.1:{free_port()}", http=free_port(),
+                              metrics=free_port())
+    own = start_service(nowhere, tmp_path)
+    try:
+        assert httpx.get(f"{own.url}/v1/health/live").status_code == 200
+        ready = httpx.get(f"{own.url}/v1/health/ready")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        for body in ({"prompt": "hi"}, {"prompt": "hi", "stream": True}):
+            r = _post(own, "/v1/completions", body)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        r = httpx.get(f"{own.url}/v2/health/ready")
+        assert r.status_code == 503 and "not reachable" in r.json()["error"]
+        metrics = httpx.get(f"{own.url}/v1/metrics")
+        assert metrics.status_code == 200 and "pagedllm_openai:requests_total" in metrics.text
+        assert "Traceback" not in own.log.read_text()
+    finally:
         own.stop()
 
 
