@@ -1,10 +1,13 @@
 """How one generation request runs, for both endpoints: limits, Triton, disconnects, cleanup.
 
-    slot = Run.start(...)         the client's concurrency slot, then the Triton stream
-    await run.first()             streamed answers: the first reply, before any byte is sent,
-                                  so a request Triton refuses gets a real 4xx status
-    await run.collect()           answers in one piece: every reply
-    run.stream(events)            an EventStream whose end (or the client's leaving) closes it
+    run = Run(...).start(prompt, sampling)   the client's concurrency slot, then the Triton stream
+    await run.collect(n)                     an answer in one piece: every reply
+    await run.first()                        a streamed answer: the first reply, before any byte
+                                             is sent, so a request Triton refuses gets a real
+                                             4xx status rather than an error event under a 200
+    run.stream(events)                       the EventStream of the rest
+
+Either way, a client that disconnects has its generation cancelled at once.
 
 Whatever happens, `close()` runs once: it cancels the generation in the engine if it has not
 finished, and gives the client's slot back.

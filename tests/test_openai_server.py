@@ -338,6 +338,7 @@ def test_bad_requests_are_openai_shaped_and_named(service, path, body, status, p
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["message"]
     assert "Traceback" not in r.text
+    assert httpx.get(f"{service.url}/v1/health/ready").status_code == 200
 
 
 def test_the_sdk_raises_on_errors_and_the_service_stays_ready(service):
@@ -497,6 +498,31 @@ def test_request_timeout_cancels_the_generation(triton, tmp_path):
         events = _sse(_post(own, "/v1/completions", {"prompt": "Once", "stream": True,
                                                      **LONG}).text)
         assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
+        assert _wait_kv(triton, positive=False, limit=2) < 1.0
+    finally:
+        own.stop()
+
+
+def _service_metric(service: Service, name: str) -> float:
+    for line in httpx.get(f"{service.url}/v1/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def test_a_request_timed_out_before_its_first_token_is_still_cancelled(triton, tmp_path):
+    """No response yet means no cancel_token yet: the service reads on until the first response
+    brings it, then cancels."""
+    own = start_service(triton, tmp_path, "--request-timeout-s", "0.001")
+    try:
+        r = _post(own, "/v1/completions", {"prompt": "Once upon a time " * 10, **LONG})
+        assert r.status_code == 504
+        t0 = time.monotonic()
+        while _service_metric(own, "pagedllm_openai:engine_cancels_total") < 1:
+            assert time.monotonic() - t0 < 5, "no cancel was sent"
+            time.sleep(0.02)
+        # The cancel went out once the request ran in the engine; it stops well before its
+        # 900 tokens (about 3 s here).
         assert _wait_kv(triton, positive=False, limit=2) < 1.0
     finally:
         own.stop()
