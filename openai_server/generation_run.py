@@ -89,7 +89,10 @@ class Run:
         return collected
 
     def _gone(self) -> None:
+        """The client left: count it, and stop the generation now (the engine's request is
+        cancelled; whoever waits for its next reply sees the end)."""
         self.service.metrics.disconnects += 1
+        self.close()
 
     async def collect(self, n: int) -> Collected | Response:
         """Every reply, or (the client left first) an empty 499 response; closes the run."""

@@ -99,23 +99,26 @@ async def _disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, coro, on_disconnect=None):
-    """`await coro`, unless the client disconnects first: then the coroutine's task is
-    cancelled (its `finally` runs) and ClientGone is raised.
+    """`await coro`, unless the client disconnects first: then `on_disconnect()` runs (it should
+    stop the work: close its generation), the coroutine's task is cancelled and awaited, and
+    ClientGone is raised.
 
     Call it after the request body was read: it reads the connection's next ASGI message.
     """
     work = asyncio.ensure_future(coro)
     watch = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not work.done():
-            work.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(work, return_exceptions=True)
-            if on_disconnect is not None and watch.done():
-                on_disconnect()
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this task was cancelled (server shutdown): take the work along
+        work.cancel()
         watch.cancel()
-    if not work.done() or work.cancelled():
-        raise ClientGone()
-    return work.result()
+        raise
+    if work in done:
+        watch.cancel()
+        return work.result()
+    if on_disconnect is not None:
+        on_disconnect()
+    work.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.gather(work, return_exceptions=True)
+    raise ClientGone()

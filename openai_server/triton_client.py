@@ -39,6 +39,7 @@ logger = logging.getLogger("pagedllm.openai")
 ENSEMBLE = "ensemble"
 LLM = "llm"
 CANCEL_TIMEOUT_S = 5.0
+_TIMED_OUT = object()  # queued when a generation's deadline passes
 
 
 class TritonError(Exception):
@@ -143,8 +144,12 @@ class Generation:
         self.cancel_token = ""
         self._decode = decode
         self._timeout_s = timeout_s
-        self._deadline = asyncio.get_running_loop().time() + timeout_s
         self._queue: asyncio.Queue = asyncio.Queue()
+        # NOTE: the deadline is a sentinel in the queue, not asyncio.wait_for around the read:
+        # before Python 3.12, wait_for can swallow a cancellation that comes as a reply arrives,
+        # and a consumer cancelled for a client's disconnect would then read on to the end.
+        self._timer = asyncio.get_running_loop().call_later(
+            timeout_s, self._queue.put_nowait, _TIMED_OUT)
         self._ended = asyncio.Event()      # the request iterator may finish (half-close)
         self.finished = False              # the engine's request has ended (final or error)
         self._closed = False               # nobody reads replies any more
@@ -166,14 +171,11 @@ class Generation:
             raise self._abort_error
         if self._closed:
             raise StopAsyncIteration
-        remaining = self._deadline - asyncio.get_running_loop().time()
-        try:
-            item = await asyncio.wait_for(self._queue.get(), max(remaining, 0.0))
-        except asyncio.TimeoutError:
+        item = await self._queue.get()
+        if item is _TIMED_OUT:
             self.close()
             raise OpenAIError(504, f"the request did not finish within {self._timeout_s:g} s "
-                                   "(request_timeout_s); it was cancelled", None,
-                              "timeout") from None
+                                   "(request_timeout_s); it was cancelled", None, "timeout")
         if item is None:
             raise StopAsyncIteration
         if isinstance(item, Exception):
@@ -186,6 +188,8 @@ class Generation:
         if self._closed:
             return
         self._closed = True
+        self._timer.cancel()
+        self._queue.put_nowait(None)  # wakes a consumer waiting for a reply: the end
         self._client.forget(self)
         if self.finished or (not self.cancel_token and self._reader.done()):
             self._end_call()
