@@ -3,11 +3,11 @@
 Streamed answers are server-sent events (`data: {...}\\n\\n`, ending `data: [DONE]\\n\\n`).
 `EventStream` always listens for the client's disconnect while it streams (Starlette's
 StreamingResponse stops listening under ASGI 2.4 and notices only at its next write, which can be
-a whole prefill away); on a disconnect the body generator is cancelled and then closed, so its
-`finally` cancels the generation in the engine.
+a whole prefill away); on a disconnect the body generator is cancelled and closed, and the
+response's `on_close` callback cancels the generation in the engine.
 
-`unless_disconnected` does the same for a request answered in one piece: the work runs in a task
-that is cancelled when the client disconnects first.
+`unless_disconnected` does the same for a request answered in one piece: the work runs in a task,
+and a disconnect first stops the generation, then cancels the task.
 """
 from __future__ import annotations
 
