@@ -34,6 +34,12 @@ from transformers import (
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 4096
+# A small chat template (the model was never trained on chats; it exists so /v1/chat/completions
+# has something to render): role-tagged turns, each ended by EOS, then the assistant's tag.
+CHAT_TEMPLATE = ("{% for message in messages %}"
+                 "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+                 "{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 SKIP_DIRS = {"test", "tests", "site-packages", "__pycache__", "idlelib"}
 SAMPLE_PROMPTS = ["def fib(n):", "import os\n\n\ndef main():", "class Stack:\n    def __init__(self"]
 
@@ -107,6 +113,7 @@ def save_tokenizer(tok: Tokenizer, out: Path, max_len: int) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_len,
+        "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS}, indent=2) + "\n")

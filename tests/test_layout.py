@@ -4,6 +4,8 @@
   nothing of the project's other packages.
 - The Triton backend folder (`pagedllm_backends`) holds only what tritonserver loads: every module
   in it is reached from a backend's model.py, and no other package imports it.
+- The OpenAI service (`pagedllm_openai`) talks to Triton only: it imports neither the engine, nor
+  the backends, nor torch (it runs beside Triton, not inside it).
 - Nothing outside tests/ imports from tests/.
 - In engine-process mode the `llm` adapter's stub does not import torch.
 - Every relative link in README.md and docs/ names a file of this repository.
@@ -23,10 +25,10 @@ from pagedllm_tools import ROOT
 # Import name -> folder, as pyproject.toml maps them.
 PACKAGES = {"pagedllm": ROOT / "pagedllm", "pagedllm.kernels": ROOT / "kernels",
             "pagedllm_backends": ROOT / "backends", "pagedllm_tools": ROOT / "scripts",
-            "pagedllm_clients": ROOT / "clients"}
+            "pagedllm_clients": ROOT / "clients", "pagedllm_openai": ROOT / "openai_server"}
 TRITON_SERVER_NAMES = {"triton_python_backend_utils", "tritonclient", "tritonserver",
                        "tritonfrontend"}
-OURS = {"pagedllm", "pagedllm_backends", "pagedllm_tools", "pagedllm_clients"}
+OURS = {"pagedllm", "pagedllm_backends", "pagedllm_tools", "pagedllm_clients", "pagedllm_openai"}
 
 
 def _modules() -> dict[str, Path]:
@@ -113,6 +115,14 @@ def test_the_backend_folder_holds_only_what_triton_loads():
                  if not m.startswith("pagedllm_backends") and targets & backend}
     # Tools and tests may drive the backends; the engine and the clients never.
     assert not {m for m in importers if m.split(".")[0] in ("pagedllm", "pagedllm_clients")}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("pagedllm_openai")))
+def test_the_openai_service_talks_to_triton_only(module):
+    reached = _closure(module)
+    rooms = {m for m in reached if m.split(".")[0] in OURS - {"pagedllm_openai"}}
+    assert not rooms, f"{module} imports {rooms}"
+    assert "torch" not in reached
 
 
 def test_nothing_outside_tests_imports_from_tests():

@@ -89,4 +89,5 @@ def test_logprobs_as_vllm_backend_writes_them(tokenizer):
     assert entries[str(ids[0])] == {"logprob": -0.5, "rank": 2,
                                     "decoded_token": tokenizer.decode([ids[0]])}
     assert entries["7"]["rank"] == 1 and entries["9"]["rank"] == 3
+    assert list(entries)[0] == str(ids[0])  # the sampled token first (vLLM's order), rank 2
     assert out["cumulative_logprob"][0, 0] == pytest.approx(-0.5)

@@ -12,7 +12,8 @@ completions gets, in every response, one element per completion (vllm_backend's 
                                           sampling_parameters asks for logprobs: vllm_backend would
                                           send NaN, which perf_analyzer's JSON export cannot write)
     logprobs            BYTES  [1, n]     JSON per completion: a list with one entry per new token,
-                                          {"<token id>": {"logprob", "rank", "decoded_token"}}, or
+                                          {"<token id>": {"logprob", "rank", "decoded_token"}},
+                                          the sampled token's first (vLLM's order), or
                                           "null" unless sampling_parameters asks for logprobs
     num_input_tokens    UINT32 [1, 1]     prompt tokens
     num_output_tokens   UINT32 [1, n]     tokens this response carries (all of them when not
@@ -85,7 +86,7 @@ class RequestResponses:
         for d in deltas:
             seq = self.sequences[d.index]
             ids = self.text_ids.ids_for(seq.pending, d.token_ids, d.text)
-            entries = [self._entry(lp) for lp in d.logprobs or ()]
+            entries = [self._entry(lp, t) for t, lp in zip(d.token_ids, d.logprobs or ())]
             if d.logprobs:
                 seq.cumulative_logprob += sum(lp[t] for t, lp in zip(d.token_ids, d.logprobs))
             count = d.num_output_tokens - seq.num_output_tokens
@@ -108,11 +109,18 @@ class RequestResponses:
             return None
         return self._arrays(new_ids, new_logprobs, new_tokens)
 
-    def _entry(self, logprobs: dict[int, float]) -> dict[str, dict]:
-        """One token's logprobs as vllm_backend writes them (rank: 1 = most likely)."""
+    def _entry(self, logprobs: dict[int, float], sampled: int) -> dict[str, dict]:
+        """One token's logprobs as vllm_backend writes them (rank: 1 = most likely).
+
+        The sampled token comes first, as in vLLM's logprobs dicts (the sampled token, then the
+        top ones): a client reads which token was sampled from the order, since the rank of a
+        sampled token need not be 1.
+        """
         ranked = sorted(logprobs.items(), key=lambda kv: -kv[1])
-        return {str(t): {"logprob": lp, "rank": i + 1, "decoded_token": self.names.token_text(t)}
-                for i, (t, lp) in enumerate(ranked)}
+        entries = {str(t): {"logprob": lp, "rank": i + 1, "decoded_token": self.names.token_text(t)}
+                   for i, (t, lp) in enumerate(ranked)}
+        first = str(sampled)
+        return {first: entries[first], **entries} if first in entries else entries
 
     def _arrays(self, ids: list[list[int]], logprobs: list[list], tokens: list[int]
                 ) -> dict[str, np.ndarray]:

@@ -1,0 +1,25 @@
+"""pagedllm_openai: the OpenAI-compatible HTTP front door of a pagedllm tritonserver.
+
+It talks to Triton only (gRPC streaming for generation, HTTP for the proxied /v2 API and the
+metrics), never to the engine: the engine and Triton can be restarted or moved under it. The
+files, one job each:
+
+    config.py          the settings (a dataclass)
+    schemas.py         the OpenAI request and response objects (pydantic)
+    errors.py          the OpenAI error envelope, and Triton's errors mapped onto it
+    chat_template.py   messages -> prompt text, as transformers.apply_chat_template renders it
+    tokenizer.py       the model directory's tokenizer.json (token-id prompts, BOS rules)
+    triton_client.py   one generation = one gRPC stream; cancelled all the way down
+    limits.py          body size, prompt length and per-client concurrency limits
+    service.py         what every handler needs (Service), request parsing, collecting replies
+    generation_run.py  one request's run: slot, stream, disconnects, cleanup (both endpoints)
+    completions.py     /v1/completions: request -> Triton, responses -> OpenAI objects
+    chat.py            /v1/chat/completions, the same for chat
+    logprobs.py        Triton's logprobs JSON -> OpenAI's two logprobs shapes
+    sse.py             server-sent events that cancel their generation when the client goes
+    proxy.py           /v2/...: Triton's own HTTP API, behind the body-size guard
+    health.py          /v1/health/live, /v1/health/ready (a real tiny generation), /v1/metrics
+    metrics.py         the service's own Prometheus counters
+    app.py             the FastAPI app: routes, exception handlers, lifespan
+    server.py          `pagedllm-openai`: argparse + uvicorn on one or two sockets
+"""

@@ -1,0 +1,114 @@
+"""POST /v1/chat/completions: messages -> the checkpoint's chat template -> the ensemble.
+
+Shapes follow vLLM's serving_chat.py: non-streamed, one choice per completion with an assistant
+message; streamed, first a chunk per choice with delta {"role": "assistant", "content": ""},
+then chunks with delta {"content": ...} (the last with its finish_reason), then a usage chunk
+(choices []) only when stream_options.include_usage, then `data: [DONE]`. Chunks are written
+with exclude_unset, as vLLM writes them: no "usage" key on ordinary chunks (genai-perf reads the
+first choice of every chunk and would fail on a usage chunk it did not ask for).
+"""
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pagedllm_openai.errors import bad_request
+from pagedllm_openai.generation_run import Run, stream_error
+from pagedllm_openai.limits import check_prompt_chars
+from pagedllm_openai.logprobs import chat_logprobs
+from pagedllm_openai.schemas import (AssistantMessage, ChatChoice, ChatChunkChoice,
+                                     ChatCompletionChunk, ChatCompletionRequest,
+                                     ChatCompletionResponse, DeltaMessage, Usage, new_id)
+from pagedllm_openai.service import Service, parse_request
+from pagedllm_openai.sse import DONE, event
+from pagedllm_openai.triton_client import Reply
+
+
+def render_prompt(service: Service, req: ChatCompletionRequest) -> str:
+    """The prompt text for the request's messages (400 naming `messages` when it cannot be)."""
+    limit = service.config.max_prompt_chars
+    check_prompt_chars(sum(len(m.text()) for m in req.messages), limit, "messages")
+    if service.template is None:
+        raise bad_request("this model has no chat template (its tokenizer_config.json has no "
+                          "chat_template and there is no chat_template.jinja); use "
+                          "/v1/completions with a prompt", "messages")
+    prompt = service.template.render([m.for_template() for m in req.messages],
+                                     req.add_generation_prompt, req.chat_template_kwargs)
+    check_prompt_chars(len(prompt), limit, "messages")
+    if not prompt:
+        raise bad_request("the chat template rendered these messages as an empty prompt",
+                          "messages")
+    return prompt
+
+
+async def create_chat_completion(service: Service, request: Request) -> Response:
+    req: ChatCompletionRequest = await parse_request(request, ChatCompletionRequest,
+                                                     service.config.max_body_bytes)
+    service.check_model(req.model)
+    prompt = render_prompt(service, req)
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    renames = {"logprobs": "top_logprobs"}
+    if req.max_completion_tokens is not None:
+        renames["max_tokens"] = "max_completion_tokens"
+    run = Run(service, request, "chat", "messages", renames).start(
+        prompt, req.sampling(req.max_new_tokens(), top))
+    model = service.config.served_model_name
+    if not req.stream:
+        collected = await run.collect(req.n)
+        if isinstance(collected, Response):
+            return collected
+        choices = [ChatChoice(index=i, message=AssistantMessage(content=collected.texts[i]),
+                              logprobs=chat_logprobs(collected.logprobs[i], top)
+                              if top is not None else None,
+                              finish_reason=collected.finish_reasons[i])
+                   for i in range(req.n)]
+        usage = Usage(prompt_tokens=collected.prompt_tokens,
+                      completion_tokens=collected.completion_tokens,
+                      total_tokens=collected.prompt_tokens + collected.completion_tokens)
+        body = ChatCompletionResponse(model=model, choices=choices, usage=usage)
+        return JSONResponse(body.model_dump())
+    first = await run.first()
+    if isinstance(first, Response):
+        return first
+    return run.stream(_events(run, req, first, top))
+
+
+async def _events(run: Run, req: ChatCompletionRequest, first: Reply, top: int | None):
+    """The SSE events of one streamed chat request."""
+    model = run.service.config.served_model_name
+    chunk_id, created = new_id("chatcmpl"), int(time.time())
+
+    def chunk(choice: ChatChunkChoice) -> str:
+        body = ChatCompletionChunk(id=chunk_id, object="chat.completion.chunk", created=created,
+                                   model=model, choices=[choice])
+        return event(body.model_dump_json(exclude_unset=True))
+
+    prompt_tokens = completion_tokens = 0
+    try:
+        for i in range(req.n):
+            yield chunk(ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""),
+                                        logprobs=None, finish_reason=None))
+        reply: Reply | None = first
+        while reply is not None:
+            prompt_tokens = reply.num_input_tokens
+            completion_tokens += sum(reply.num_output_tokens)
+            for i, text in enumerate(reply.texts):
+                tokens = reply.logprobs[i] or []
+                if not text and reply.finish_reasons[i] is None and not tokens:
+                    continue
+                logprobs = chat_logprobs(tokens, top) if top is not None else None
+                yield chunk(ChatChunkChoice(index=i, delta=DeltaMessage(content=text),
+                                            logprobs=logprobs,
+                                            finish_reason=reply.finish_reasons[i]))
+            reply = await run.next_reply()
+        if req.include_usage():
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          total_tokens=prompt_tokens + completion_tokens)
+            body = ChatCompletionChunk(id=chunk_id, object="chat.completion.chunk",
+                                       created=created, model=model, choices=[], usage=usage)
+            yield event(body.model_dump_json(exclude_unset=True))
+    except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
+        yield event(stream_error(e))
+    yield DONE
