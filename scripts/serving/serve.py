@@ -1,12 +1,20 @@
-"""`make serve`: fill the model repository, run tritonserver and keep it serving, in the foreground.
+"""`make serve`: fill the model repository, run tritonserver and its front door, keep them serving.
 
-    python -m pagedllm_tools.serving.serve [--model DIR] [--http-port 8000] [--grpc-port 8001]
-                                           [--metrics-port 8002] [--engine-args JSON]
+    python -m pagedllm_tools.serving.serve [--model DIR] [--engine-args JSON]
+                                           [--http-port 8000] [--grpc-port 8001]
+                                           [--metrics-port 8002] [--openai-port 9000]
 
-Environment variables MODEL, HTTP_PORT, GRPC_PORT, METRICS_PORT and ENGINE_ARGS give the
-defaults. The server is the one in the nvidia-pytriton wheel (tritonserver 2.51 = NGC 24.10),
-bound to 127.0.0.1, with explicit model control; a watchdog (watchdog.py) beside it loads again
-any model that unloaded itself or whose stub died. Ctrl-C (or SIGTERM) stops everything.
+Three processes, all bound to 127.0.0.1, in the foreground until Ctrl-C (or SIGTERM):
+- tritonserver (the nvidia-pytriton wheel's 2.51 = NGC 24.10) with explicit model control: gRPC
+  on GRPC_PORT, metrics on METRICS_PORT, its HTTP API on an internal port (TRITON_HTTP_PORT, a
+  free port unless set), because a large form-urlencoded POST crashes 2.51's HTTP server;
+- the front door (openai_server/, `pagedllm-openai`): the OpenAI-compatible API on OPENAI_PORT,
+  and Triton's HTTP API proxied with limits on HTTP_PORT;
+- a watchdog thread (watchdog.py) that loads again any model that unloaded itself or whose stub
+  died.
+
+Environment variables MODEL, HTTP_PORT, GRPC_PORT, METRICS_PORT, OPENAI_PORT, TRITON_HTTP_PORT
+and ENGINE_ARGS give the defaults.
 """
 from __future__ import annotations
 
@@ -26,53 +34,86 @@ from pagedllm_tools.serving import repository, tritonserver
 from pagedllm_tools.serving.watchdog import Watchdog
 
 
-def _wait_ready(http_port: int, process: subprocess.Popen, timeout: float = 600.0) -> bool:
+def _wait(url: str, processes: list[subprocess.Popen], stopping: threading.Event,
+          timeout: float = 600.0) -> bool:
+    """True once `url` answers 200; False if a process exits, a stop is asked, or time runs out."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end and process.poll() is None:
+    while time.monotonic() < end and not stopping.is_set():
+        if any(p.poll() is not None for p in processes):
+            return False
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1):
+            with urllib.request.urlopen(url, timeout=1):
                 return True
         except OSError:
             time.sleep(0.25)
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     env = os.environ
     parser.add_argument("--model", type=Path, default=Path(env.get("MODEL", ROOT / "models" / "default")))
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--http-port", type=int, default=int(env.get("HTTP_PORT", 8000)))
+    parser.add_argument("--http-port", type=int, default=int(env.get("HTTP_PORT", 8000)),
+                        help="Triton's HTTP API, through the front door (env HTTP_PORT)")
     parser.add_argument("--grpc-port", type=int, default=int(env.get("GRPC_PORT", 8001)))
     parser.add_argument("--metrics-port", type=int, default=int(env.get("METRICS_PORT", 8002)))
+    parser.add_argument("--openai-port", type=int, default=int(env.get("OPENAI_PORT", 9000)))
+    parser.add_argument("--triton-http-port", type=int,
+                        default=int(env.get("TRITON_HTTP_PORT", 0)),
+                        help="tritonserver's own HTTP port, internal (0: a free port)")
     parser.add_argument("--engine-args", default=env.get("ENGINE_ARGS", "{}"),
                         help="JSON object of EngineConfig fields for llm/engine.json")
     parser.add_argument("--log-verbose", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     repository.build(args.model, args.repo, json.loads(args.engine_args))
-    cmd, server_env = tritonserver.server_command(args.repo.resolve(), args.http_port,
+    internal_http = args.triton_http_port or tritonserver.free_port()
+    cmd, server_env = tritonserver.server_command(args.repo.resolve(), internal_http,
                                                   args.grpc_port, args.metrics_port,
                                                   args.log_verbose)
-    print(f"tritonserver: HTTP 127.0.0.1:{args.http_port}  gRPC 127.0.0.1:{args.grpc_port}  "
-          f"metrics 127.0.0.1:{args.metrics_port}  model {args.model}", flush=True)
-    server = subprocess.Popen(cmd, env=server_env)
+    print(f"tritonserver: gRPC 127.0.0.1:{args.grpc_port}  metrics 127.0.0.1:{args.metrics_port}  "
+          f"(its HTTP API internal on 127.0.0.1:{internal_http})  model {args.model}", flush=True)
     stopping = threading.Event()
+    server = subprocess.Popen(cmd, env=server_env)
+    processes = [server]
+    watchdogs: list[Watchdog] = []
 
-    def stop(signum, frame) -> None:  # Ctrl-C or SIGTERM: stop the server, quietly
+    def stop(signum, frame) -> None:  # Ctrl-C or SIGTERM: stop everything, quietly
         stopping.set()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
+        for w in watchdogs:  # first: a stopping server's models are not to be loaded again
+            w.stop()
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    watchdog = None
-    if _wait_ready(args.http_port, server) and not stopping.is_set():
-        watchdog = Watchdog(f"127.0.0.1:{args.http_port}").start()
-        print("ready: every model loaded; a watchdog loads again any that fails", flush=True)
-    code = server.wait()
-    if watchdog is not None:
-        watchdog.stop()
-    return 0 if stopping.is_set() else code
+    if _wait(f"http://127.0.0.1:{internal_http}/v2/health/ready", processes, stopping):
+        watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
+        door = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
+                "--triton-grpc-url", f"127.0.0.1:{args.grpc_port}",
+                "--triton-http-url", f"http://127.0.0.1:{internal_http}",
+                "--triton-metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics",
+                "--port", str(args.openai_port), "--http-port", str(args.http_port)]
+        processes.append(subprocess.Popen(door))
+        if _wait(f"http://127.0.0.1:{args.openai_port}/v1/health/live", processes, stopping, 120):
+            print(f"ready: OpenAI API http://127.0.0.1:{args.openai_port}/v1  "
+                  f"Triton HTTP http://127.0.0.1:{args.http_port}/v2  "
+                  f"Triton gRPC 127.0.0.1:{args.grpc_port}", flush=True)
+    while not stopping.is_set() and all(p.poll() is None for p in processes):
+        time.sleep(0.5)
+    asked = stopping.is_set()
+    stop(None, None)  # asked, or one of them died: stop the rest
+    for p in processes:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return 0 if asked else 1
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ class Watchdog:
         return self
 
     def stop(self) -> None:
+        """Stops watching (at once if called twice, or before start)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def restarts(self, name: str) -> int:
         """How many times `name` was loaded again (all time)."""
