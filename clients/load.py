@@ -197,16 +197,58 @@ async def _one_request(client, model: str, record: RequestRecord, prompt: str, m
         stream.cancel()
 
 
+async def _one_openai_request(client, model: str, record: RequestRecord, prompt: str,
+                              max_tokens: int, params: dict, timeout: float) -> None:
+    """Streams one request through the OpenAI-compatible service's /v1/completions.
+
+    A chunk carries no token count; the usage chunk at the end (stream_options.include_usage)
+    gives the total, and the running counts spread it over the chunks (a chunk is one engine
+    step of this request, one token unless steps were coalesced).
+    """
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}, **params}
+    record.start = time.perf_counter()
+    times, total = [], None
+    try:
+        async with client.stream("POST", "/v1/completions", json=body, timeout=timeout) as response:
+            if response.status_code != 200:
+                record.error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
+                return
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                if "error" in chunk:
+                    record.error = str(chunk["error"])
+                    return
+                if chunk.get("usage"):
+                    total = chunk["usage"]["completion_tokens"]
+                    record.num_input_tokens = chunk["usage"]["prompt_tokens"]
+                for choice in chunk.get("choices", []):
+                    if choice.get("text"):
+                        times.append(time.perf_counter())
+                    if choice.get("finish_reason"):
+                        record.finish_reason = choice["finish_reason"]
+    except Exception as e:  # the connection broke, a timeout: this request only
+        record.error = f"{type(e).__name__}: {e}"
+        return
+    if total is None:
+        record.error = "no usage chunk at the end of the stream"
+        return
+    record.times = times
+    record.counts = [round((i + 1) * total / len(times)) for i in range(len(times))]
+
+
 async def run_load(url: str, model: str, workload: Workload, concurrency: int | None = None,
                    request_rate: float | None = None, sampling: dict | None = None,
-                   timeout: float = 600.0, progress: bool = True) -> dict:
+                   timeout: float = 600.0, progress: bool = True, api: str = "triton") -> dict:
     """Sends every request of `workload` and returns `summarize`'s figures.
 
     At most `concurrency` requests are in flight (None: no limit); with `request_rate`, requests
-    arrive as a Poisson process of that rate (seeded by the workload's seed).
+    arrive as a Poisson process of that rate (seeded by the workload's seed). `api` "triton":
+    gRPC streams to `model` at `url` (HOST:PORT); "openai": /v1/completions of the
+    OpenAI-compatible service at `url` (http://HOST:PORT).
     """
-    import tritonclient.grpc.aio as grpcclient
-
     if concurrency is None and request_rate is None:
         raise ValueError("give concurrency or request_rate")
     if concurrency is not None and concurrency < 1:
@@ -218,9 +260,17 @@ async def run_load(url: str, model: str, workload: Workload, concurrency: int | 
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     label = f"c={concurrency}" if concurrency else f"rate={request_rate}/s"
     bar = tqdm(total=len(workload), desc=label, unit="req", leave=False, disable=not progress)
-    client = grpcclient.InferenceServerClient(url=url)
+    if api == "openai":
+        import httpx
+        client = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=None))
+        one, close = _one_openai_request, client.aclose
+    else:
+        import tritonclient.grpc.aio as grpcclient
+        client = grpcclient.InferenceServerClient(url=url)
+        one, close = _one_request, client.close
     try:
-        await _check_ready(client, url, model)
+        if api != "openai":
+            await _check_ready(client, url, model)
         t0 = time.perf_counter()
 
         async def launch(i: int) -> None:
@@ -234,15 +284,15 @@ async def run_load(url: str, model: str, workload: Workload, concurrency: int | 
                 await _send(i)
 
         async def _send(i: int) -> None:
-            await _one_request(client, model, records[i], workload.prompts[i],
-                               workload.output_lens[i], base, timeout)
+            await one(client, model, records[i], workload.prompts[i],
+                      workload.output_lens[i], base, timeout)
             bar.update()
 
         await asyncio.gather(*(launch(i) for i in range(len(workload))))
         wall = time.perf_counter() - t0
     finally:
         bar.close()
-        await client.close()
+        await close()
     summary = summarize(records, wall)
     summary.update({"concurrency": concurrency, "request_rate": request_rate})
     return summary
@@ -319,8 +369,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--url", default="localhost:8001", help="Triton gRPC HOST:PORT (default %(default)s)")
-    p.add_argument("--model", default="ensemble", help="model name (default %(default)s)")
+    p.add_argument("--url", default=None,
+                   help="Triton gRPC HOST:PORT (default localhost:8001), or with --api openai the "
+                        "service's base URL (default http://localhost:9000)")
+    p.add_argument("--api", choices=("triton", "openai"), default="triton",
+                   help="triton: gRPC streams to --model; openai: /v1/completions")
+    p.add_argument("--model", default=None,
+                   help="Triton model (default ensemble), or the OpenAI model id (default: default)")
     p.add_argument("--workload", choices=("nano", "serve"), default="nano")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--concurrency", type=int, nargs="+",
@@ -349,6 +404,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    openai = args.api == "openai"
+    args.url = args.url or ("http://localhost:9000" if openai else "localhost:8001")
+    args.model = args.model or ("default" if openai else "ensemble")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     return args
@@ -361,9 +419,9 @@ def _round(args, workloads: list[Workload], settings: list, sampling: dict
     runs = []
     for workload, (concurrency, rate) in zip(workloads, settings):
         s = asyncio.run(run_load(args.url, args.model, workload, concurrency, rate, sampling,
-                                 args.timeout, not args.no_progress))
-        label = f"triton {args.model} " + (f"concurrency {concurrency}" if concurrency
-                                           else f"request rate {rate}/s")
+                                 args.timeout, not args.no_progress, args.api))
+        label = f"{args.api} {args.model} " + (f"concurrency {concurrency}" if concurrency
+                                               else f"request rate {rate}/s")
         print(format_summary(label, s), flush=True)
         s["prompt_seed"] = workload.text_seed
         runs.append(s)

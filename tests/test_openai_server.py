@@ -550,3 +550,18 @@ def test_shutdown_cancels_live_generations(triton, tmp_path):
         assert "Traceback" not in own.log.read_text()
     finally:
         own.stop()
+
+
+def test_the_load_generator_drives_the_openai_api(service, tmp_path):
+    """clients/load.py --api openai: the workload through /v1/completions, every token counted."""
+    from pagedllm_clients import load
+    out = tmp_path / "load.json"
+    rc = load.main(["--api", "openai", "--url", service.url, "--model", "default",
+                    "--concurrency", "4", "--num-requests", "8", "--scale", str(1 / 32),
+                    "--no-progress", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    [run] = result["runs"]
+    assert run["num_errors"] == 0
+    assert run["output_tokens"] == result["workload"]["target_output_tokens"]
+    assert run["ttft_ms"]["p50"] > 0 and run["itl_ms"]["p50"] > 0
