@@ -39,6 +39,7 @@ logger = logging.getLogger("pagedllm.openai")
 ENSEMBLE = "ensemble"
 LLM = "llm"
 CANCEL_TIMEOUT_S = 5.0
+CANCEL_DRAIN_S = 10.0  # most seconds a cancelled request's final response is waited for
 _TIMED_OUT = object()  # queued when a generation's deadline passes
 
 
@@ -250,10 +251,17 @@ class Generation:
             self._client.spawn(self._cancel())
 
     async def _cancel(self) -> None:
-        """Cancels the engine's request by its token, then ends the gRPC call."""
+        """Cancels the engine's request by its token; the call ends with its final response.
+
+        NOTE: the reader reads on to the cancelled request's final ("abort") response before
+        the call ends, so the ensemble's request ends the way every request does, with its one
+        FINAL, instead of by the gRPC stream being torn down under responses still in flight.
+        Only if that response does not come in CANCEL_DRAIN_S is the call ended anyway.
+        """
         try:
             await self._client.cancel(self.model, self.cancel_token)
-        except Exception as e:  # noqa: BLE001 - it may have finished meanwhile: nothing to do
+            await asyncio.wait_for(self._ended.wait(), CANCEL_DRAIN_S)
+        except Exception as e:  # noqa: BLE001 - finished meanwhile, or no final response
             logger.info("cancel of %s: %s", self.request_id, e)
         finally:
             self._end_call()

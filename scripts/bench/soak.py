@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,8 @@ async def _grpc_worker(url: str, stop_at: float, counts: Counts, seed: int) -> N
                     counts.tokens += int(result.as_numpy("num_output_tokens").sum())
                     reasons = [r.decode() for r in result.as_numpy("finish_reason")]
                     if cancel and responses == 3:
+                        # Cancel by token, then read on to the request's final ("abort")
+                        # response: a stream closed first stays in flight in tritonserver.
                         token = result.as_numpy("cancel_token")[0].decode()
                         async def cancel_requests():
                             yield {"model_name": "ensemble", "inputs": cancel_inputs(token)}
@@ -150,7 +153,6 @@ async def _grpc_worker(url: str, stop_at: float, counts: Counts, seed: int) -> N
                                 counts.error(f"cancel: {cancel_error}")
                             break
                         counts.cancelled += 1
-                        break
                     if all(r not in ("None", "") for r in reasons):
                         break
             except Exception as e:  # noqa: BLE001 - counted, the worker goes on
@@ -225,6 +227,7 @@ def main() -> int:
     ap.add_argument("--sample-every", type=float, default=30.0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "soak_cpu.json"))
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the servers
     work = Path(tempfile.mkdtemp(prefix="pagedllm-soak-"))
     repo = work / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("1", "engine.json"))
