@@ -21,7 +21,7 @@ from tokenizers import (AddedToken, Regex, decoders, models, normalizers, pre_to
                         processors, trainers)
 from tokenizers import Tokenizer as RustTokenizer
 
-from pagedllm.detokenizer import DetokState, IncrementalDetokenizer
+from pagedllm.detokenizer import IncrementalDetokenizer
 from pagedllm.tokenizer import Tokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -243,7 +243,7 @@ def test_context_window_starts_at_a_character_boundary(model_dirs):
     tok = Tokenizer.from_dir(model_dirs["llama2"])
     detok = IncrementalDetokenizer(tok)
     ids = tok.encode("\x80\U00010000" + "6")  # <s> ▁ + 6 byte tokens + <0x36>
-    prompt, output = ids[:-1], ids[-1:]
+    prompt = ids[:-1]
     state = detok.new_state(prompt)
     assert detok.step([state], [ids]) == ["6"]  # not "\ufffd": the byte run stays valid UTF-8
 
