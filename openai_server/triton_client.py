@@ -41,6 +41,7 @@ LLM = "llm"
 CANCEL_TIMEOUT_S = 5.0
 CANCEL_DRAIN_S = 10.0  # most seconds a cancelled request's final response is waited for
 _TIMED_OUT = object()  # queued when a generation's deadline passes
+_NOTHING = object()    # no item held back
 
 
 class TritonError(Exception):
@@ -61,6 +62,20 @@ class Reply:
     @property
     def finished(self) -> bool:
         return all(r is not None for r in self.finish_reasons)
+
+    def merged(self, later: "Reply") -> "Reply":
+        """This reply and the one after it as one: texts and logprobs joined, tokens added."""
+        def join(a, b):
+            return None if a is None and b is None else (a or []) + (b or [])
+
+        return Reply(texts=[a + b for a, b in zip(self.texts, later.texts)],
+                     finish_reasons=[b if b is not None else a
+                                     for a, b in zip(self.finish_reasons, later.finish_reasons)],
+                     num_output_tokens=[a + b for a, b in zip(self.num_output_tokens,
+                                                              later.num_output_tokens)],
+                     logprobs=[join(a, b) for a, b in zip(self.logprobs, later.logprobs)],
+                     num_input_tokens=self.num_input_tokens or later.num_input_tokens,
+                     cancel_token=self.cancel_token or later.cancel_token)
 
 
 def _tensor(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
@@ -146,6 +161,7 @@ class Generation:
         self._decode = decode
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._held = _NOTHING  # an item taken from the queue while merging, for the next read
         # NOTE: the deadline is a sentinel in the queue, not asyncio.wait_for around the read:
         # before Python 3.12, wait_for can swallow a cancellation that comes as a reply arrives,
         # and a consumer cancelled for a client's disconnect would then read on to the end.
@@ -172,7 +188,18 @@ class Generation:
             raise self._abort_error
         if self._closed:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        item, self._held = self._held, _NOTHING
+        if item is _NOTHING:
+            item = await self._queue.get()
+        # NOTE: replies that queued up meanwhile leave as one. When this process lags the
+        # engine (hundreds of streams), it then sends fewer, larger chunks instead of falling
+        # further behind; vLLM's output collector merges a lagging consumer's outputs too.
+        while isinstance(item, Reply) and not item.finished and not self._queue.empty():
+            following = self._queue.get_nowait()
+            if not isinstance(following, Reply):
+                self._held = following  # the end, an error or the deadline: next time
+                break
+            item = item.merged(following)
         if item is _TIMED_OUT:
             self.close()
             raise OpenAIError(504, f"the request did not finish within {self._timeout_s:g} s "

@@ -15,6 +15,7 @@ from pagedllm_openai.logprobs import chat_logprobs, completion_logprobs  # noqa:
 from pagedllm_openai.schemas import ChatCompletionRequest, CompletionRequest  # noqa: E402
 from pagedllm_openai.service import loc_param, validation_error  # noqa: E402
 from pagedllm_openai.tokenizer import ModelTokenizer  # noqa: E402
+from pagedllm_openai.triton_client import Reply  # noqa: E402
 from pagedllm_tools import ROOT  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -185,3 +186,21 @@ def test_client_limiter_counts_per_client():
     limiter.release("a")
     limiter.acquire("a")
     assert limiter.in_flight() == 3
+
+
+def test_replies_that_queued_up_merge_into_one():
+    """A lagging front door sends two replies as one: per completion, texts and logprobs join,
+    token counts add, and a completion that ended in the first keeps its finish reason."""
+    first = Reply(texts=["de", "x"], finish_reasons=[None, "stop"], num_output_tokens=[1, 1],
+                  logprobs=[[{"1": {"logprob": -0.5}}], None], num_input_tokens=4,
+                  cancel_token="secret")
+    later = Reply(texts=["f fib", ""], finish_reasons=["length", None], num_output_tokens=[2, 0],
+                  logprobs=[[{"2": {"logprob": -0.1}}, {"3": {"logprob": -0.2}}], None],
+                  num_input_tokens=4, cancel_token="secret")
+    merged = first.merged(later)
+    assert merged.texts == ["def fib", "x"]
+    assert merged.finish_reasons == ["length", "stop"] and merged.finished
+    assert merged.num_output_tokens == [3, 1]
+    assert [list(e) for e in merged.logprobs[0]] == [["1"], ["2"], ["3"]]
+    assert merged.logprobs[1] is None
+    assert (merged.num_input_tokens, merged.cancel_token) == (4, "secret")
