@@ -5,7 +5,7 @@ pieces travel in two calls (the machine keeps ignored files between calls while 
 
     here:    python -m pagedllm_tools.bench.serving_gpu pack     # .gpu/ (server), .gpu2/ (the rest)
     call 1:  ... unpack      # carry [".gpu"]: tritonserver -> .cache
-    call 2:  ... run         # carry [".gpu2"]: wheels, ONNX files
+    call 2:  ... run         # carry [".gpu2"]: wheels, ONNX files; gRPC levels, then /v1
     call 3:  ... preprocessing   # the same machine, warm
     or:      ... compare     # concurrency 64, engine process vs thread
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -43,6 +44,15 @@ PACK1, PACK2 = ROOT / ".gpu", ROOT / ".gpu2"
 CLIENT_SITE = setup.CACHE / "client-site"
 WHEELS = ["numpy==1.26.4", "tritonclient==2.73.0", "protobuf==6.33.6", "python-rapidjson",
           "onnxruntime-extensions==0.15.2"]
+# The front door's packages the GPU machine lacks (it has grpcio, anyio, h11, click, httpx, jinja2).
+FRONT_DOOR_WHEELS = ["fastapi==0.162.5", "starlette==1.7.0", "uvicorn==0.54.0", "pydantic==2.14.3",
+                     "pydantic-core==2.50.4", "annotated-types", "annotated-doc",
+                     "typing-inspection", "typing-extensions", "opentelemetry-api",
+                     "importlib-metadata"]
+OPENAI_PORT = 9000
+# Rounds of the last level (server run, then offline run, alternating; the median ratio counts):
+# one 5-second run at concurrency 256 is noisy (offline alone ranged 24k-31k tok/s on one H200).
+REPEATS = int(os.environ.get("PAGEDLLM_SERVING_REPEATS", "1"))
 LEVELS = [(1, 8), (16, 64), (64, 256), (256, 256)]  # (concurrency, requests)
 
 
@@ -71,7 +81,8 @@ def pack() -> None:
     PACK2.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64",
-                    "--platform", "manylinux2014_x86_64", "-d", str(PACK2), *WHEELS], check=True)
+                    "--platform", "manylinux2014_x86_64", "-d", str(PACK2), *WHEELS, *FRONT_DOOR_WHEELS],
+                   check=True)
     tok = PACK2 / "llama1b_tok"
     tok.mkdir(exist_ok=True)
     shape = gpu.SHAPES["llama-1b"]
@@ -113,6 +124,8 @@ def _install_sites() -> None:
     _install(["numpy-*.whl", "onnxruntime_extensions-*.whl"], setup.STUB_SITE)
     (setup.STUB_SITE / ".installed").write_text(setup.STUB_NUMPY)
     _install(["tritonclient-*.whl", "protobuf-*.whl", "python_rapidjson-*.whl"], CLIENT_SITE)
+    _install([f"{name.split('==')[0].replace('-', '_')}-*.whl" for name in FRONT_DOOR_WHEELS],
+             CLIENT_SITE)
 
 
 def _client_env() -> dict[str, str]:
@@ -138,12 +151,15 @@ def preprocessing() -> None:
 
 
 def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
-        tag: str = "", post_instances: int | None = None, offline: bool = True) -> None:
+        tag: str = "", post_instances: int | None = None, offline: bool = True,
+        openai: bool = True) -> None:
     """The serve workload at `levels` ((concurrency, requests)); with `offline`, the last level's
-    prompts also go through the offline engine, for the ratio."""
+    prompts also go through the offline engine, for the ratio; with `openai`, the last level
+    once more through the OpenAI front door (/v1/completions), with its own offline ratio."""
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     _install_sites()
+    site.addsitedir(str(CLIENT_SITE))  # model_configs needs tritonclient's model_config_pb2
 
     import torch
 
@@ -190,17 +206,62 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
                    "--model-dir", str(ckpt), "--json", str(path), "--no-progress",
                    "--timeout", "600"]
             if offline and concurrency == levels[-1][0]:
-                cmd += ["--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json")]
+                cmd += ["--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json"),
+                        "--repeats", str(REPEATS)]
             t1 = time.monotonic()
-            done = subprocess.run(cmd, env=client_env, capture_output=True, text=True, timeout=400)
+            done = subprocess.run(cmd, env=client_env, capture_output=True, text=True,
+                                  timeout=400 * REPEATS)
             print(f"--- concurrency {concurrency} ({time.monotonic() - t1:.0f} s)\n"
                   f"{done.stdout[-2500:]}\n{done.stderr[-1500:]}", flush=True)
             if path.exists():
                 summary["levels"].append(json.loads(path.read_text()))
                 summary["levels"][-1]["server_stats"] = _model_stats()
             (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
+        if openai:
+            summary["openai"] = _openai_level(levels[-1], ckpt, repo, out, tag, client_env)
+            (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
     finally:
         setup.stop(server)
+
+
+def _openai_level(level: tuple[int, int], ckpt: Path, repo: Path, out: Path, tag: str,
+                  env: dict[str, str]) -> dict | None:
+    """The last level again through the front door's /v1/completions, with its own offline run."""
+    import urllib.request
+    concurrency, num = level
+    door = subprocess.Popen(
+        [sys.executable, "-m", "pagedllm_openai.server", "--model", str(ckpt),
+         "--triton-grpc-url", "127.0.0.1:8001", "--triton-http-url", "http://127.0.0.1:8000",
+         "--triton-metrics-url", "http://127.0.0.1:8002/metrics", "--port", str(OPENAI_PORT),
+         "--max-concurrent-per-client", str(max(64, concurrency)), "--log-level", "warning"],
+        env=env, stdout=open(out / "front_door.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{OPENAI_PORT}/v1/health/live", timeout=2)
+                break
+            except OSError:
+                if door.poll() is not None or time.monotonic() > deadline:
+                    print("front door did not start: see front_door.log", flush=True)
+                    return None
+                time.sleep(0.5)
+        path = out / f"serving{tag}-openai-c{concurrency}.json"
+        cmd = [sys.executable, "-m", "pagedllm_clients.load", "--api", "openai",
+               "--url", f"http://127.0.0.1:{OPENAI_PORT}", "--model", ckpt.name,
+               "--concurrency", str(concurrency), "--num-requests", str(num),
+               "--model-dir", str(ckpt), "--json", str(path), "--no-progress", "--timeout", "600",
+               "--offline", str(ckpt), "--engine-args", str(repo / "llm" / "engine.json"),
+               "--repeats", str(REPEATS)]
+        t1 = time.monotonic()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400 * REPEATS)
+        print(f"--- OpenAI /v1/completions, concurrency {concurrency} "
+              f"({time.monotonic() - t1:.0f} s)\n{done.stdout[-2500:]}\n{done.stderr[-1500:]}",
+              flush=True)
+        return json.loads(path.read_text()) if path.exists() else None
+    finally:
+        door.terminate()
+        door.wait(timeout=30)
 
 
 def _model_stats() -> dict:
@@ -218,7 +279,8 @@ def compare_engine_process(concurrency: int = 64, requests: int = 256) -> None:
     """One level: engine on a thread / in a process, postprocessing with 1 or 4 instances."""
     for engine_process, post in ((False, 1), (True, 1), (True, 4), (False, 4)):
         run([(concurrency, requests)], engine_process,
-            f"-{'process' if engine_process else 'thread'}-post{post}", post, offline=False)
+            f"-{'process' if engine_process else 'thread'}-post{post}", post, offline=False,
+            openai=False)
 
 
 if __name__ == "__main__":
