@@ -94,7 +94,7 @@ class Counts:
 
     def error(self, text: str) -> None:
         self.errors += 1
-        if len(self.error_samples) < 10:
+        if len(self.error_samples) < 50:
             self.error_samples.append(text[:300])
 
 
@@ -144,7 +144,7 @@ async def _grpc_worker(url: str, stop_at: float, counts: Counts, seed: int) -> N
                     reasons = [r.decode() for r in result.as_numpy("finish_reason")]
                     if cancel and responses == 3:
                         # Cancel by token, then read on to the request's final ("abort")
-                        # response: a stream closed first stays in flight in tritonserver.
+                        # response, as the front door does.
                         token = result.as_numpy("cancel_token")[0].decode()
                         async def cancel_requests():
                             yield {"model_name": "ensemble", "inputs": cancel_inputs(token)}
@@ -187,7 +187,9 @@ async def _openai_worker(base: str, stop_at: float, counts: Counts, seed: int) -
                     async for line in response.aiter_lines():
                         if line.startswith("data: ") and line != "data: [DONE]":
                             chunks += 1
-                            if '"error"' in line:
+                            # An error event has a top-level "error" (the generated text may
+                            # well say "error": the first soak counted 15 such chunks).
+                            if "error" in json.loads(line[len("data: "):]):
                                 counts.error(line)
                         if drop and chunks == 3:
                             counts.cancelled += 1
