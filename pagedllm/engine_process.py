@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import threading
 from typing import Callable, Sequence
@@ -265,6 +266,9 @@ def _serve(config: EngineConfig, commands, results) -> None:
     closed command pipe (the parent died) stops it, and sends to a parent that is gone are
     dropped, so the engine can still wind down.
     """
+    # A terminal's Ctrl-C reaches the whole foreground process group, this child too; its parent
+    # stops it (the "stop" command, or EOF), so a SIGINT here would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from pagedllm.engine import LLMEngine
     from pagedllm.engine_loop import EngineLoop
 

@@ -38,7 +38,8 @@ import sys
 
 # Triton's stub embeds an isolated Python: it ignores PYTHONPATH. The launcher's entries (the
 # stub's numpy 1.x, the project's environment and its installed packages) are made site dirs,
-# ahead of the stub's own path, with their .pth files (the project's editable install).
+# ahead of the stub's own path, with their .pth files (the project's editable install). In the
+# NGC container there are none: the project is installed in the stub's own site-packages.
 _stub_path = list(sys.path)
 for _p in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
     site.addsitedir(_p)

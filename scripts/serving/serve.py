@@ -3,18 +3,25 @@
     python -m pagedllm_tools.serving.serve [--model DIR] [--engine-args JSON]
                                            [--http-port 8000] [--grpc-port 8001]
                                            [--metrics-port 8002] [--openai-port 9000]
+                                           [--host 127.0.0.1] [--tritonserver PATH]
+                                           [--backend-directory DIR]
 
-Three processes, all bound to 127.0.0.1, in the foreground until Ctrl-C (or SIGTERM):
-- tritonserver (the nvidia-pytriton wheel's 2.51 = NGC 24.10) with explicit model control: gRPC
-  on GRPC_PORT, metrics on METRICS_PORT, its HTTP API on an internal port (TRITON_HTTP_PORT, a
-  free port unless set), because a large form-urlencoded POST crashes 2.51's HTTP server;
+Three processes, bound to HOST (127.0.0.1 unless set), in the foreground until Ctrl-C (or SIGTERM):
+- tritonserver (the nvidia-pytriton wheel's 2.51 = NGC 24.10, or the one --tritonserver names)
+  with explicit model control: gRPC on GRPC_PORT, metrics on METRICS_PORT, its HTTP API on an
+  internal port of 127.0.0.1 (TRITON_HTTP_PORT, a free port unless set), because a large
+  form-urlencoded POST crashes 2.51's HTTP server;
 - the front door (openai_server/, `pagedllm-openai`): the OpenAI-compatible API on OPENAI_PORT,
   and Triton's HTTP API proxied with limits on HTTP_PORT;
 - a watchdog thread (watchdog.py) that loads again any model that unloaded itself or whose stub
   died.
 
-Environment variables MODEL, HTTP_PORT, GRPC_PORT, METRICS_PORT, OPENAI_PORT, TRITON_HTTP_PORT
-and ENGINE_ARGS give the defaults.
+In the NGC container (docker-compose.yml) the same launcher runs the image's server:
+`--tritonserver /opt/tritonserver/bin/tritonserver --backend-directory /opt/tritonserver/backends
+--host 0.0.0.0`.
+
+Environment variables MODEL, HTTP_PORT, GRPC_PORT, METRICS_PORT, OPENAI_PORT, TRITON_HTTP_PORT,
+ENGINE_ARGS, HOST, TRITONSERVER and TRITON_BACKEND_DIR give the defaults.
 """
 from __future__ import annotations
 
@@ -49,6 +56,14 @@ def _wait(url: str, processes: list[subprocess.Popen], stopping: threading.Event
     return False
 
 
+def local_address(host: str) -> str:
+    """Where this machine reaches a socket bound to `host` (a URL's host part): a wildcard
+    address (0.0.0.0, ::) is reached on loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     env = os.environ
@@ -62,8 +77,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-http-port", type=int,
                         default=int(env.get("TRITON_HTTP_PORT", 0)),
                         help="tritonserver's own HTTP port, internal (0: a free port)")
-    parser.add_argument("--engine-args", default=env.get("ENGINE_ARGS", "{}"),
+    parser.add_argument("--engine-args", default=env.get("ENGINE_ARGS") or "{}",
                         help="JSON object of EngineConfig fields for llm/engine.json")
+    parser.add_argument("--host", default=env.get("HOST", "127.0.0.1"),
+                        help="address of gRPC, metrics and the front door (env HOST; 0.0.0.0 "
+                             "in a container); Triton's own HTTP API stays on 127.0.0.1")
+    parser.add_argument("--tritonserver", type=Path, default=env.get("TRITONSERVER") or None,
+                        help="tritonserver binary (env TRITONSERVER; default: the "
+                             "nvidia-pytriton wheel's, unpacked into .cache/)")
+    parser.add_argument("--backend-directory", type=Path,
+                        default=env.get("TRITON_BACKEND_DIR") or None,
+                        help="holds python/, onnxruntime/ and pagedllm/ (env TRITON_BACKEND_DIR; "
+                             "default: .cache/triton_backends, assembled for the wheel's server)")
     parser.add_argument("--log-verbose", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -72,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repository.build(args.model, args.repo, json.loads(args.engine_args))
     internal_http = args.triton_http_port or tritonserver.free_port()
-    cmd, server_env = tritonserver.server_command(args.repo.resolve(), internal_http,
-                                                  args.grpc_port, args.metrics_port,
-                                                  args.log_verbose)
-    print(f"tritonserver: gRPC 127.0.0.1:{args.grpc_port}  metrics 127.0.0.1:{args.metrics_port}  "
+    cmd, server_env = tritonserver.server_command(
+        args.repo.resolve(), internal_http, args.grpc_port, args.metrics_port, args.log_verbose,
+        binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host)
+    near = local_address(args.host)
+    print(f"tritonserver {cmd[0]}: gRPC {args.host}:{args.grpc_port}  "
+          f"metrics {args.host}:{args.metrics_port}  "
           f"(its HTTP API internal on 127.0.0.1:{internal_http})  model {args.model}", flush=True)
     stopping = threading.Event()
     server = subprocess.Popen(cmd, env=server_env)
@@ -95,15 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     if _wait(f"http://127.0.0.1:{internal_http}/v2/health/ready", processes, stopping):
         watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
         door = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
-                "--triton-grpc-url", f"127.0.0.1:{args.grpc_port}",
+                "--triton-grpc-url", f"{near}:{args.grpc_port}",
                 "--triton-http-url", f"http://127.0.0.1:{internal_http}",
-                "--triton-metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics",
+                "--triton-metrics-url", f"http://{near}:{args.metrics_port}/metrics",
+                "--host", args.host,
                 "--port", str(args.openai_port), "--http-port", str(args.http_port)]
         processes.append(subprocess.Popen(door))
-        if _wait(f"http://127.0.0.1:{args.openai_port}/v1/health/live", processes, stopping, 120):
-            print(f"ready: OpenAI API http://127.0.0.1:{args.openai_port}/v1  "
-                  f"Triton HTTP http://127.0.0.1:{args.http_port}/v2  "
-                  f"Triton gRPC 127.0.0.1:{args.grpc_port}", flush=True)
+        if _wait(f"http://{near}:{args.openai_port}/v1/health/live", processes, stopping, 120):
+            print(f"ready: OpenAI API http://{near}:{args.openai_port}/v1  "
+                  f"Triton HTTP http://{near}:{args.http_port}/v2  "
+                  f"Triton gRPC {near}:{args.grpc_port}  (bound to {args.host})", flush=True)
     while not stopping.is_set() and all(p.poll() is None for p in processes):
         time.sleep(0.5)
     asked = stopping.is_set()

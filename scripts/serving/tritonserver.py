@@ -11,6 +11,8 @@ backend directory .cache/triton_backends holds:
 
 `launch()` starts a server on a filled model repository and waits until it is ready; `stop()`
 ends it. `make serve` (pagedllm_tools.serving.serve), the tests and the benchmarks use them.
+`server_command()` also takes another installed server (the NGC container's /opt/tritonserver),
+which brings its own backends and libraries.
 """
 from __future__ import annotations
 
@@ -144,25 +146,40 @@ def server_binary() -> Path:
     return ensure_server() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
 
 
+def installed_server_env() -> dict[str, str]:
+    """Environment for a server installed with its own libraries and Python stub (the NGC
+    container's): nothing to add, since its stub's Python finds numpy 1.x and the project's
+    packages in its own site-packages. The engine process runs this same interpreter."""
+    env = dict(os.environ)
+    env.setdefault("PAGEDLLM_PYTHON", sys.executable)
+    return env
+
+
 def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int,
-                   log_verbose: int = 0, models: tuple[str, ...] = ("*",)
-                   ) -> tuple[list[str], dict[str, str]]:
+                   log_verbose: int = 0, models: tuple[str, ...] = ("*",),
+                   binary: Path | None = None, backend_dir: Path | None = None,
+                   host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
     """The tritonserver argv and environment for a filled repository (installs what is missing).
 
     Explicit model control, `models` loaded at start: a model can then unload itself (the `llm`
     model does when its engine dies) and the watchdog can load it again (watchdog.py).
+    `binary` and `backend_dir` default to the wheel's server and the assembled directory; a
+    binary from elsewhere runs with installed_server_env(). gRPC and metrics bind `host`; the
+    HTTP API stays on 127.0.0.1 (it is internal: 2.51's HTTP server has no body limit).
     """
-    backends = assemble_backends()
-    argv = [str(server_binary()), f"--model-repository={repo}",
+    backends = Path(backend_dir) if backend_dir else assemble_backends()
+    binary = Path(binary) if binary else server_binary()
+    argv = [str(binary), f"--model-repository={repo}",
             f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+            f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+            f"--metrics-address={host}", f"--metrics-port={metrics_port}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-timeout-secs=3", f"--log-verbose={log_verbose}",
             "--model-config-name=host",  # configs/host.pbtxt where the repository has one
             "--model-control-mode=explicit", *[f"--load-model={m}" for m in models]]
-    return argv, server_env()
+    wheel = binary.resolve().is_relative_to(SERVER_DIR.resolve())
+    return argv, server_env() if wheel else installed_server_env()
 
 
 def free_port() -> int:
