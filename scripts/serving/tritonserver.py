@@ -118,28 +118,7 @@ def server_env() -> dict[str, str]:
     paths = [str(ensure_stub_site()), str(ROOT), *site.getsitepackages()]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
     env.setdefault("PAGEDLLM_PYTHON", sys.executable)  # the engine process's interpreter
-    jemalloc = malloc_library(env)
-    if jemalloc:
-        env["LD_PRELOAD"] = os.pathsep.join(filter(None, [jemalloc, env.get("LD_PRELOAD")]))
     return env
-
-
-JEMALLOC = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
-
-
-def malloc_library(env: dict[str, str]) -> str | None:
-    """jemalloc for tritonserver and its stubs, where installed (Debian: libjemalloc2), unless
-    PAGEDLLM_MALLOC=system.
-
-    Why: under glibc's malloc, tritonserver 2.51's RSS climbs for as long as mixed concurrent
-    load lasts (the 30-minute soak: +48.8 MB after the first 5 minutes) although no kind of
-    request leaks on its own; the same soak with jemalloc preloaded stays flat
-    (docs/reliability.md, "Soak"). Preloading jemalloc is the usual remedy for a long-running
-    server's heap fragmentation, tritonserver included.
-    """
-    if env.get("PAGEDLLM_MALLOC", "jemalloc") == "system":
-        return None
-    return next((path for path in JEMALLOC if os.path.exists(path)), None)
 
 
 def server_binary() -> Path:
