@@ -204,3 +204,14 @@ def test_replies_that_queued_up_merge_into_one():
     assert [list(e) for e in merged.logprobs[0]] == [["1"], ["2"], ["3"]]
     assert merged.logprobs[1] is None
     assert (merged.num_input_tokens, merged.cancel_token) == (4, "secret")
+
+
+def test_an_event_stays_one_line_for_splitlines_readers():
+    """U+0085, U+2028 and U+2029 in generated text go out escaped: a reader that splits the
+    stream with str.splitlines() (httpx's aiter_lines) still gets the whole JSON, unchanged."""
+    from pagedllm_openai.sse import event
+
+    text = "a\u2028b\x85c\u2029d\n"
+    lines = event({"choices": [{"text": text}]}).splitlines()
+    assert lines[1:] == [""]
+    assert json.loads(lines[0][len("data: "):])["choices"][0]["text"] == text
