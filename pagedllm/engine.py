@@ -227,11 +227,13 @@ class LLMEngine:
                 st.text += new
                 st.num_text_sent += len(new)
             tokens = r.all_token_ids
+            # Positional, in WIRE_FIELDS order (see StreamDelta: keywords cost ~7 % of a step):
+            # request_id, index, token_ids, text, finished, finish_reason, logprobs,
+            # num_prompt_tokens, num_output_tokens.
             deltas.append(StreamDelta(
-                request_id=st.group_id, index=st.index, token_ids=[tokens[-1]], text=new,
-                logprobs=st.logprobs[-1:] if st.logprobs is not None else None,
-                num_prompt_tokens=r.num_prompt_tokens,
-                num_output_tokens=len(tokens) - r.num_prompt_tokens))
+                st.group_id, st.index, [tokens[-1]], new, False, None,
+                st.logprobs[-1:] if st.logprobs is not None else None,
+                r.num_prompt_tokens, len(tokens) - r.num_prompt_tokens))
         return deltas
 
     def _finish_or_hold(self, r: Request, new: str, status: RequestStatus | None) -> StreamDelta:

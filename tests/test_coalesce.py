@@ -1,9 +1,7 @@
-"""StreamDelta: built by keyword only, crosses processes as a tuple, piled-up deltas coalesce."""
+"""StreamDelta: its field order pinned, crosses processes as a tuple, piled-up deltas coalesce."""
 from __future__ import annotations
 
 import dataclasses
-
-import pytest
 
 from pagedllm.outputs import WIRE_FIELDS, StreamDelta, coalesce, from_wire, to_wire
 
@@ -12,9 +10,13 @@ def _delta(rid: str, ids: list[int], text: str, **kw) -> StreamDelta:
     return StreamDelta(request_id=rid, token_ids=ids, text=text, **kw)
 
 
-def test_positional_construction_is_refused():
-    with pytest.raises(TypeError):
-        StreamDelta("a", [1], "x")  # noqa: the point: field order must never matter
+def test_positional_construction_follows_the_pinned_field_order():
+    """Hot paths build deltas by position (StreamDelta's NOTE): the order is WIRE_FIELDS'."""
+    by_position = StreamDelta("r", 2, [7], "t", True, "length", None, 3, 4, "e", "internal")
+    assert by_position == StreamDelta(request_id="r", index=2, token_ids=[7], text="t",
+                                      finished=True, finish_reason="length", logprobs=None,
+                                      num_prompt_tokens=3, num_output_tokens=4, error="e",
+                                      error_code="internal")
 
 
 def test_the_wire_format_round_trips_every_field():
@@ -25,7 +27,7 @@ def test_the_wire_format_round_trips_every_field():
     row = to_wire(d)
     assert from_wire(row) == d
     assert dict(zip(WIRE_FIELDS, row)) == dataclasses.asdict(d)
-    assert set(WIRE_FIELDS) == {f.name for f in dataclasses.fields(StreamDelta)}
+    assert WIRE_FIELDS == tuple(f.name for f in dataclasses.fields(StreamDelta))  # positional use
 
 
 def test_coalesce_joins_per_request_in_order():
