@@ -5,14 +5,13 @@ response per token. In one process that thread and the engine thread share one G
 busy machine the GIL's holder is often descheduled while the other waits. Measured on 2 CPU
 cores at concurrency 32: the in-process engine thread ran 28 s of a 36 s load and its step
 slowed by a third against the offline engine; vLLM V1 puts its EngineCore in its own process
-for the same reason. The cost: at most one pickled list of delta tuples per engine step through
-a pipe, written by a thread of its own (`_Outbox`) so that the engine never waits for the
-parent (deltas travel as tuples, `pagedllm.outputs.to_wire`: pickling 256 dataclasses took
-580 µs per step here, their tuples 77 µs).
+for the same reason. The cost: one pickled list of delta tuples per engine step through a pipe
+(deltas travel as tuples, `pagedllm.outputs.to_wire`: pickling 256 dataclasses took 580 µs of
+the engine thread per step here, their tuples 77 µs).
 
     parent                                  child (spawned, `_serve`)
     submit/abort/shutdown -> command pipe -> main thread -> EngineLoop.submit/abort/shutdown
-    receiver thread -> sinks <- result pipe <- outbox thread <- engine thread: each step's deltas
+    receiver thread -> sinks <- result pipe <- engine thread: after each step, its deltas + stats
 
 Every request still gets exactly one finished delta: its last, an error, an abort, or, if the
 child dies, an error naming that (error_code "unavailable"). A child that dies unasked also
@@ -206,65 +205,12 @@ class EngineProcess:
 
 # ---- the child ---------------------------------------------------------------------------------
 
-class _Outbox:
-    """The child's deltas on their way to the parent, written to the pipe by a thread of its own.
-
-    Why a thread: a pipe write blocks once the parent's receiver falls behind, and it does fall
-    behind: it shares the Triton stub's GIL with the thread that sends every response. The engine
-    must not wait for it. Steps that pile up meanwhile leave as one message, so a receiver that
-    lags catches up instead of paying its per-message cost once per step. (vLLM's engine core
-    sends its outputs from a thread of their own too.) Nothing is written before `start()`: the
-    "ready" message goes first.
-    """
-
-    def __init__(self, results) -> None:
-        self._results = results
-        self._cond = threading.Condition()  # guards _rows, _stats, _closed
-        self._rows: list[tuple] = []
-        self._stats: LoopStats | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="pagedllm-outbox", daemon=True)
-
-    def put(self, rows: list[tuple], stats: LoopStats) -> None:
-        with self._cond:
-            self._rows.extend(rows)
-            self._stats = stats
-            self._cond.notify()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        """Sends what is left, then stops the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._stats is None and not self._closed:
-                    self._cond.wait()
-                rows, stats, closed = self._rows, self._stats, self._closed
-                self._rows, self._stats = [], None
-            if stats is not None:
-                try:
-                    self._results.send((rows, stats))
-                except OSError:  # the parent is gone; its EOF on the command pipe stops us
-                    pass
-            if closed:
-                return
-
-
 def _serve(config: EngineConfig, commands, results) -> None:
     """The child's main: builds the engine, then applies commands until told to stop.
 
-    The engine thread hands, after each loop turn, the deltas that turn made and the stats to
-    the outbox (one message per step at most, not per token; fewer when the parent lags). A
-    closed command pipe (the parent died) stops it, and sends to a parent that is gone are
-    dropped, so the engine can still wind down.
+    The engine thread sends, after each loop turn, the deltas that turn made and the stats
+    (one message per step, not per token). A closed command pipe (the parent died) stops it,
+    and sends to a parent that is gone are dropped, so the engine can still wind down.
     """
     # A terminal's Ctrl-C reaches the whole foreground process group, this child too; its parent
     # stops it (the "stop" command, or EOF), so a SIGINT here would only print a traceback.
@@ -272,18 +218,20 @@ def _serve(config: EngineConfig, commands, results) -> None:
     from pagedllm.engine import LLMEngine
     from pagedllm.engine_loop import EngineLoop
 
-    pending: list[StreamDelta] = []
+    outbox: list[StreamDelta] = []
     last_stats: LoopStats | None = None
-    outbox = _Outbox(results)
 
     def flush() -> None:  # on the engine thread
         nonlocal last_stats
         stats = loop.stats()
-        if pending or stats != last_stats:
-            rows = [to_wire(delta) for delta in pending]
-            pending.clear()
+        if outbox or stats != last_stats:
+            rows = [to_wire(delta) for delta in outbox]
+            outbox.clear()
             last_stats = stats
-            outbox.put(rows, stats)
+            try:
+                results.send((rows, stats))
+            except OSError:  # the parent is gone; its EOF on the command pipe stops us next
+                pass
 
     loop = EngineLoop(lambda: LLMEngine(config), after_turn=flush)
     try:
@@ -292,7 +240,6 @@ def _serve(config: EngineConfig, commands, results) -> None:
         results.send(("error", f"{type(e).__name__}: {e}"))
         return
     results.send(("ready", WIRE_FIELDS))
-    outbox.start()
     while True:
         try:
             command = commands.recv()
@@ -300,11 +247,10 @@ def _serve(config: EngineConfig, commands, results) -> None:
             command = ("stop",)
         if command[0] == "add":
             _, request_id, prompt, params = command
-            loop.submit(request_id, prompt, params, sink=pending.append)
+            loop.submit(request_id, prompt, params, sink=outbox.append)
         elif command[0] == "abort":
             loop.abort(command[1])
         else:
             loop.shutdown()
-            outbox.close()
             results.close()
             return
