@@ -208,5 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The `pagedllm-generate` console script."""
+    return generate(parse_args(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(generate(parse_args()))
+    sys.exit(main())

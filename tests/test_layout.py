@@ -152,3 +152,14 @@ def test_doc_links_name_files_of_this_repository(doc):
             continue
         resolved = (doc.parent / target).resolve()
         assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{doc.name}: {target}"
+
+
+def test_every_console_script_names_a_function_that_exists():
+    """pyproject's [project.scripts] entries import and resolve (pagedllm-generate once did not)."""
+    import importlib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr, None)), f"{name} -> {target}"
