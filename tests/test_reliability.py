@@ -19,6 +19,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from live_server import start_server, stream  # noqa: E402
 from polling import wait_until  # noqa: E402
+from pagedllm_tools.processes import descendants  # noqa: E402
 
 GREEDY = {"max_tokens": 16, "temperature": 0, "ignore_eos": True}
 
@@ -30,32 +31,12 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    parents, cmds = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                parents[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-    out, todo = {}, [pid]
-    while todo:
-        parent = todo.pop()
-        for child, p in parents.items():
-            if p == parent and child not in out:
-                out[child] = cmds[child]
-                todo.append(child)
-    return out
-
-
 def _engine_pids(server) -> list[int]:
-    return [p for p, cmd in _descendants(server.process.pid).items() if "spawn_main" in cmd]
+    return [p for p, cmd in descendants(server.process.pid).items() if "spawn_main" in cmd]
 
 
 def _stub_pid(server, model: str) -> int:
-    [pid] = [p for p, cmd in _descendants(server.process.pid).items()
+    [pid] = [p for p, cmd in descendants(server.process.pid).items()
              if "triton_python_backend_stub" in cmd and f"/{model}/" in cmd]
     return pid
 

@@ -19,6 +19,7 @@ pytest.importorskip("tritonclient.grpc")
 from polling import wait_until  # noqa: E402
 from live_server import DEFAULT_MODEL, ENGINE_ARGS, start_server, stream, tensor  # noqa: E402
 from pagedllm import LLM, SamplingParams  # noqa: E402
+from pagedllm_tools.processes import descendants  # noqa: E402
 
 PROMPTS = [
     "def fib(n):",
@@ -296,7 +297,7 @@ def test_engine_on_a_stub_thread_serves_the_same(tmp_path, offline):
     """The llm config's parameter engine_process "false" keeps the engine on a stub thread."""
     own = start_server(tmp_path, llm_parameters={"engine_process": "false"})
     try:
-        family = _descendants(own.process.pid)
+        family = descendants(own.process.pid)
         assert not [cmd for cmd in family.values() if "spawn_main" in cmd], family
         params = {"max_tokens": 24, "temperature": 0}
         for prompt in PROMPTS[:2]:
@@ -321,7 +322,7 @@ def test_a_killed_server_leaves_no_stub_or_engine_process(tmp_path):
                                      daemon=True)
         streaming.start()
         _wait_usage_positive(own)
-        family = _descendants(own.process.pid)
+        family = descendants(own.process.pid)
         stubs = [pid for pid, cmd in family.items() if "triton_python_backend_stub" in cmd]
         engine = [pid for pid, cmd in family.items() if "spawn_main" in cmd]
         assert len(stubs) == 3 and len(engine) == 1, family
@@ -335,25 +336,6 @@ def test_a_killed_server_leaves_no_stub_or_engine_process(tmp_path):
             f"still running 10 s after the server died: {[family[p] for p in alive()]}"
     finally:
         own.stop()
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """{pid: command line} of every process below `pid`."""
-    from pathlib import Path
-    parents, cmds = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                parents[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-    found, frontier = {}, {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier}
-        found.update({p: cmds[p] for p in frontier})
-    return found
 
 
 def _state(pid: int) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pagedllm_tools import ROOT
+from pagedllm_tools.processes import descendants
 from pagedllm_tools.serving import repository, tritonserver
 from pagedllm_tools.serving.watchdog import Watchdog
 
@@ -42,28 +43,14 @@ PROMPTS = ["def fib(n):", "import os\n", "class Stack:\n    def __init__(self", 
 
 
 def _processes(root_pid: int) -> dict[int, str]:
-    """{pid: short name} of `root_pid` and every process below it."""
-    parents, cmds = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                parents[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-    out, todo = {root_pid: "tritonserver"}, [root_pid]
-    while todo:
-        parent = todo.pop()
-        for child, p in parents.items():
-            if p == parent and child not in out:
-                cmd = cmds[child]
-                name = ("engine" if "spawn_main" in cmd else
-                        next((f"stub:{m}" for m in ("preprocessing", "postprocessing", "llm")
-                              if "triton_python_backend_stub" in cmd and f"/{m}/" in cmd), None))
-                if name:
-                    out[child] = name
-                todo.append(child)
+    """{pid: short name} of `root_pid` and the processes below it that the soak watches."""
+    out = {root_pid: "tritonserver"}
+    for pid, cmd in descendants(root_pid).items():
+        name = ("engine" if "spawn_main" in cmd else
+                next((f"stub:{m}" for m in ("preprocessing", "postprocessing", "llm")
+                      if "triton_python_backend_stub" in cmd and f"/{m}/" in cmd), None))
+        if name:
+            out[pid] = name
     return out
 
 
