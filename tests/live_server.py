@@ -59,6 +59,13 @@ class Server:
         except OSError:
             return False
 
+    def died(self) -> str | None:
+        """None while tritonserver runs; else its exit code and the end of its log."""
+        if self.process.poll() is None:
+            return None
+        tail = self.log.read_text(errors="replace").splitlines()[-15:]
+        return f"tritonserver exited ({self.process.returncode}):\n" + "\n".join(tail)
+
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()

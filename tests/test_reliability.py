@@ -138,7 +138,12 @@ def test_overload_is_refused_quickly_and_the_admitted_complete_exactly(server):
         finally:
             await asyncio.gather(*(c.close() for c in clients))
 
-    outcomes = asyncio.run(asyncio.wait_for(burst(), timeout=300))
+    try:
+        outcomes = asyncio.run(asyncio.wait_for(burst(), timeout=300))
+    except Exception:
+        assert server.died() is None, server.died()
+        raise
+    assert server.died() is None, server.died()
     refused = [(p, o) for p, o in zip(prompts, outcomes) if o[0] == "error"]
     admitted = [(p, o) for p, o in zip(prompts, outcomes) if o[0] == "ok"]
     print(f"admitted {len(admitted)}, refused {len(refused)}, slowest refusal "
