@@ -16,6 +16,10 @@ Three processes, bound to HOST (127.0.0.1 unless set), in the foreground until C
 - a watchdog thread (watchdog.py) that loads again any model that unloaded itself or whose stub
   died.
 
+A child process that dies (tritonserver 2.51 can abort under load) is started again: at most 5
+restarts in 10 minutes each, 1, 2, 4 ... 30 s apart (supervisor.py); past that, or when
+tritonserver never becomes ready, make serve stops everything and exits with status 1.
+
 In the NGC container (docker-compose.yml) the same launcher runs the image's server:
 `--tritonserver /opt/tritonserver/bin/tritonserver --backend-directory /opt/tritonserver/backends
 --host 0.0.0.0`.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from pagedllm_tools import ROOT
 from pagedllm_tools.serving import repository, tritonserver
+from pagedllm_tools.serving.supervisor import Supervised
 from pagedllm_tools.serving.watchdog import Watchdog
 
 
@@ -95,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     repository.build(args.model, args.repo, json.loads(args.engine_args))
     internal_http = args.triton_http_port or tritonserver.free_port()
     cmd, server_env = tritonserver.server_command(
@@ -105,42 +112,64 @@ def main(argv: list[str] | None = None) -> int:
           f"metrics {args.host}:{args.metrics_port}  "
           f"(its HTTP API internal on 127.0.0.1:{internal_http})  model {args.model}", flush=True)
     stopping = threading.Event()
-    server = subprocess.Popen(cmd, env=server_env)
-    processes = [server]
     watchdogs: list[Watchdog] = []
+    ready_url = f"http://127.0.0.1:{internal_http}/v2/health/ready"
 
-    def stop(signum, frame) -> None:  # Ctrl-C or SIGTERM: stop everything, quietly
-        stopping.set()
-        for w in watchdogs:  # first: a stopping server's models are not to be loaded again
+    def start_server() -> subprocess.Popen:
+        for w in watchdogs:  # a dead server's watchdog goes with it
             w.stop()
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+        watchdogs.clear()
+        process = subprocess.Popen(cmd, env=server_env)
+        if _wait(ready_url, [process], stopping):
+            watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
+        return process
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    if _wait(f"http://127.0.0.1:{internal_http}/v2/health/ready", processes, stopping):
-        watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
-        door = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
+    door_cmd = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
                 "--triton-grpc-url", f"{near}:{args.grpc_port}",
                 "--triton-http-url", f"http://127.0.0.1:{internal_http}",
                 "--triton-metrics-url", f"http://{near}:{args.metrics_port}/metrics",
                 "--host", args.host,
                 "--port", str(args.openai_port), "--http-port", str(args.http_port)]
-        processes.append(subprocess.Popen(door))
-        if _wait(f"http://{near}:{args.openai_port}/v1/health/live", processes, stopping, 120):
+    server = Supervised("tritonserver", start_server)
+    door = Supervised("front door", lambda: subprocess.Popen(door_cmd))
+    children: list[Supervised] = []
+
+    def stop(signum, frame) -> None:  # Ctrl-C or SIGTERM: stop everything, quietly
+        stopping.set()
+        for w in watchdogs:  # first: a stopping server's models are not to be loaded again
+            w.stop()
+        for child in children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children.append(server)
+    server.launch()
+    if watchdogs:  # the server became ready
+        children.append(door)
+        door.launch()
+        if _wait(f"http://{near}:{args.openai_port}/v1/health/live", [door.process], stopping,
+                 120):
             print(f"ready: OpenAI API http://{near}:{args.openai_port}/v1  "
                   f"Triton HTTP http://{near}:{args.http_port}/v2  "
                   f"Triton gRPC {near}:{args.grpc_port}  (bound to {args.host})", flush=True)
-    while not stopping.is_set() and all(p.poll() is None for p in processes):
+    # A child that dies is started again (supervisor.py's bounds); one out of restarts, or a
+    # server that never became ready, ends make serve with status 1.
+    given_up = len(children) < 2 and not stopping.is_set()
+    while not stopping.is_set() and not given_up:
+        for child in children:
+            if child.died() and not stopping.is_set() and not child.restart(stopping):
+                given_up = True
+                break
         time.sleep(0.5)
-    asked = stopping.is_set()
-    stop(None, None)  # asked, or one of them died: stop the rest
-    for p in processes:
+    asked = stopping.is_set() and not given_up
+    stop(None, None)  # asked, or out of restarts: stop the rest
+    for child in children:
         try:
-            p.wait(timeout=30)
+            child.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            p.kill()
+            child.process.kill()
     return 0 if asked else 1
 
 
