@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pagedllm_tools.processes import descendants
+from pagedllm_tools.serving import shm_regions
 from pagedllm_tools.serving.supervisor import Supervised
 from polling import wait_until
 
@@ -110,6 +111,8 @@ def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
         expected = greedy()
         assert expected, log.read_text()[-3000:]
         [old] = _servers(serve)
+        regions = shm_regions.REGION.findall(Path(f"/proc/{old}/maps").read_text())
+        assert regions, "the server maps no stub region"
         os.kill(old, signal.SIGKILL)
         assert wait_until(lambda: not ready(), timeout=10), "still ready with no tritonserver"
         t0 = time.monotonic()
@@ -119,6 +122,8 @@ def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
         [new] = _servers(serve)
         assert new != old
         assert "tritonserver exited (code -9): starting it again" in log.read_text()
+        assert not any(Path("/dev/shm", r).exists() for r in regions), "the dead one's regions"
+        assert "removed" in log.read_text()
         assert serve.poll() is None
     finally:
         serve.send_signal(signal.SIGTERM)

@@ -17,7 +17,8 @@ Three processes, bound to HOST (127.0.0.1 unless set), in the foreground until C
   died.
 
 A child process that dies (tritonserver 2.51 can abort under load) is started again: at most 5
-restarts in 10 minutes each, 1, 2, 4 ... 30 s apart (supervisor.py); past that, or when
+restarts in 10 minutes each, 1, 2, 4 ... 30 s apart (supervisor.py), after the /dev/shm regions
+a dead server left are removed (shm_regions.py); past that, or when
 tritonserver never becomes ready, make serve stops everything and exits with status 1.
 
 In the NGC container (docker-compose.yml) the same launcher runs the image's server:
@@ -42,7 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from pagedllm_tools import ROOT
-from pagedllm_tools.serving import repository, tritonserver
+from pagedllm_tools.serving import repository, shm_regions, tritonserver
 from pagedllm_tools.serving.supervisor import Supervised
 from pagedllm_tools.serving.watchdog import Watchdog
 
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in watchdogs:  # a dead server's watchdog goes with it
             w.stop()
         watchdogs.clear()
+        removed = shm_regions.remove_orphans(before=time.time())
+        if removed:
+            logging.getLogger("pagedllm.serve").warning(
+                "removed %d /dev/shm regions a dead tritonserver left", len(removed))
         process = subprocess.Popen(cmd, env=server_env)
         if _wait(ready_url, [process], stopping):
             watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
