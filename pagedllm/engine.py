@@ -167,7 +167,7 @@ class LLMEngine:
 
     def _run(self, out: SchedulerOutput):
         # NOTE: once per step over every scheduled request: comprehensions, not appends in one
-        # loop (~25 us less per step of 256 requests in the CPU benchmark).
+        # loop (~20 us less per step of 256 requests in the CPU benchmark: docs/benchmarks.md).
         reqs, counts = out.requests, out.num_tokens
         token_ids = [r.all_token_ids for r in reqs]
         num_computed = [r.num_computed_tokens for r in reqs]
