@@ -18,6 +18,14 @@ def test_committed_configs_parse_as_triton_model_configs(model):
     assert config.name == model and config.input and config.output
 
 
+def test_the_step_fed_by_llm_responses_does_not_batch():
+    """With a dynamic batcher here, bursts of ensemble streams abort tritonserver 2.51 (heap
+    corruption in the batcher: docs/reliability.md); the live overload test catches it only
+    sometimes, so the config itself is checked too."""
+    config = model_configs.load(ROOT / "model_repository" / "postprocessing" / "config.pbtxt")
+    assert not config.HasField("dynamic_batching"), "see docs/reliability.md before batching here"
+
+
 def test_a_config_that_is_not_a_model_config_is_refused(tmp_path):
     (tmp_path / "config.pbtxt").write_text('name: "x"\nmax_batch_sise: 4\n')
     with pytest.raises(text_format.ParseError, match="max_batch_sise"):
