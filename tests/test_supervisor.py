@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,6 @@ def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
             return None
 
     def ready() -> bool:
-        import urllib.request
         try:
             with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
                 return r.status == 200
