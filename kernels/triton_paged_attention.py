@@ -247,18 +247,25 @@ class LaunchConfig:
     num_stages: int = 3
 
 
-def launch_config(dtype: torch.dtype, max_query_len: int) -> LaunchConfig:
+def launch_config(dtype: torch.dtype, max_query_len: int, head_dim: int = 64) -> LaunchConfig:
     """The knobs a batch runs with.
 
-    16-bit decode runs 2 warps: its tile has 16 rows (one query x the GQA group, padded for
-    tl.dot), and 2 warps per program let twice as many programs keep loads in flight. Measured
-    on an H200 (check_kernels_gpu.py --sweep, llama-1b heads, bf16, graph-launched): batch 256 at
-    context 832, 143.0 -> 119.9 us; batch 64 at 832, 43.0 -> 36.2; batch 64 at 4k, 173.8 -> 145.5;
-    batch 256 at 256, 55.5 -> 45.0.
+    16-bit decode with head_dim 64 runs 2 warps: its tile has 16 rows (one query x the GQA group,
+    padded for tl.dot), and 2 warps per program let twice as many programs keep loads in flight.
+    Measured on an H200 (bench/kernels_gpu.py --sweep, llama-1b heads, bf16, graph-launched):
+    batch 256 at context 832, 143.0 -> 119.9 us; batch 64 at 832, 43.0 -> 36.2; batch 64 at 4k,
+    173.8 -> 145.5; batch 256 at 256, 55.5 -> 45.0.
+    With head_dim 128 each key row is twice as long, and 4 warps with 2 pipeline stages win
+    instead (--sweep --heads qwen3-0.6b, H200): batch 256 at 832, 230.5 -> 215.8 us; batch 64 at
+    832, 76.5 -> 58.4; batch 64 at 4k, 349.3 -> 251.3; batch 256 at 256, 80.4 -> 77.6.
     """
     if dtype == torch.float32:
         return LaunchConfig(block_n=32)
-    return LaunchConfig(block_n=64, num_warps=2 if max_query_len <= 1 else 4)
+    if max_query_len > 1:
+        return LaunchConfig(block_n=64)
+    if head_dim >= 128:
+        return LaunchConfig(block_n=64, num_warps=4, num_stages=2)
+    return LaunchConfig(block_n=64, num_warps=2)
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_query_len: int, max_seq_len: int, num_sms: int) -> int:
@@ -338,7 +345,7 @@ def launch(
     # Decode tiles are as small as tl.dot allows; prefill tiles reuse each K/V load for more rows.
     block_m = max(16 if max_query_len <= 1 else 64, triton.next_power_of_2(group))
     block_q = block_m // group
-    config = config or launch_config(query.dtype, max_query_len)
+    config = config or launch_config(query.dtype, max_query_len, head_dim)
     if num_splits > 1:
         part_acc = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=query.device)
         part_ml = torch.empty(2, num_tokens, num_heads, num_splits, dtype=torch.float32, device=query.device)

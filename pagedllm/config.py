@@ -38,6 +38,11 @@ class EngineConfig:
         strict_max_tokens: a request whose max_tokens cannot fit after its prompt within
             max_model_len is refused with an error naming max_tokens (servers: vLLM's OpenAI
             server does the same) instead of stopping at max_model_len (the offline API).
+        async_scheduling: schedule and launch step N+1 before reading step N's tokens back, so the
+            host's work (output processing, scheduling, input preparation) runs while the GPU
+            computes (vLLM's async scheduling). Each step() then returns the previous step's
+            deltas, and a request that stops on a token runs one step more whose token is dropped.
+            None: on when the device is CUDA (on CPU nothing runs beside the host).
     """
 
     model: str
@@ -56,6 +61,7 @@ class EngineConfig:
     cpu_threads: int | None = None
     max_queue_len: int | None = None
     strict_max_tokens: bool = False
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -83,6 +89,8 @@ class EngineConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.cpu_threads is not None:
             _positive_int("cpu_threads", self.cpu_threads)
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be a bool or None, got {self.async_scheduling!r}")
         for name in ("enforce_eager", "strict_max_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

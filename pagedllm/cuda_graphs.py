@@ -71,16 +71,19 @@ class DecodeGraphs:
         return None
 
     def run(self, token_ids: list[list[int]], num_computed: list[int],
-            block_tables: list[list[int]]) -> torch.Tensor | None:
+            block_tables: list[list[int]], pending: tuple[list[int], list[int]] | None = None,
+            prev_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """Replay the decode forward for these requests; their [n, hidden] states, or None.
 
         None means no graph fits (too many requests, or a context longer than captured): run eagerly.
+        `pending`, `prev_tokens`: input ids still on the device (InputBuffers.prepare_decode).
         """
         n = len(num_computed)
         bucket = self.bucket_for(n)
         if bucket is None:
             return None
-        width, max_seq_len = self.buffers.prepare_decode(token_ids, num_computed, block_tables, bucket)
+        width, max_seq_len = self.buffers.prepare_decode(token_ids, num_computed, block_tables, bucket,
+                                                         pending, prev_tokens)
         splits = kernels.decode_num_splits(bucket, self.num_kv_heads, max_seq_len, self._ops, self.device)
         key = (bucket, splits)
         graph = self._graphs.get(key)

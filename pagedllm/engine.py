@@ -9,6 +9,7 @@ request id, and deltas and outputs carry each sequence's `index`.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,6 +54,18 @@ class LLMEngine:
         self._groups: dict[str, _Group] = {}        # callers' requests, by the caller's id
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
+        on_cuda = str(getattr(self.runner, "device", "cpu")).startswith("cuda")
+        self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
+                                 else on_cuda)
+        self._in_flight: _Launched | None = None  # the launched step not read back yet
+        if on_cuda:
+            # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
+            # as the engine. Frozen, Python's full collections no longer walk it: the first of them
+            # under traffic took 0.12-0.15 s (one per 256-request nano run on an H200, the first
+            # run after start-up; bench/peer.py counts them). vLLM freezes after start-up too. The
+            # engine's objects hold no reference cycles, so a dropped engine is still freed.
+            gc.collect()
+            gc.freeze()
 
     # ---- requests in and out -------------------------------------------------------------------
 
@@ -128,6 +141,8 @@ class LLMEngine:
         return deltas
 
     def has_unfinished_requests(self) -> bool:
+        # NOTE: a request whose last token is still in flight (async scheduling) is still running;
+        # a step left in flight after everything finished holds only tokens to drop.
         return self.scheduler.num_unfinished > 0
 
     def get_output(self, request_id: str) -> RequestOutput:
@@ -157,31 +172,65 @@ class LLMEngine:
     # ---- the step ------------------------------------------------------------------------------
 
     def step(self) -> list[StreamDelta]:
-        """Run one scheduling step; return a delta for every request that progressed or finished."""
-        out = self.scheduler.schedule()
-        if out.is_empty:
-            return []
-        sampled = self._run(out)
-        self.scheduler.update_after_step(out)
-        return self._process(out, sampled)
+        """Run one scheduling step; return a delta for every request that progressed or finished.
 
-    def _run(self, out: SchedulerOutput):
-        # NOTE: once per step over every scheduled request: comprehensions, not appends in one
-        # loop (~20 us less per step of 256 requests in the CPU benchmark: docs/benchmarks.md).
+        With async scheduling the step launched here is not waited for: the deltas returned are
+        those of the step launched by the previous call, read back while this one runs.
+        """
+        out = self.scheduler.schedule()
+        if not self.async_scheduling:
+            if out.is_empty:
+                return []
+            launched = self._launch(out)
+            return self._process(launched)
+        previous, self._in_flight = self._in_flight, None
+        if not out.is_empty and previous is not None and self._needs_tokens(out):
+            deltas = self._process(previous)  # penalties and min_tokens read the last token
+            previous = None
+            out = _without_finished(out)
+        else:
+            deltas = []
+        if not out.is_empty:
+            self._in_flight = self._launch(out)
+        if previous is not None:
+            deltas = self._process(previous)
+        return deltas
+
+    def _launch(self, out: SchedulerOutput) -> _Launched:
+        """Start the step on the runner; count each sampling request's coming token as pending.
+
+        NOTE: once per step over every scheduled request: comprehensions, not appends in one loop
+        (~20 us less per step of 256 requests in the CPU benchmark: docs/benchmarks.md).
+        """
         reqs, counts = out.requests, out.num_tokens
         token_ids = [r.all_token_ids for r in reqs]
         num_computed = [r.num_computed_tokens for r in reqs]
         block_ids = self.kv_cache.block_ids
         block_tables = [block_ids(r.request_id) for r in reqs]
-        # a request samples when this step computes its last token (not mid-prefill)
-        sample = [c + n == len(t) for c, n, t in zip(num_computed, counts, token_ids)]
+        # a request samples when this step computes its last token (not mid-prefill); a pending
+        # token (async scheduling) is one the request computes this step, read on the device
+        known = [len(t) for t in token_ids]
+        pending_rows = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
+        pending = ((pending_rows, [reqs[i].sample_row for i in pending_rows])
+                   if pending_rows else None)
+        sample = [c + n >= k for c, n, k in zip(num_computed, counts, known)]
         sampling = reqs if all(sample) else [r for r, s in zip(reqs, sample) if s]
         rows = [self._sampling_row(r) if r.state.row_varies else r.state.sampling_row
                 for r in sampling]
-        result = self.runner.execute(token_ids=token_ids, num_computed=num_computed,
-                                     num_tokens=counts, block_tables=block_tables,
-                                     sample=sample, rows=rows)
-        return sampling, result
+        handle = self.runner.launch(token_ids=token_ids, num_computed=num_computed,
+                                    num_tokens=counts, block_tables=block_tables,
+                                    sample=sample, rows=rows, pending=pending)
+        self.scheduler.update_after_step(out)
+        for j, r in enumerate(sampling):
+            r.sample_row = j
+            # the coming token is the request's last when it reaches max_tokens: nothing follows
+            if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
+                r.num_pending += 1
+        return _Launched(sampling, handle)
+
+    def _needs_tokens(self, out: SchedulerOutput) -> bool:
+        """Whether a scheduled request's sampling row needs a token that is still in flight."""
+        return any(r.num_pending and r.state.row_varies for r in out.requests)
 
     def _sampling_row(self, r: Request) -> SamplingRow:
         """Update the parts of a request's SamplingRow that change from step to step."""
@@ -195,15 +244,27 @@ class LLMEngine:
             row.suppress_token_ids = ()
         return row
 
-    def _process(self, out: SchedulerOutput, sampled) -> list[StreamDelta]:
+    def _process(self, launched: _Launched) -> list[StreamDelta]:
         """Append the sampled tokens, advance the text, retire finished requests; one delta each.
+
+        A request that finished (or was aborted) since its step was launched drops its token.
 
         NOTE: runs once per running request per step: the engine's hot loop on CPU. Keep it flat.
         """
-        requests, result = sampled
+        result = launched.handle.result()
+        requests = launched.requests
+        if any(r.is_finished for r in requests):
+            kept = [(r, t, lp) for r, t, lp in zip(requests, result.token_ids, result.logprobs)
+                    if not r.is_finished]
+            requests = [k[0] for k in kept]
+            tokens, logprobs = [k[1] for k in kept], [k[2] for k in kept]
+        else:
+            tokens, logprobs = result.token_ids, result.logprobs
         finishing: dict[str, RequestStatus] = {}
-        for r, token, lp in zip(requests, result.token_ids, result.logprobs):
+        for r, token, lp in zip(requests, tokens, logprobs):
             r.all_token_ids.append(token)
+            if r.num_pending:
+                r.num_pending -= 1
             st = r.state
             if lp is not None:
                 st.logprobs.append(lp)
@@ -312,6 +373,23 @@ class LLMEngine:
 
 
 _SEP = "\x1f"  # between a request's id and a sequence's index, in the ids of n > 1 sequences
+
+
+@dataclass(slots=True)
+class _Launched:
+    """A launched step: the requests that sample in it, in row order, and its tokens' handle."""
+
+    requests: list[Request]
+    handle: object  # SampleHandle: result() -> SamplerOutput
+
+
+def _without_finished(out: SchedulerOutput) -> SchedulerOutput:
+    """The scheduled step less requests that finished after it was scheduled."""
+    if not any(r.is_finished for r in out.requests):
+        return out
+    kept = [(r, n) for r, n in zip(out.requests, out.num_tokens) if not r.is_finished]
+    return SchedulerOutput(requests=[r for r, _ in kept], num_tokens=[n for _, n in kept],
+                           total_tokens=sum(n for _, n in kept), preempted=out.preempted)
 
 
 @dataclass(slots=True)

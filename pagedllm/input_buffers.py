@@ -5,7 +5,12 @@ each of which stalls the host. Here every integer input of a step lives in one o
 (pinned on CUDA), filled with numpy, and goes to the device in one non-blocking copy per buffer:
 
     int64 buffer: | input_ids (T_max) | positions (T_max) | slot_mapping (T_max) | logits_idx (S_max) |
+                  | pending rows (S_max) | their sources (S_max) |
     int32 buffer: | seq_lens (S_max) | query_start_loc (S_max + 1) | block table, n rows x w cols |
+
+With async scheduling a decode row's input token can still be on the device, sampled by the step
+before and not yet read back: such rows are listed with their index in that step's tokens, and the
+input ids are patched on the device after the copy (`_patch_pending`).
 
 On CPU the "device" buffers are the host buffers themselves (no copy). The device buffers have fixed
 addresses, so CUDA graphs can read their leading slices directly (see cuda_graphs.py).
@@ -54,7 +59,7 @@ class InputBuffers:
         self.device = device
         pin = device.type == "cuda"
         t, s = max_tokens, max_seqs
-        self._i64_host = torch.zeros(3 * t + s, dtype=torch.int64, pin_memory=pin)
+        self._i64_host = torch.zeros(3 * t + 3 * s, dtype=torch.int64, pin_memory=pin)
         self._i32_host = torch.zeros(2 * s + 1 + s * max_blocks_per_seq, dtype=torch.int32,
                                      pin_memory=pin)
         self._i64 = self._i64_host.numpy()
@@ -95,8 +100,13 @@ class InputBuffers:
     # ---- filling --------------------------------------------------------------------------------
 
     def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-                block_tables: list[list[int]], sample: list[bool]) -> BatchInput:
-        """Fill and copy a ragged step (prefill, chunked prefill, decode or a mix); views of it."""
+                block_tables: list[list[int]], sample: list[bool],
+                pending: tuple[list[int], list[int]] | None = None,
+                prev_tokens: torch.Tensor | None = None) -> BatchInput:
+        """Fill and copy a ragged step (prefill, chunked prefill, decode or a mix); views of it.
+
+        `pending` = (rows, sources): these one-token rows take their input id from `prev_tokens`
+        at `sources` (their `token_ids` entry ends just before it)."""
         num_seqs = len(num_tokens)
         if num_seqs > self.max_seqs:
             raise ValueError(f"step has {num_seqs} requests, more than max_num_seqs={self.max_seqs}")
@@ -117,7 +127,13 @@ class InputBuffers:
         seq_index = np.repeat(self._arange[:num_seqs], nt)
         self._slots(seq_index, pos, i64[2 * t:2 * t + total])
         ids = i64[:total]
-        if total == num_seqs:  # every request computes one token: decode
+        if pending and pending[0]:  # (a pending row's token is not in its list: 0 until patched)
+            flat = []
+            for toks, c, n in zip(token_ids, num_computed, num_tokens):
+                flat.extend(toks[c:c + n] if c + n <= len(toks) else [0] * n)
+            ids[:] = flat
+            self._stage_pending(qsl[np.asarray(pending[0], dtype=np.int64)], pending[1])
+        elif total == num_seqs:  # every request computes one token: decode
             ids[:] = [toks[c] for toks, c in zip(token_ids, num_computed)]
         else:
             flat: list[int] = []
@@ -133,6 +149,7 @@ class InputBuffers:
         i32[s:s + num_seqs + 1] = qsl
         self._stage_table(num_seqs, width)
         self._copy(2 * s + 1 + num_seqs * width)
+        self._patch_pending(pending, prev_tokens)
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping(total),
             block_tables=self.block_table_staging(num_seqs, width),
@@ -146,9 +163,12 @@ class InputBuffers:
                           logits_indices=self.i64[3 * t:3 * t + len(logits_idx)])
 
     def prepare_decode(self, token_ids: list[list[int]], num_computed: list[int],
-                       block_tables: list[list[int]], padded: int) -> tuple[int, int]:
+                       block_tables: list[list[int]], padded: int,
+                       pending: tuple[list[int], list[int]] | None = None,
+                       prev_tokens: torch.Tensor | None = None) -> tuple[int, int]:
         """Fill and copy a pure-decode step of n requests, padded to `padded` rows for a graph.
 
+        Every row samples, so its input is the last token of its list, or pending (see prepare).
         Padding rows get token 0 at position 0, slot -1 (their K/V are not written) and context
         length 1 (they attend to slot 0 of whatever block their table row names: a valid block,
         so the values are finite, and nothing reads their outputs).
@@ -168,8 +188,10 @@ class InputBuffers:
         pos[:n] = num_computed
         pos[n:] = 0
         ids = i64[:padded]
-        ids[:n] = [toks[c] for toks, c in zip(token_ids, num_computed)]
+        ids[:n] = [toks[-1] for toks in token_ids]
         ids[n:] = 0
+        if pending and pending[0]:
+            self._stage_pending(pending[0], pending[1])
         slots = i64[2 * t:2 * t + padded]
         self._slots(self._arange[:n], pos[:n], slots[:n])
         slots[n:] = -1
@@ -178,7 +200,24 @@ class InputBuffers:
         seq_lens[n:] = 1
         self._stage_table(n, width)
         self._copy(2 * s + 1 + n * width)
+        self._patch_pending(pending, prev_tokens)
         return width, int(seq_lens[:n].max())
+
+    def _stage_pending(self, rows, sources) -> None:
+        """Write where pending tokens go (flat input positions) and where they come from."""
+        k = len(sources)
+        off, s = 3 * self.max_tokens + self.max_seqs, self.max_seqs
+        self._i64[off:off + k] = rows
+        self._i64[off + s:off + s + k] = sources
+
+    def _patch_pending(self, pending, prev_tokens: torch.Tensor | None) -> None:
+        """On the device, after the copy: input_ids[rows] = prev_tokens[sources]."""
+        if not pending or not pending[0]:
+            return
+        k = len(pending[0])
+        off, s = 3 * self.max_tokens + self.max_seqs, self.max_seqs
+        rows, sources = self.i64[off:off + k], self.i64[off + s:off + s + k]
+        self.i64[:self.max_tokens].index_copy_(0, rows, prev_tokens.index_select(0, sources))
 
     def _fill_table(self, block_tables: list[list[int]]) -> int:
         """Bring the host table rows up to date; returns the widest row (at least 1)."""

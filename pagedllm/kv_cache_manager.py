@@ -138,6 +138,9 @@ class KVCacheManager:
     def _cache_full_blocks(self, request: Request, table: list[KVBlock], num_full: int) -> None:
         """Index the request's blocks that became full since the last call (none: no work)."""
         start = self._num_cached_blocks.get(request.request_id, 0)
+        # NOTE: a token still being sampled (async scheduling) is not in all_token_ids: a block is
+        # hashed once all of its tokens are known, at a later step.
+        num_full = min(num_full, len(request.all_token_ids) // self.block_size)
         if num_full <= start:
             return
         self._extend_block_hashes(request, num_full)

@@ -16,7 +16,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.cuda_graphs import DecodeGraphs
 from pagedllm.input_buffers import BatchInput, InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
-from pagedllm.layers.sampler import Sampler, SamplerOutput, SamplingRow
+from pagedllm.layers.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
 from pagedllm.sampling_params import SamplingParams
@@ -49,6 +49,7 @@ class ModelRunner:
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
         kernels.check_kv_cache(self.kv_caches[0], self.model.ops)  # once: the layers do not check
         self.sampler = Sampler(seed=config.seed, device=self.device)
+        self._last_tokens: torch.Tensor | None = None  # the last launch's sampled ids (device)
         # NOTE: the engine's own max_model_len rule: no request outgrows this many blocks.
         self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                                  self.num_kv_blocks * self.block_size)
@@ -111,11 +112,10 @@ class ModelRunner:
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * mc.num_hidden_layers * self.block_size * mc.num_key_value_heads * mc.head_dim * elem
 
-    @torch.inference_mode()
     def execute(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
                 block_tables: list[list[int]], sample: list[bool],
                 rows: list[SamplingRow]) -> SamplerOutput:
-        """Forward the step's tokens and sample for the requests marked in `sample`.
+        """Forward the step's tokens and sample for the requests marked in `sample`; waits for them.
 
         Args:
             token_ids: each scheduled request's token ids (prompt + output so far).
@@ -125,16 +125,39 @@ class ModelRunner:
             sample: whether the request's chunk ends at its last token (so it samples), per request.
             rows: one SamplingRow per True in `sample`, in order.
         """
+        return self.launch(token_ids, num_computed, num_tokens, block_tables, sample, rows).result()
+
+    @torch.inference_mode()
+    def launch(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
+               block_tables: list[list[int]], sample: list[bool], rows: list[SamplingRow],
+               pending: tuple[list[int], list[int]] | None = None) -> SampleHandle:
+        """Like execute, without waiting for the step (on CUDA): the handle's result() does.
+
+        `pending` = (rows, sources): the input token of each of these rows (a one-token decode
+        row) was sampled by the previous launch and is not known to the host yet: it is read on
+        the device from that launch's tokens, at these indices. Such a row's entry in `token_ids`
+        stops one token short of it.
+        """
+        prev = self._last_tokens
+        if pending and pending[0] and prev is None:
+            raise RuntimeError("pending input tokens, but no step was launched before")
         if self.graphs is not None and rows and len(rows) == len(num_tokens) == sum(num_tokens):
-            hidden = self.graphs.run(token_ids, num_computed, block_tables)
+            hidden = self.graphs.run(token_ids, num_computed, block_tables, pending, prev)
             if hidden is not None:
-                return self.sampler(self.model.compute_logits(hidden), rows)
-        batch = self.prepare(token_ids, num_computed, num_tokens, block_tables, sample)
+                return self._sample(self.model.compute_logits(hidden), rows)
+        batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
+                                     pending, prev)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
         if not rows:
-            return SamplerOutput(token_ids=[], logprobs=[])
+            self._last_tokens = None
+            return SampleHandle(hidden.new_empty(0, dtype=torch.int64), None, 0)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
-        return self.sampler(logits, rows)
+        return self._sample(logits, rows)
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampleHandle:
+        handle = self.sampler.launch(logits, rows)
+        self._last_tokens = handle.tokens
+        return handle
 
     def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
                 block_tables: list[list[int]], sample: list[bool]) -> BatchInput:

@@ -8,6 +8,16 @@ from __future__ import annotations
 from pagedllm.layers.sampler import SamplerOutput, SamplingRow
 
 
+class _Done:
+    """A step's result that is already there (SampleHandle's interface)."""
+
+    def __init__(self, output: SamplerOutput) -> None:
+        self.output = output
+
+    def result(self) -> SamplerOutput:
+        return self.output
+
+
 class NullRunner:
     """Stands in for ModelRunner behind the same `execute` call."""
 
@@ -16,11 +26,24 @@ class NullRunner:
         self.vocab_size = vocab_size
         self.device = device
         self.num_forward_tokens = 0
+        self._last: list[int] = []
 
     def execute(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
                 block_tables: list[list[int]], sample: list[bool],
                 rows: list[SamplingRow]) -> SamplerOutput:
+        return self.launch(token_ids, num_computed, num_tokens, block_tables, sample, rows).result()
+
+    def launch(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
+               block_tables: list[list[int]], sample: list[bool], rows: list[SamplingRow],
+               pending: tuple[list[int], list[int]] | None = None) -> _Done:
+        """As ModelRunner.launch: a pending row's input is the last launch's token at its source,
+        so async and synchronous scheduling sample the same tokens."""
         self.num_forward_tokens += sum(num_tokens)
+        if pending:
+            token_ids = list(token_ids)
+            for row, src in zip(*pending):
+                token_ids[row] = token_ids[row] + [self._last[src]]
         out = [(len(t) * 2654435761 + t[-1]) % self.vocab_size
                for t, s in zip(token_ids, sample) if s]
-        return SamplerOutput(token_ids=out, logprobs=[None] * len(out))
+        self._last = out
+        return _Done(SamplerOutput(token_ids=out, logprobs=[None] * len(out)))

@@ -83,7 +83,13 @@ class Request:
         eos_token_ids: the model's end-of-sequence ids.
         state: the engine's output processing state (None for requests only the scheduler sees).
         all_token_ids: prompt followed by every generated token (the K/V source of truth).
-        num_computed_tokens: leading tokens of all_token_ids whose K/V are in the cache.
+        num_computed_tokens: leading tokens of all_token_ids whose K/V are in the cache (with async
+            scheduling it can count one sampled token that is not in all_token_ids yet).
+        num_pending: tokens sampled by launched steps that all_token_ids does not hold yet and that
+            the request will compute next (async scheduling; 0 or 1 when the scheduler runs). A
+            request's last token never counts here: nothing follows it.
+        sample_row: the request's row in the last launched step's sampled tokens (where a pending
+            token is read from on the device).
         block_hashes: chained hashes of this request's full blocks, computed once, kept across preemption.
         num_cached_tokens: prompt tokens served from the prefix cache at admission (for stats).
         stop_reason: the stop token id or stop string that finished it, if one did.
@@ -103,6 +109,8 @@ class Request:
     num_cached_tokens: int = 0
     stop_reason: int | str | None = None
     num_prompt_tokens: int = 0
+    num_pending: int = 0
+    sample_row: int = -1
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:

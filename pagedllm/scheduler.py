@@ -74,7 +74,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            remaining = len(request.all_token_ids) - request.num_computed_tokens
+            remaining = len(request.all_token_ids) + request.num_pending - request.num_computed_tokens
+            if remaining <= 0:  # its last token is still being sampled (async scheduling)
+                i += 1
+                continue
             n = remaining if remaining < budget else budget
             if not allocate(request, n) and not self._preempt_until_fits(request, n, out):
                 break  # the request preempted itself: it was the newest, nothing follows it
@@ -88,6 +91,8 @@ class Scheduler:
         while (self.waiting and budget > 0 and not out.preempted
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
+            if request.num_pending:  # preempted while its token was in flight: not known yet
+                break
             hits = self.kv_cache.get_computed_blocks(request)
             num_cached = len(hits) * self.kv_cache.block_size
             n = min(request.num_tokens - num_cached, budget)

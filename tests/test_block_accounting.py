@@ -29,9 +29,10 @@ op = st.one_of(
 )
 
 
-def make_engine(num_blocks: int, budget: int) -> LLMEngine:
+def make_engine(num_blocks: int, budget: int, async_scheduling: bool = False) -> LLMEngine:
     config = EngineConfig(model=MODEL, block_size=BLOCK, num_kv_blocks=num_blocks,
-                          max_num_batched_tokens=budget, max_num_seqs=6)
+                          max_num_batched_tokens=budget, max_num_seqs=6,
+                          async_scheduling=async_scheduling)
     return LLMEngine(config, runner=NullRunner(num_blocks, vocab_size=4096))
 
 
@@ -46,9 +47,10 @@ def check(engine: LLMEngine) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(op, max_size=60), num_blocks=st.integers(12, 40), budget=st.integers(8, 64))
-def test_invariants_hold_at_every_step(ops, num_blocks, budget):
-    engine = make_engine(num_blocks, budget)
+@given(ops=st.lists(op, max_size=60), num_blocks=st.integers(12, 40), budget=st.integers(8, 64),
+       async_scheduling=st.booleans())
+def test_invariants_hold_at_every_step(ops, num_blocks, budget, async_scheduling):
+    engine = make_engine(num_blocks, budget, async_scheduling)
     ids: list[str] = []
     finished: set[str] = set()
     for o in ops:

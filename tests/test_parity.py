@@ -65,6 +65,10 @@ SETTINGS = {
     "preemption": dict(num_kv_blocks=48),
     "chunked": dict(num_kv_blocks=2048, max_num_batched_tokens=64),
     "prefix": dict(num_kv_blocks=2048),
+    # both schedulings on every device (CUDA defaults to async, CPU to synchronous); async with
+    # preemption and chunked prefill, where pending tokens meet recompute and partial prompts
+    "async": dict(num_kv_blocks=48, max_num_batched_tokens=64, async_scheduling=True),
+    "sync": dict(num_kv_blocks=2048, async_scheduling=False),
 }
 
 

@@ -54,6 +54,50 @@ class SamplerOutput:
     logprobs: list[dict[int, float] | None]
 
 
+class SampleHandle:
+    """A step's sampled tokens, maybe still on their way to the host.
+
+    Attributes:
+        tokens: the sampled ids on the logits' device ([num_rows], int64): the next step's inputs
+            are patched from it without waiting for the host (async scheduling).
+    """
+
+    def __init__(self, tokens: torch.Tensor, copy: "_HostCopy | None", num_rows: int,
+                 output: SamplerOutput | None = None) -> None:
+        self.tokens = tokens
+        self._copy = copy
+        self._num_rows = num_rows
+        self._output = output
+
+    def result(self) -> SamplerOutput:
+        """The tokens as Python ints (and logprobs): waits for the step if it still runs."""
+        if self._output is None:
+            ids = self._copy.wait(self._num_rows) if self._copy else self.tokens.tolist()
+            self._output = SamplerOutput(ids, [None] * self._num_rows)
+        return self._output
+
+
+class _HostCopy:
+    """A pinned host buffer that a step's tokens are copied into without blocking the host."""
+
+    def __init__(self, device: torch.device, size: int = 1024) -> None:
+        self.device = device
+        self.buffer = torch.empty(size, dtype=torch.int64, pin_memory=True)
+        self.done = torch.cuda.Event()
+
+    def start(self, tokens: torch.Tensor) -> "_HostCopy":
+        n = tokens.shape[0]
+        if n > self.buffer.shape[0]:
+            self.buffer = torch.empty(n, dtype=torch.int64, pin_memory=True)
+        self.buffer[:n].copy_(tokens, non_blocking=True)
+        self.done.record()
+        return self
+
+    def wait(self, n: int) -> list[int]:
+        self.done.synchronize()
+        return self.buffer[:n].tolist()
+
+
 class Sampler:
     """Samples a batch of rows, each with its own SamplingParams.
 
@@ -65,6 +109,8 @@ class Sampler:
     def __init__(self, seed: int = 0, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.generator = self.make_generator(seed)
+        self._host: list[_HostCopy] | None = None
+        self._turn = 0
 
     def make_generator(self, seed: int) -> torch.Generator:
         """Returns a generator on the sampler's device, for a request with its own seed."""
@@ -74,12 +120,19 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """Samples one token per row of logits [num_rows, vocab]; does not modify logits."""
+        return self.launch(logits, rows).result()
+
+    def launch(self, logits: torch.Tensor, rows: list[SamplingRow]) -> "SampleHandle":
+        """Like __call__, but the step is not waited for unless a row wants logprobs: the tokens stay
+        on the device (`SampleHandle.tokens`, which the next step's inputs can read) while a copy
+        to the host runs behind the step; `result()` waits for that copy only."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], "
                              f"got {tuple(logits.shape)}")
         # NOTE: the hot path of decode benchmarks: keep it free of per-row tensor work.
         if all(_plain_greedy(r) for r in rows):
-            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+            tokens = logits.argmax(dim=-1)
+            return SampleHandle(tokens, self._to_host(tokens), len(rows))
 
         logits = logits.float()
         logprobs = _raw_logprobs(logits, rows)
@@ -93,8 +146,21 @@ class Sampler:
             idx = torch.tensor(random_rows, device=logits.device)
             sampled = self._sample(logits[idx], [rows[i] for i in random_rows])
             token_ids[idx] = sampled
+        if logprobs is None:  # random draws, penalties: the tokens can still come back later
+            return SampleHandle(token_ids, self._to_host(token_ids), len(rows))
         token_list = token_ids.tolist()
-        return SamplerOutput(token_list, _finish_logprobs(logprobs, rows, token_list))
+        return SampleHandle(token_ids, None, len(rows),
+                            SamplerOutput(token_list, _finish_logprobs(logprobs, rows, token_list)))
+
+    def _to_host(self, tokens: torch.Tensor) -> "_HostCopy | None":
+        """Start copying `tokens` to pinned host memory (CUDA); None on CPU (nothing to wait for)."""
+        if tokens.device.type != "cuda":
+            return None
+        if self._host is None:
+            self._host = [_HostCopy(tokens.device) for _ in range(2)]
+        # NOTE: two buffers in turn: the engine reads step N's tokens while step N+1's copy runs.
+        self._turn ^= 1
+        return self._host[self._turn].start(tokens)
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """Temperature, top_k, top_p, min_p, then one random draw per row."""

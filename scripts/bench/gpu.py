@@ -175,8 +175,28 @@ def decode_step_times(llm: LLM, batches=(64, 256), context: int = 833, iters: in
                 runner.execute(**args)
             entry[f"{label}_ms"] = (time.perf_counter() - t0) / iters * 1e3
         runner.graphs = graphs
+        if graphs is not None:
+            entry["graphs_pipelined_ms"] = _pipelined_step_ms(runner, args, iters)
         results.append(entry)
     return results
+
+
+def _pipelined_step_ms(runner, args: dict, iters: int) -> float:
+    """Milliseconds per decode step as an async-scheduled engine runs them: step N+1 prepared and
+    launched before step N's tokens are read back, its input ids patched from them on the device."""
+    batch = len(args["num_computed"])
+    nxt = dict(args, token_ids=[t[:-1] for t in args["token_ids"]])  # their last token: pending
+    pending = (list(range(batch)), list(range(batch)))
+    handle = runner.launch(**args)
+    for i in range(3 + iters):
+        if i == 3:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        following = runner.launch(**nxt, pending=pending)
+        handle.result()
+        handle = following
+    handle.result()
+    return (time.perf_counter() - t0) / iters * 1e3
 
 
 def roofline(llm: LLM, copy_gbps: float, batch: int, context: int) -> dict:

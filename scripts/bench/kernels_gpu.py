@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pagedllm_tools import ROOT
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 64, 16  # llama-1b
+HEADS = {"llama-1b": (32, 8, 64), "qwen3-0.6b": (16, 8, 128)}  # (q heads, kv heads, head dim)
 DTYPE = torch.bfloat16
 
 
@@ -180,8 +181,9 @@ def sweep(copy_gbps: float, iters: int) -> list[dict]:
     """Graph-launched decode time of every launch config on each case; the current one marked."""
     from pagedllm.kernels.triton_paged_attention import LaunchConfig, launch_config, paged_attention
 
-    current = launch_config(DTYPE, 1)
-    configs = [LaunchConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3, 4)]
+    current = launch_config(DTYPE, 1, HEAD_DIM)
+    configs = [LaunchConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4, 8) for s in (1, 2, 3)]
+    configs += [] if current in configs else [current]
     results = []
     for batch, context in SWEEP_CASES:
         args, k, _ = decode_args(batch, context, None)
@@ -215,7 +217,11 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true", help="only the microbenchmark")
     parser.add_argument("--iters", type=int, default=50, help="timed calls per case (median)")
     parser.add_argument("--sweep", action="store_true", help="time the launch configs instead")
+    parser.add_argument("--heads", choices=list(HEADS), default="llama-1b",
+                        help="whose attention heads the decode cases use")
     opts = parser.parse_args()
+    global NUM_HEADS, NUM_KV_HEADS, HEAD_DIM
+    NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = HEADS[opts.heads]
     if not torch.cuda.is_available():
         print("pagedllm_tools.bench.kernels_gpu needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -231,7 +237,7 @@ def main() -> int:
         report["copy_gbps"] = copy_gbps = copy_bandwidth_gbps(opts.iters)
         report["sweep"] = sweep(copy_gbps, opts.iters)
         if os.environ.get("OUT"):
-            (Path(os.environ["OUT"]) / "kernels_sweep.json").write_text(json.dumps(report, indent=2))
+            (Path(os.environ["OUT"]) / f"kernels_sweep-{opts.heads}.json").write_text(json.dumps(report, indent=2))
         return 0
     report["tests"] = None if opts.skip_tests else run_tests()
 

@@ -20,6 +20,7 @@ docs/benchmarks.md). Writes OUT/peer.json and a log per child; prints a table la
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -53,15 +54,32 @@ def child_build(shape: str, out_dir: str) -> None:
     print(json.dumps({"built": shape, "s": round(time.perf_counter() - t0, 1)}), flush=True)
 
 
-def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int) -> None:
+def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
+                   extra: str = "{}") -> None:
     import torch
 
     from pagedllm import LLM, SamplingParams
-    res: dict = {"engine": "pagedllm"}
+    extra_kw = json.loads(extra)
+    res: dict = {"engine": "pagedllm", "extra_engine_kwargs": extra_kw}
+    freeze = extra_kw.pop("gc_freeze", False)  # (not an engine field: what the process does)
     t0 = time.perf_counter()
-    llm = LLM(model_dir, device="cuda", dtype="bfloat16", **ENGINE_KW)
+    llm = LLM(model_dir, device="cuda", dtype="bfloat16", **ENGINE_KW, **extra_kw)
+    if freeze:
+        gc.collect()
+        gc.freeze()
     res["startup_s"] = time.perf_counter() - t0
     _save(Path(out), res)
+    pauses: list[float] = []
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:  # the time Python's collector stops the loop
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif info.get("generation") == 2:
+            pauses.append(time.perf_counter() - started[0])
+        else:
+            pauses.append(-(time.perf_counter() - started[0]))  # young generations, negative
+    gc.callbacks.append(on_gc)
 
     def run(prompts, outputs) -> dict:
         if not llm.reset_prefix_cache():
@@ -69,10 +87,14 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int) -> 
         params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
         torch.cuda.synchronize()
         t = time.perf_counter()
+        pauses.clear()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         wall = time.perf_counter() - t
         made = sum(len(o.outputs[0].token_ids) for o in outs)
-        return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall}
+        full = [p for p in pauses if p > 0]
+        return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall,
+                "gc_full_collections": len(full), "gc_full_s": sum(full),
+                "gc_young_s": -sum(p for p in pauses if p < 0)}
 
     t = time.perf_counter()
     run(workload(256, 5)[0], [16] * 256)
@@ -143,6 +165,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--vllm-site", help="a folder holding vLLM's packages (PYTHONPATH for its runs)")
     ap.add_argument("--shapes", nargs="+", default=[s for s, _ in PLAN])
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument("--pagedllm-kw", action="append", default=[], metavar="NAME=JSON",
+                    help="an EngineConfig field for pagedllm's runs (A/B runs), e.g. "
+                         "async_scheduling=false; repeat the option to run pagedllm once per value")
     ap.add_argument("--child", nargs="+")
     a = ap.parse_args()
     if a.child:
@@ -150,7 +176,7 @@ def main() -> None:
         if kind == "build":
             return child_build(*rest)
         fn = {"pagedllm": child_pagedllm, "vllm": child_vllm}[kind]
-        return fn(rest[0], rest[1].split(","), rest[2], int(rest[3]))
+        return fn(rest[0], rest[1].split(","), rest[2], int(rest[3]), *rest[4:])
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -163,28 +189,35 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip()
     report: dict = {"device": device, "engine_kwargs": ENGINE_KW, "repeats": a.repeats,
                     "workloads": {k: list(v) for k, v in WORKLOADS.items()}, "runs": {}}
+    variants = [dict([kv.split("=", 1)]) for kv in a.pagedllm_kw] or [{}]
+    variants = [{k: json.loads(v) for k, v in d.items()} for d in variants]
     engines = [("pagedllm", None)]
     if a.vllm_site:
         engines.append(("vllm", dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [a.vllm_site, os.environ.get("PYTHONPATH")])))))
     for shape, works in PLAN:
-        if shape not in a.shapes:
+        works = [w for w in works if w in a.workloads]
+        if shape not in a.shapes or not works:
             continue
         ckpt = work / shape
         if not (ckpt / "config.json").exists():
             _child(["build", shape, str(ckpt)], out / f"build-{shape}.log", min(left(), 180))
-        for engine, env in engines:
-            result = out / f"{engine}-{shape}.json"
-            rc = _child([engine, str(ckpt), ",".join(works), str(result), str(a.repeats)],
-                        out / f"{engine}-{shape}.log", left() - 5, env)
-            report["runs"][f"{engine}/{shape}"] = {
+        runs = [(e, env, {}) for e, env in engines if e != "pagedllm"]
+        runs = [("pagedllm", None, kw) for kw in variants] + runs
+        for engine, env, kw in runs:
+            tag = engine + "".join(f"-{k}-{json.dumps(v)}" for k, v in kw.items())
+            result = out / f"{tag}-{shape}.json"
+            args = [engine, str(ckpt), ",".join(works), str(result), str(a.repeats)]
+            rc = _child(args + ([json.dumps(kw)] if kw else []), out / f"{tag}-{shape}.log",
+                        left() - 5, env)
+            report["runs"][f"{tag}/{shape}"] = {
                 "rc": rc, **(json.loads(result.read_text()) if result.exists() else {})}
             _save(out / "peer.json", report)
     print(f"\n{device}")
     for key, run in report["runs"].items():
         figures = "  ".join(f"{w}: " + " / ".join(f"{r['output_tok_s']:,.0f}" for r in run[w])
                             for w in WORKLOADS if w in run)
-        print(f"{key:24s} start-up {run.get('startup_s', float('nan')):5.1f} s  {figures}")
+        print(f"{key:40s} start-up {run.get('startup_s', float('nan')):5.1f} s  {figures}")
 
 
 if __name__ == "__main__":
