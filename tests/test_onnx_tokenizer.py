@@ -362,3 +362,24 @@ def test_cli_writes_both_models(tmp_path, capsys):
     assert pre.stat().st_size > 0 and post.stat().st_size > 0
     assert ex.main(["--model", str(tmp_path), "--out-pre", str(pre), "--out-post", str(post)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_importing_the_extensions_leaves_protobufs_implementation_alone():
+    """onnxruntime_extensions sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python when imported;
+    make serve builds the repository before it starts the front door, which then parsed every
+    gRPC response with pure-Python protobuf (a third of its time under load)."""
+    import os
+    import subprocess
+    import sys
+
+    key = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+    code = ("import os; from pagedllm_tools.serving import tokenizer_onnx as ex; "
+            "ex.import_extensions(); print(os.environ.get('%s'))" % key)
+    env = {k: v for k, v in os.environ.items() if k != key}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["None"]
+    env[key] = "upb"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["upb"]

@@ -71,8 +71,15 @@ def _op_library(config: dict) -> str:
         if os.path.isfile(name):
             pb_utils.Logger.log_info(f"onnxruntime backend: custom ops from {name} (config)")
             return name
+    # NOTE: importing it sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ (for the
+    # processes this one starts); put back as it was.
+    before = os.environ.get("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION")
     import onnxruntime_extensions
 
+    if before is None:
+        os.environ.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
+    else:
+        os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = before
     path = onnxruntime_extensions.get_library_path()
     pb_utils.Logger.log_info(f"onnxruntime backend: custom ops from {path} (onnxruntime_"
                              f"extensions; config's {names or 'none'} not found)")

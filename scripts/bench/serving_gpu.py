@@ -45,7 +45,8 @@ CLIENT_SITE = setup.CACHE / "client-site"
 WHEELS = ["numpy==1.26.4", "tritonclient==2.73.0", "protobuf==6.33.6", "python-rapidjson",
           "onnxruntime-extensions==0.15.2"]
 # The front door's packages the GPU machine lacks (it has grpcio, anyio, h11, click, httpx, jinja2).
-FRONT_DOOR_WHEELS = ["fastapi==0.162.5", "starlette==1.7.0", "uvicorn==0.54.0", "pydantic==2.14.3",
+FRONT_DOOR_WHEELS = ["fastapi==0.162.5", "starlette==1.7.0", "uvicorn==0.54.0", "uvloop==0.23.0",
+                     "httptools==0.9.0", "pydantic==2.14.3",
                      "pydantic-core==2.50.4", "annotated-types", "annotated-doc",
                      "typing-inspection", "typing-extensions", "opentelemetry-api",
                      "importlib-metadata"]

@@ -344,11 +344,30 @@ def build_postprocessing(spec: TokenizerSpec) -> onnx.ModelProto:
          _const("row_axis", 2)])
 
 
+def import_extensions():
+    """onnxruntime_extensions, imported without its side effect on the environment.
+
+    NOTE: importing it sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ, and every
+    process started after that (make serve's front door, the load generator) parsed protobuf in
+    pure Python: a third of the front door's time under load went to decoding Triton's gRPC
+    responses. The variable is put back as it was.
+    """
+    key = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+    before = os.environ.get(key)
+    import onnxruntime_extensions
+
+    if before is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = before
+    return onnxruntime_extensions
+
+
 def session(model: onnx.ModelProto):
     """An ONNX Runtime session for `model`, with the onnxruntime-extensions ops registered."""
     import onnxruntime as ort
-    import onnxruntime_extensions
 
+    onnxruntime_extensions = import_extensions()
     options = ort.SessionOptions()
     options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
     return ort.InferenceSession(model.SerializeToString(), options,
