@@ -215,3 +215,22 @@ def test_an_event_stays_one_line_for_splitlines_readers():
     lines = event({"choices": [{"text": text}]}).splitlines()
     assert lines[1:] == [""]
     assert json.loads(lines[0][len("data: "):])["choices"][0]["text"] == text
+
+
+@pytest.mark.parametrize("texts, finish, logprobs", [
+    ([" fib"], [None], None),
+    (["", "é漢\n"], ["length", None], None),
+    ([" a", " b"], [None, "stop"],
+     [[{"5": {"logprob": -0.5, "rank": 1, "decoded_token": " a"}}], None]),
+])
+def test_the_raw_contents_reader_equals_tritonclients_reader(texts, finish, logprobs):
+    """parse_reply reads outputs straight from the raw contents (the front door's hottest
+    function); it must read what tritonclient's as_numpy reads, for any n, text and logprobs."""
+    from pagedllm_openai.triton_client import _parse_reply_slow, parse_reply
+    from pagedllm_tools.bench.front_door import ensemble_response
+
+    result = ensemble_response(texts, finish, logprobs, num_input_tokens=70000)
+    reply = parse_reply(result)
+    assert reply == _parse_reply_slow(result, None)
+    assert reply.texts == texts and reply.finish_reasons == finish
+    assert reply.num_input_tokens == 70000 and reply.num_output_tokens == [1] * len(texts)
