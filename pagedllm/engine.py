@@ -1,7 +1,9 @@
 """LLMEngine: add_request / abort_request / step(), synchronous and single-threaded.
 
 One step is: schedule -> run the model -> process outputs (append tokens, detokenize, check stops,
-retire finished requests). The engine loop (engine_loop.py) wraps it in a thread for servers.
+retire finished requests). With async scheduling (CUDA's default) a step launches the model and
+then processes the PREVIOUS step's outputs while the GPU computes (docs/engine.md). The engine
+loop (engine_loop.py) wraps it in a thread for servers.
 
 A request asking for n > 1 completions (`SamplingParams.n`) runs as n sequences, each an engine
 request of its own (the scheduler and the KV cache see n requests); they share the caller's
