@@ -209,13 +209,16 @@ class LLMEngine:
         num_computed = [r.num_computed_tokens for r in reqs]
         block_ids = self.kv_cache.block_ids
         block_tables = [block_ids(r.request_id) for r in reqs]
-        # a request samples when this step computes its last token (not mid-prefill); a pending
-        # token (async scheduling) is one the request computes this step, read on the device
-        known = [len(t) for t in token_ids]
-        pending_rows = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
-        pending = ((pending_rows, [reqs[i].sample_row for i in pending_rows])
-                   if pending_rows else None)
-        sample = [c + n >= k for c, n, k in zip(num_computed, counts, known)]
+        # a request samples when this step computes its last token (not mid-prefill)
+        pending = None
+        if self.async_scheduling:
+            # a pending token is one the request computes this step, read on the device
+            known = [len(t) for t in token_ids]
+            rows = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
+            pending = (rows, [reqs[i].sample_row for i in rows]) if rows else None
+            sample = [c + n >= k for c, n, k in zip(num_computed, counts, known)]
+        else:
+            sample = [c + n == len(t) for c, n, t in zip(num_computed, counts, token_ids)]
         sampling = reqs if all(sample) else [r for r, s in zip(reqs, sample) if s]
         rows = [self._sampling_row(r) if r.state.row_varies else r.state.sampling_row
                 for r in sampling]
@@ -223,11 +226,13 @@ class LLMEngine:
                                     num_tokens=counts, block_tables=block_tables,
                                     sample=sample, rows=rows, pending=pending)
         self.scheduler.update_after_step(out)
-        for j, r in enumerate(sampling):
-            r.sample_row = j
-            # the coming token is the request's last when it reaches max_tokens: nothing follows
-            if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
-                r.num_pending += 1
+        if self.async_scheduling:
+            for j, r in enumerate(sampling):
+                r.sample_row = j
+                # the coming token is the request's last when it reaches max_tokens: nothing
+                # follows it, so it is not pending (the scheduler does not run the request again)
+                if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
+                    r.num_pending += 1
         return _Launched(sampling, handle)
 
     def _needs_tokens(self, out: SchedulerOutput) -> bool:
@@ -255,7 +260,7 @@ class LLMEngine:
         """
         result = launched.handle.result()
         requests = launched.requests
-        if any(r.is_finished for r in requests):
+        if self.async_scheduling and any(r.status.is_finished for r in requests):
             kept = [(r, t, lp) for r, t, lp in zip(requests, result.token_ids, result.logprobs)
                     if not r.is_finished]
             requests = [k[0] for k in kept]
@@ -265,7 +270,7 @@ class LLMEngine:
         finishing: dict[str, RequestStatus] = {}
         for r, token, lp in zip(requests, tokens, logprobs):
             r.all_token_ids.append(token)
-            if r.num_pending:
+            if r.num_pending:  # (async scheduling: this token is no longer pending)
                 r.num_pending -= 1
             st = r.state
             if lp is not None:

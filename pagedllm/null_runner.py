@@ -39,11 +39,14 @@ class NullRunner:
         """As ModelRunner.launch: a pending row's input is the last launch's token at its source,
         so async and synchronous scheduling sample the same tokens."""
         self.num_forward_tokens += sum(num_tokens)
-        if pending:
-            token_ids = list(token_ids)
-            for row, src in zip(*pending):
-                token_ids[row] = token_ids[row] + [self._last[src]]
-        out = [(len(t) * 2654435761 + t[-1]) % self.vocab_size
-               for t, s in zip(token_ids, sample) if s]
+        if pending:  # the row's list ends one token short: that token is the last launch's
+            source = dict(zip(*pending))
+            last = self._last
+            out = [((len(t) + 1) * 2654435761 + last[source[i]]) % self.vocab_size
+                   if i in source else (len(t) * 2654435761 + t[-1]) % self.vocab_size
+                   for i, (t, s) in enumerate(zip(token_ids, sample)) if s]
+        else:
+            out = [(len(t) * 2654435761 + t[-1]) % self.vocab_size
+                   for t, s in zip(token_ids, sample) if s]
         self._last = out
         return _Done(SamplerOutput(token_ids=out, logprobs=[None] * len(out)))
