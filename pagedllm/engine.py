@@ -214,8 +214,8 @@ class LLMEngine:
         if self.async_scheduling:
             # a pending token is one the request computes this step, read on the device
             known = [len(t) for t in token_ids]
-            rows = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
-            pending = (rows, [reqs[i].sample_row for i in rows]) if rows else None
+            late = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
+            pending = (late, [reqs[i].sample_row for i in late]) if late else None
             sample = [c + n >= k for c, n, k in zip(num_computed, counts, known)]
         else:
             sample = [c + n == len(t) for c, n, t in zip(num_computed, counts, token_ids)]
