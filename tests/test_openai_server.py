@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -565,3 +566,50 @@ def test_the_load_generator_drives_the_openai_api(service, tmp_path):
     assert run["num_errors"] == 0
     assert run["output_tokens"] == result["workload"]["target_output_tokens"]
     assert run["ttft_ms"]["p50"] > 0 and run["itl_ms"]["p50"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def test_workers_share_the_port_and_stop_together(triton, tmp_path, offline, tokenizer):
+    """--workers 2: two service processes on the one socket answer (the same greedy text as the
+    offline engine, every stream whole), and SIGTERM stops both, cleanly."""
+    own = start_service(triton, tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while len(_children(own.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(own.process.pid)
+        assert len(workers) == 2
+        want = _offline(offline, "def fib(n):", max_tokens=12, temperature=0).text
+
+        def ask(i: int) -> str:
+            body = {"model": "default", "prompt": "def fib(n):", "max_tokens": 12,
+                    "temperature": 0, "stream": i % 2 == 0}
+            with httpx.Client(timeout=60) as client:  # a connection each: both workers get some
+                r = client.post(f"{own.url}/v1/completions", json=body,
+                                headers={"Authorization": f"Bearer w{i}"})
+                assert r.status_code == 200, r.text
+                if body["stream"]:
+                    return "".join(c["choices"][0]["text"] for c in _sse(r.text)
+                                   if isinstance(c, dict) and c["choices"])
+                return r.json()["choices"][0]["text"]
+
+        with ThreadPoolExecutor(8) as pool:
+            texts = list(pool.map(ask, range(16)))
+        assert texts == [want] * 16
+        own.process.send_signal(signal.SIGTERM)
+        assert own.process.wait(timeout=30) == 0
+        assert not [p for p in workers if Path(f"/proc/{p}").exists()
+                    and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+        assert "Traceback" not in own.log.read_text()
+    finally:
+        own.stop()

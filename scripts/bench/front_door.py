@@ -11,7 +11,8 @@ for Triton that streams canned responses as fast as it can (no engine), driven b
 /proc, so it holds on a busy machine) and the tokens per second it passed.
 
     python -m pagedllm_tools.bench.front_door [--n 1] [--repeats 20000]
-    python -m pagedllm_tools.bench.front_door --live [--concurrency 64] [--requests 512] [--tokens 128]
+    python -m pagedllm_tools.bench.front_door --live [--concurrency 64] [--requests 512]
+        [--tokens 128] [--workers 1]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -108,8 +110,16 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process and of its live children (the workers of --workers N)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def _drive(url: str, concurrency: int, requests: int, tokens: int) -> int:
@@ -137,7 +147,7 @@ async def _drive(url: str, concurrency: int, requests: int, tokens: int) -> int:
     return received
 
 
-def live(concurrency: int, requests: int, tokens: int) -> dict:
+def live(concurrency: int, requests: int, tokens: int, workers: int = 1) -> dict:
     from pagedllm_tools import ROOT
 
     grpc_port, port = _free_port(), _free_port()
@@ -148,7 +158,8 @@ def live(concurrency: int, requests: int, tokens: int) -> dict:
         [sys.executable, "-m", "pagedllm_openai.server", "--model", str(ROOT / "models" / "default"),
          "--triton-grpc-url", f"127.0.0.1:{grpc_port}", "--port", str(port),
          # (a slot comes back as the stream closes, after the client saw the end: room for that)
-         "--max-concurrent-per-client", str(2 * concurrency), "--log-level", "warning"],
+         "--max-concurrent-per-client", str(2 * concurrency), "--log-level", "warning",
+         "--workers", str(workers)],
         stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -173,7 +184,8 @@ def live(concurrency: int, requests: int, tokens: int) -> dict:
             p.wait(timeout=30)
     if chunks != requests * tokens:
         raise RuntimeError(f"got {chunks} tokens, expected {requests * tokens}")
-    return {"concurrency": concurrency, "requests": requests, "tokens_per_request": tokens,
+    return {"workers": workers, "concurrency": concurrency, "requests": requests,
+            "tokens_per_request": tokens,
             "tokens_s": chunks / wall, "front_door_cpu_us_per_token": cpu / chunks * 1e6,
             "front_door_cpu_share": cpu / wall}
 
@@ -186,13 +198,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=1, help="the front door's --workers")
     ap.add_argument("--fake-triton", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.fake_triton:
         return fake_triton(a.fake_triton)
     if a.live:
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
-                          for k, v in live(a.concurrency, a.requests, a.tokens).items()}))
+                          for k, v in live(a.concurrency, a.requests, a.tokens,
+                                           a.workers).items()}))
         return
     result = ensemble_response([" fib"] * a.n, [None] * a.n)
     reply = parse_reply(result)
