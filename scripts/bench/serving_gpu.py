@@ -20,7 +20,9 @@ cores, where the load generator does not share two cores with the server.
 repository (the committed configs, the carried ONNX tokenizer models, engine.json on cuda),
 starts tritonserver (the nvidia-pytriton wheel's 2.51) and runs the load generator at concurrency 1,
 16, 64 and 256 (the `nano` prompts; fewer requests at low concurrency to fit one call), the last
-also through the offline engine in the client's process for the ratio. Results: $OUT/serving-*.json.
+also through the offline engine in the client's process for the ratio, then once more through the
+OpenAI front door (PAGEDLLM_OPENAI_WORKERS="1 2" runs it once per front-door process count;
+PAGEDLLM_SERVING_REPEATS=3 alternates three served/offline rounds). Results: $OUT/serving-*.json.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ OPENAI_PORT = 9000
 # one 5-second run at concurrency 256 is noisy (offline alone ranged 24k-31k tok/s on one H200).
 REPEATS = int(os.environ.get("PAGEDLLM_SERVING_REPEATS", "1"))
 LEVELS = [(1, 8), (16, 64), (64, 256), (256, 256)]  # (concurrency, requests)
+# Front-door processes for the /v1 level, one run each: PAGEDLLM_OPENAI_WORKERS="1 2".
+OPENAI_WORKERS = [int(w) for w in os.environ.get("PAGEDLLM_OPENAI_WORKERS", "1").split()]
 
 
 def pack() -> None:
@@ -219,22 +223,27 @@ def run(levels: list[tuple[int, int]] = LEVELS, engine_process: bool = True,
                 summary["levels"][-1]["server_stats"] = _model_stats()
             (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
         if openai:
-            summary["openai"] = _openai_level(levels[-1], ckpt, repo, out, tag, client_env)
-            (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
+            for workers in OPENAI_WORKERS:
+                key = "openai" if workers == 1 else f"openai-workers{workers}"
+                summary[key] = _openai_level(levels[-1], ckpt, repo, out, tag, client_env,
+                                             workers)
+                (out / f"serving{tag}-gpu.json").write_text(json.dumps(summary, indent=1))
     finally:
         setup.stop(server)
 
 
 def _openai_level(level: tuple[int, int], ckpt: Path, repo: Path, out: Path, tag: str,
-                  env: dict[str, str]) -> dict | None:
-    """The last level again through the front door's /v1/completions, with its own offline run."""
+                  env: dict[str, str], workers: int = 1) -> dict | None:
+    """The last level again through the front door's /v1/completions (`workers` processes),
+    with its own offline run."""
     import urllib.request
     concurrency, num = level
     door = subprocess.Popen(
         [sys.executable, "-m", "pagedllm_openai.server", "--model", str(ckpt),
          "--triton-grpc-url", "127.0.0.1:8001", "--triton-http-url", "http://127.0.0.1:8000",
          "--triton-metrics-url", "http://127.0.0.1:8002/metrics", "--port", str(OPENAI_PORT),
-         "--max-concurrent-per-client", str(max(64, concurrency)), "--log-level", "warning"],
+         "--max-concurrent-per-client", str(max(64, concurrency)), "--log-level", "warning",
+         "--workers", str(workers)],
         env=env, stdout=open(out / "front_door.log", "w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -247,7 +256,8 @@ def _openai_level(level: tuple[int, int], ckpt: Path, repo: Path, out: Path, tag
                     print("front door did not start: see front_door.log", flush=True)
                     return None
                 time.sleep(0.5)
-        path = out / f"serving{tag}-openai-c{concurrency}.json"
+        suffix = "" if workers == 1 else f"-workers{workers}"
+        path = out / f"serving{tag}-openai{suffix}-c{concurrency}.json"
         cmd = [sys.executable, "-m", "pagedllm_clients.load", "--api", "openai",
                "--url", f"http://127.0.0.1:{OPENAI_PORT}", "--model", ckpt.name,
                "--concurrency", str(concurrency), "--num-requests", str(num),
@@ -256,7 +266,8 @@ def _openai_level(level: tuple[int, int], ckpt: Path, repo: Path, out: Path, tag
                "--repeats", str(REPEATS)]
         t1 = time.monotonic()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400 * REPEATS)
-        print(f"--- OpenAI /v1/completions, concurrency {concurrency} "
+        print(f"--- OpenAI /v1/completions ({workers} front-door process(es)), "
+              f"concurrency {concurrency} "
               f"({time.monotonic() - t1:.0f} s)\n{done.stdout[-2500:]}\n{done.stderr[-1500:]}",
               flush=True)
         return json.loads(path.read_text()) if path.exists() else None
