@@ -16,7 +16,9 @@ Two ways in:
 
 `PAGEDLLM_ATTENTION=reference` makes CUDA take the reference for every op (A/B checks);
 `PAGEDLLM_RMS_NORM=reference` does so for both norms alone, `PAGEDLLM_ELEMENTWISE=reference` for
-silu_and_mul and the rotary embedding. All three are read by `select_ops`.
+silu_and_mul and the rotary embedding. `PAGEDLLM_QK_NORM_ROTARY=fused` turns on the one-kernel
+q/k norm + rotary of Qwen3-style models (triton_qk_norm_rotary.py; off until its GPU test has
+run: its bf16 roundings cannot be checked in the CPU interpreter). All are read by `select_ops`.
 
 NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a submodule
 binds it as an attribute of this package, which would replace the function `paged_attention`.
@@ -53,6 +55,8 @@ class KernelOps:
         silu_and_mul: (gate_up [..., 2I]) -> silu(gate) * up [..., I].
         rope: (positions, cos_cache, sin_cache, dtype) -> what `rotary` reads, once per step.
         rotary: (q, k, rope) -> (q, k) rotated, new tensors.
+        qk_norm_rotary: (q, k, q_weight, k_weight, eps, rope) -> (q, k) each head normalised,
+            then rotated, in one kernel; None: the model runs rms_norm twice, then rotary.
 
     `rope` and `rotary` come as a pair: the reference gathers (cos, sin) once per step and each
     layer's `rotary` applies them (as transformers does); the kernel reads the float32 tables at
@@ -67,6 +71,7 @@ class KernelOps:
     silu_and_mul: Callable[..., torch.Tensor]
     rope: Callable[..., tuple]
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    qk_norm_rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
@@ -96,8 +101,8 @@ def _load_triton_ops() -> KernelOps | None:
     if _triton_ops is None and _triton_import_error is None:
         try:
             from pagedllm.kernels import (triton_fused_add_rms_norm, triton_paged_attention,
-                                          triton_reshape_and_cache, triton_rms_norm, triton_rotary,
-                                          triton_silu_and_mul)
+                                          triton_qk_norm_rotary, triton_reshape_and_cache,
+                                          triton_rms_norm, triton_rotary, triton_silu_and_mul)
         except ImportError as e:  # no triton in this environment: the reference still works
             _triton_import_error = e
             warnings.warn(f"Triton does not import ({e}): CUDA attention runs the slow torch reference")
@@ -105,9 +110,12 @@ def _load_triton_ops() -> KernelOps | None:
             def rotary(q, k, rope):
                 return triton_rotary.launch(q, k, *rope)
 
+            def qk_norm_rotary(q, k, q_weight, k_weight, eps, rope):
+                return triton_qk_norm_rotary.launch(q, k, q_weight, k_weight, eps, *rope)
+
             _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch, triton_paged_attention.launch,
                                     triton_rms_norm.launch, triton_fused_add_rms_norm.launch,
-                                    triton_silu_and_mul.launch, _tables_rope, rotary)
+                                    triton_silu_and_mul.launch, _tables_rope, rotary, qk_norm_rotary)
     return _triton_ops
 
 
@@ -127,12 +135,14 @@ def select_ops(device: torch.device | str, dtype: torch.dtype) -> KernelOps:
     r = REFERENCE_OPS
     norms = dtype == torch.bfloat16 and _env("PAGEDLLM_RMS_NORM") != "reference"
     elementwise = dtype == torch.bfloat16 and _env("PAGEDLLM_ELEMENTWISE") != "reference"
+    fused_qk = norms and elementwise and _env("PAGEDLLM_QK_NORM_ROTARY") == "fused"
     return KernelOps("triton", t.reshape_and_cache, t.paged_attention,
                      t.rms_norm if norms else r.rms_norm,
                      t.fused_add_rms_norm if norms else r.fused_add_rms_norm,
                      t.silu_and_mul if elementwise else r.silu_and_mul,
                      t.rope if elementwise else r.rope,
-                     t.rotary if elementwise else r.rotary)
+                     t.rotary if elementwise else r.rotary,
+                     t.qk_norm_rotary if fused_qk else None)
 
 
 def _env(name: str) -> str:

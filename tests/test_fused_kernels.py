@@ -1,5 +1,5 @@
-"""The fused elementwise kernels (residual add + RMSNorm, silu * up, rotary) against their torch
-references (kernels/reference.py, the oracle), and the model run through them.
+"""The fused elementwise kernels (residual add + RMSNorm, silu * up, rotary, q/k norm + rotary)
+against their torch references (kernels/reference.py, the oracle), and the model run through them.
 
 Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1)
 in float32 and float16 at small sizes. Not bfloat16: the interpreter casts float32 to bfloat16
@@ -13,6 +13,10 @@ Tolerances, each the kernel's own rounding argument (docstrings of kernels/trito
   normalised row as tests/test_rms_norm_kernel.py bounds `rms_norm` (the same lines, on the
   rounded sum): two rounding steps, >= 99 % of 16-bit elements bit-identical; and bit-identical
   to torch's add followed by the rms_norm kernel.
+- qk_norm_rotary: the norm's two rounding steps (its sum of squares runs in another order), which
+  the rotary's products carry: two steps of the head's largest value (x1*cos - x2*sin can cancel
+  to much less), >= 99 % bit-identical in 16 bits, against both the reference chain and the
+  rms_norm and rotary kernels run one after the other.
 - silu_and_mul: only exp differs (numpy in the interpreter, Sleef in CPU torch; libdevice on
   CUDA, as in torch's CUDA silu), by an ulp or two of float32: float32 within 1e-6 relative. In
   16 bits that can flip silu's rounding by one step, which the product carries into its own
@@ -31,8 +35,10 @@ pytest.importorskip("triton")
 
 from pagedllm import kernels  # noqa: E402
 from pagedllm.kernels import REFERENCE_OPS  # noqa: E402
-from pagedllm.kernels.reference import fused_add_rms_norm_ref, rotary_ref, silu_and_mul_ref  # noqa: E402
+from pagedllm.kernels.reference import (fused_add_rms_norm_ref, rms_norm_ref, rotary_ref,  # noqa: E402
+                                       silu_and_mul_ref)
 from pagedllm.kernels.triton_fused_add_rms_norm import fused_add_rms_norm  # noqa: E402
+from pagedllm.kernels.triton_qk_norm_rotary import qk_norm_rotary  # noqa: E402
 from pagedllm.kernels.triton_rms_norm import rms_norm  # noqa: E402
 from pagedllm.kernels.triton_rotary import rotary  # noqa: E402
 from pagedllm.kernels.triton_silu_and_mul import silu_and_mul  # noqa: E402
@@ -158,6 +164,43 @@ def test_rotary_of_contiguous_heads_int32_positions():
                  *_tables(32, 16))
 
 
+# --- q/k norm + rotary ---------------------------------------------------------------------------
+
+def check_qk_norm_rotary(q, k, positions, cos_cache, sin_cache, eps=1e-6, seed=6):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    qw, kw = ((1 + 0.5 * torch.randn(q.shape[2], generator=g, device=DEVICE)).to(q.dtype)
+              for _ in range(2))
+    got_q, got_k = qk_norm_rotary(q, k, qw, kw, eps, positions, cos_cache, sin_cache)
+    assert got_q.is_contiguous() and got_k.is_contiguous()
+    tables = (positions, cos_cache, sin_cache)
+    want = rotary_ref(rms_norm_ref(q, qw, eps), rms_norm_ref(k, kw, eps), *tables)
+    chain = rotary(rms_norm(q, qw, eps), rms_norm(k, kw, eps), *tables)
+    for got, ref, kernels_apart in zip((got_q, got_k), want, chain):
+        for other in (ref, kernels_apart):
+            # NOTE: a step of the norm moves the rotary's products by a step of THEIR size, and
+            # x1*cos - x2*sin can cancel to far less: the bound scales with the head's largest value
+            diff = (got.float() - other.float()).abs()
+            scale = other.float().abs().amax(dim=-1, keepdim=True)
+            assert (diff <= STEPS * ULP[got.dtype] * scale + STEPS * SUBNORMAL_STEP[got.dtype]).all()
+            if got.dtype != torch.float32:
+                assert (diff == 0).float().mean() >= 0.99
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (16, 8, 128)], ids=["gqa", "odd-heads", "qwen3"])
+def test_qk_norm_rotary_is_the_norms_then_the_rotary(heads, dtype):
+    q, k = _qkv(7, *heads, dtype)
+    positions = torch.randint(0, 4096, (7,), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    check_qk_norm_rotary(q, k, positions, *_tables(heads[2], 4096))
+
+
+def test_qk_norm_rotary_rejects_a_weight_of_the_wrong_size():
+    q, k = _ones(3, 4, 16), _ones(3, 2, 16)
+    with pytest.raises(ValueError, match="k_weight"):
+        qk_norm_rotary(q, k, _ones(16), _ones(8), 1e-6, torch.zeros(3, dtype=torch.int64, device=DEVICE),
+                       *_tables(16, 8))
+
+
 # --- edges and errors ----------------------------------------------------------------------------
 
 def test_no_tokens():
@@ -233,11 +276,15 @@ def test_cuda_bf16_selects_the_kernels_and_the_switches_undo_it(monkeypatch):
     t = kernels._load_triton_ops()
     assert (ops.fused_add_rms_norm, ops.silu_and_mul, ops.rotary) == (t.fused_add_rms_norm, t.silu_and_mul, t.rotary)
     for dtype in (torch.float32, torch.float16):
-        ops = kernels.select_ops("cuda", dtype)
-        assert (ops.fused_add_rms_norm, ops.silu_and_mul, ops.rope) == (
+        other = kernels.select_ops("cuda", dtype)
+        assert (other.fused_add_rms_norm, other.silu_and_mul, other.rope) == (
             REFERENCE_OPS.fused_add_rms_norm, REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope)
+    assert ops.qk_norm_rotary is None  # opt-in until its GPU test has run
+    monkeypatch.setenv("PAGEDLLM_QK_NORM_ROTARY", "fused")
+    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is t.qk_norm_rotary
     monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
     assert kernels.select_ops("cuda", torch.bfloat16).fused_add_rms_norm is REFERENCE_OPS.fused_add_rms_norm
+    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is None
     monkeypatch.setenv("PAGEDLLM_ELEMENTWISE", "reference")
     ops = kernels.select_ops("cuda", torch.bfloat16)
     assert (ops.silu_and_mul, ops.rope, ops.rotary) == (REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope,
@@ -277,16 +324,19 @@ def test_bfloat16_model_with_selected_ops_equals_reference_ops(tiny_checkpoints,
     assert torch.equal(selected, _prefill_logits(_load(path, torch.bfloat16, REFERENCE_OPS), PROMPT))
 
 
-def _triton_elementwise_ops():
+def _triton_elementwise_ops(qk_fused: bool = False):
     """REFERENCE_OPS with every elementwise op on its Triton kernel (interpreted on CPU)."""
     t = kernels._load_triton_ops()
     return dataclasses.replace(REFERENCE_OPS, rms_norm=t.rms_norm, fused_add_rms_norm=t.fused_add_rms_norm,
-                               silu_and_mul=t.silu_and_mul, rope=t.rope, rotary=t.rotary)
+                               silu_and_mul=t.silu_and_mul, rope=t.rope, rotary=t.rotary,
+                               qk_norm_rotary=t.qk_norm_rotary if qk_fused else None)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch, dtype, tol):
+@pytest.mark.parametrize("arch, qk_fused", [("llama", False), ("qwen2", False), ("qwen3", False),
+                                            ("qwen3", True)],
+                         ids=["llama", "qwen2", "qwen3", "qwen3-qk-fused"])
+def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch, qk_fused, dtype, tol):
     """The wiring: every layer's norms, residual adds, SwiGLU and rotary through the kernels.
 
     float32: the kernels are ~1e-7 off the references; the logits agree to the parity tests'
@@ -296,7 +346,7 @@ def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch,
     """
     path = tiny_checkpoints[arch]
     # NOTE: the kernels run where the tests run them: CUDA, or CPU under the interpreter.
-    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops(), DEVICE), PROMPT)
+    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops(qk_fused), DEVICE), PROMPT)
     want = _prefill_logits(_load(path, dtype, REFERENCE_OPS, DEVICE), PROMPT)
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=tol)
 
@@ -339,3 +389,12 @@ def test_gpu_bf16_model_through_the_kernels_tracks_the_references(tiny_checkpoin
     got = _prefill_logits(_load(path, torch.bfloat16, selected, "cuda"), PROMPT)
     want = _prefill_logits(_load(path, torch.bfloat16, elementwise_ref, "cuda"), PROMPT)
     torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
+
+
+@needs_cuda
+@GPU_DTYPES
+@pytest.mark.parametrize("num_tokens", [1, 256, 8192])
+def test_gpu_qk_norm_rotary(num_tokens, dtype):
+    q, k = _qkv(num_tokens, 16, 8, 128, dtype)  # qwen3-0.6b's heads
+    positions = torch.randint(0, 40960, (num_tokens,), device=DEVICE)
+    check_qk_norm_rotary(q, k, positions, *_tables(128, 40960))

@@ -60,6 +60,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
         self._rotary = ops.rotary
+        self._qk_norm_rotary = ops.qk_norm_rotary if config.qk_norm else None
 
     def forward(
         self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
@@ -70,9 +71,13 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self._rotary(q, k, rope)
+        if self._qk_norm_rotary is not None:  # one kernel for both norms and the rotation
+            q, k = self._qk_norm_rotary(q, k, self.q_norm.weight, self.k_norm.weight,
+                                        self.q_norm.eps, rope)
+        else:
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self._rotary(q, k, rope)
         return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
 
 

@@ -1,0 +1,135 @@
+"""OpenAI Triton q/k RMSNorm + rotary embedding in one kernel (Qwen3's attention).
+
+Qwen3 normalises every head of q and k (`q_norm`, `k_norm`: RMSNorm over head_dim) before the
+rotary embedding. Run apart, that is five kernels a layer: q and k are strided views of the fused
+qkv projection, so each norm first copies its input to rows (`reshape`), then normalises, and
+the rotary kernel reads both again. Twenty-eight layers make 140 launches a decode step, which at
+small batches cost more than their bytes. One program here loads one token's heads of q and k,
+normalises each head and rotates it in registers, and writes q and k once.
+
+The same roundings as `triton_rms_norm` followed by `triton_rotary` (both described there): float32
+statistics, the normalised head rounded to the dtype, the weight product rounded, then the rotary
+products and sums each rounded as torch rounds them in 16 bits. Only the float32 sum of squares
+runs in another order (two half-heads, then their sum), as it already differs from torch's mean.
+The pure-torch twin is `rotary_ref(rms_norm_ref(q), rms_norm_ref(k))`.
+
+    q: [T, Hq, D], k: [T, Hk, D] (strided views of a fused qkv are fine: head_dim contiguous)
+    out = rotary(weight * normalise(head)), for every head of q (q_weight) and of k (k_weight)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm.kernels.triton_reshape_and_cache import _check_device
+
+__all__ = ["qk_norm_rotary", "launch"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _norm_rotate_heads(x_ptr, w_ptr, out_ptr, stride_h, num_heads, cos, sin, half, eps,
+                       BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Normalises and rotates num_heads heads at x_ptr (head stride stride_h) into contiguous
+    heads at out_ptr."""
+    dtype = out_ptr.dtype.element_ty
+    offs_h = tl.arange(0, BLOCK_H)[:, None]
+    offs_d = tl.arange(0, BLOCK_D)[None, :]
+    in_half = offs_d < half
+    mask = (offs_h < num_heads) & in_half
+    src = x_ptr + offs_h * stride_h + offs_d
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32)
+    variance = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half)
+    scale = tl.rsqrt(variance + eps)[:, None]
+    w1 = tl.load(w_ptr + offs_d, mask=in_half, other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + half + offs_d, mask=in_half, other=0.0).to(tl.float32)
+    n1 = (w1 * (x1 * scale).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    n2 = (w2 * (x2 * scale).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    o1 = (n1 * cos).to(dtype).to(tl.float32) - (n2 * sin).to(dtype).to(tl.float32)
+    o2 = (n2 * cos).to(dtype).to(tl.float32) + (n1 * sin).to(dtype).to(tl.float32)
+    dst = out_ptr + offs_h * (2 * half) + offs_d
+    tl.store(dst, o1.to(dtype), mask=mask)
+    tl.store(dst + half, o2.to(dtype), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rotary_kernel(q_ptr, k_ptr, q_w_ptr, k_w_ptr, positions_ptr, cos_ptr, sin_ptr,
+                           q_out_ptr, k_out_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
+                           num_q_heads, num_k_heads, half, eps,
+                           BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)[None, :]
+    table_mask = offs_d < half
+    dtype = q_out_ptr.dtype.element_ty
+    # cos/sin rounded to the activation dtype, as `rope_ref`'s .to(dtype) does
+    cos = tl.load(cos_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    sin = tl.load(sin_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    _norm_rotate_heads(q_ptr + token * stride_qt, q_w_ptr, q_out_ptr + token * num_q_heads * 2 * half,
+                       stride_qh, num_q_heads, cos, sin, half, eps, BLOCK_HQ, BLOCK_D)
+    _norm_rotate_heads(k_ptr + token * stride_kt, k_w_ptr, k_out_ptr + token * num_k_heads * 2 * half,
+                       stride_kh, num_k_heads, cos, sin, half, eps, BLOCK_HK, BLOCK_D)
+
+
+def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                   eps: float, positions: torch.Tensor, cos_cache: torch.Tensor,
+                   sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, k), each head RMS-normalised by its weight and rotated by its token's position, as new
+    contiguous tensors; q and k unchanged.
+
+    Args:
+        q: [T, Hq, D], k: [T, Hk, D], one dtype, head_dim contiguous (stride 1), D even.
+        q_weight, k_weight: [D] contiguous, q's dtype.
+        eps: added to the mean square.
+        positions: [T] int32/int64 position of each token, each < the tables' length.
+        cos_cache, sin_cache: [max_position, D // 2] float32 contiguous (`RotaryEmbedding`'s).
+
+    Raises:
+        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
+    """
+    if q.dim() != 3 or q.dtype not in _DTYPES or q.shape[2] % 2 or q.stride(2) != 1:
+        raise ValueError(f"q: expected [T, heads, even head_dim] with unit last stride in one of {_DTYPES}, "
+                         f"got {list(q.shape)} {q.dtype} strides {q.stride()}")
+    if k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or k.dtype != q.dtype or k.stride(2) != 1:
+        raise ValueError(f"k: expected [{q.shape[0]}, heads, {q.shape[2]}] {q.dtype} with unit last stride, "
+                         f"got {list(k.shape)} {k.dtype} strides {k.stride()}")
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if w.shape != (q.shape[2],) or w.dtype != q.dtype or not w.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous [{q.shape[2]}] {q.dtype}, "
+                             f"got {list(w.shape)} {w.dtype}")
+    if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"positions: expected [{q.shape[0]}] int64, got {list(positions.shape)} {positions.dtype}")
+    for name, t in (("cos_cache", cos_cache), ("sin_cache", sin_cache)):
+        if t.dim() != 2 or t.shape[1] != q.shape[2] // 2 or t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous [max_position, {q.shape[2] // 2}] float32, "
+                             f"got {list(t.shape)} {t.dtype}")
+    if sin_cache.shape != cos_cache.shape:
+        raise ValueError(f"sin_cache: shape {list(sin_cache.shape)} differs from cos_cache's {list(cos_cache.shape)}")
+    _check_device(q=q, k=k, q_weight=q_weight, k_weight=k_weight, positions=positions,
+                  cos_cache=cos_cache, sin_cache=sin_cache)
+    return launch(q, k, q_weight, k_weight, eps, positions, cos_cache, sin_cache)
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+           eps: float, positions: torch.Tensor, cos_cache: torch.Tensor,
+           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`qk_norm_rotary` without the argument checks: the engine's hot path."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_k_heads = k.shape[1]
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if num_tokens == 0:
+        return q_out, k_out
+    block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
+    block_d = triton.next_power_of_2(head_dim // 2)
+    _qk_norm_rotary_kernel[(num_tokens,)](
+        q, k, q_weight, k_weight, positions, cos_cache, sin_cache, q_out, k_out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), num_q_heads, num_k_heads, head_dim // 2,
+        eps, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
+        num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
+    )
+    return q_out, k_out
