@@ -205,19 +205,22 @@ async def _one_openai_request(client, model: str, record: RequestRecord, prompt:
     gives the total, and the running counts spread it over the chunks (a chunk is one engine
     step of this request, one token unless steps were coalesced).
     """
+    import aiohttp
+
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
             "stream_options": {"include_usage": True}, **params}
     record.start = time.perf_counter()
     times, total = [], None
     try:
-        async with client.stream("POST", "/v1/completions", json=body, timeout=timeout) as response:
-            if response.status_code != 200:
-                record.error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
+        async with client.post("/v1/completions", json=body,
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                record.error = f"HTTP {response.status}: {(await response.read())[:300]!r}"
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for line in response.content:  # one SSE line at a time, b"\n"-terminated
+                if not line.startswith(b"data: {"):
                     continue
-                chunk = json.loads(line[len("data: "):])
+                chunk = json.loads(line[len(b"data: "):])
                 if "error" in chunk:
                     record.error = str(chunk["error"])
                     return
@@ -261,9 +264,12 @@ async def run_load(url: str, model: str, workload: Workload, concurrency: int | 
     label = f"c={concurrency}" if concurrency else f"rate={request_rate}/s"
     bar = tqdm(total=len(workload), desc=label, unit="req", leave=False, disable=not progress)
     if api == "openai":
-        import httpx
-        client = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=None))
-        one, close = _one_openai_request, client.aclose
+        # NOTE: aiohttp, not httpx: parsing SSE through httpx cost ~70 us of client CPU a token,
+        # as much as the server's front door itself, so at tens of thousands of tokens a second
+        # the load generator measured itself (aiohttp: ~22 us; bench/front_door.py's setup).
+        import aiohttp
+        client = aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=0))
+        one, close = _one_openai_request, client.close
     else:
         import tritonclient.grpc.aio as grpcclient
         client = grpcclient.InferenceServerClient(url=url)

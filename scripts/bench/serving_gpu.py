@@ -51,7 +51,10 @@ FRONT_DOOR_WHEELS = ["fastapi==0.162.5", "starlette==1.7.0", "uvicorn==0.54.0", 
                      "httptools==0.9.0", "pydantic==2.14.3",
                      "pydantic-core==2.50.4", "annotated-types", "annotated-doc",
                      "typing-inspection", "typing-extensions", "opentelemetry-api",
-                     "importlib-metadata"]
+                     "importlib-metadata",
+                     # the load generator's HTTP client (clients/load.py --api openai)
+                     "aiohttp==3.14.5", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict",
+                     "propcache", "yarl", "attrs"]
 OPENAI_PORT = 9000
 # Rounds of the last level (server run, then offline run, alternating; the median ratio counts):
 # one 5-second run at concurrency 256 is noisy (offline alone ranged 24k-31k tok/s on one H200).
