@@ -139,6 +139,17 @@ def child_vllm(model_dir: str, works: list[str], out: str, repeats: int) -> None
 
 # ---- the orchestrator ---------------------------------------------------------------------------
 
+def _with_env(variable: tuple[str, str] | None) -> dict | None:
+    """This process's environment with NAME set to VALUE (or removed when VALUE is empty)."""
+    if variable is None:
+        return None
+    name, value = variable
+    env = {k: v for k, v in os.environ.items() if k != name}
+    if value:
+        env[name] = value
+    return env
+
+
 def _child(args: list[str], log: Path, timeout: float, env: dict | None = None):
     if timeout < 10:
         return "skipped"
@@ -169,6 +180,10 @@ def main() -> None:
     ap.add_argument("--pagedllm-kw", action="append", default=[], metavar="NAME=JSON",
                     help="an EngineConfig field for pagedllm's runs (A/B runs), e.g. "
                          "async_scheduling=false; repeat the option to run pagedllm once per value")
+    ap.add_argument("--pagedllm-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for pagedllm's runs (A/B of a kernel switch), "
+                         "e.g. PAGEDLLM_QK_NORM_ROTARY=fused; repeat it to run once per value "
+                         "(NAME= for unset); crossed with --pagedllm-kw")
     ap.add_argument("--child", nargs="+")
     a = ap.parse_args()
     if a.child:
@@ -191,6 +206,7 @@ def main() -> None:
                     "workloads": {k: list(v) for k, v in WORKLOADS.items()}, "runs": {}}
     variants = [dict([kv.split("=", 1)]) for kv in a.pagedllm_kw] or [{}]
     variants = [{k: json.loads(v) for k, v in d.items()} for d in variants]
+    env_variants = [tuple(kv.split("=", 1)) for kv in a.pagedllm_env] or [None]
     engines = [("pagedllm", None)]
     if a.vllm_site:
         engines.append(("vllm", dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -202,10 +218,11 @@ def main() -> None:
         ckpt = work / shape
         if not (ckpt / "config.json").exists():
             _child(["build", shape, str(ckpt)], out / f"build-{shape}.log", min(left(), 180))
-        runs = [(e, env, {}) for e, env in engines if e != "pagedllm"]
-        runs = [("pagedllm", None, kw) for kw in variants] + runs
-        for engine, env, kw in runs:
-            tag = engine + "".join(f"-{k}-{json.dumps(v)}" for k, v in kw.items())
+        runs = [(e, env, {}, "") for e, env in engines if e != "pagedllm"]
+        runs = [("pagedllm", _with_env(ev), kw, f"-{ev[0]}-{ev[1] or 'unset'}" if ev else "")
+                for ev in env_variants for kw in variants] + runs
+        for engine, env, kw, env_tag in runs:
+            tag = engine + env_tag + "".join(f"-{k}-{json.dumps(v)}" for k, v in kw.items())
             result = out / f"{tag}-{shape}.json"
             args = [engine, str(ckpt), ",".join(works), str(result), str(a.repeats)]
             rc = _child(args + ([json.dumps(kw)] if kw else []), out / f"{tag}-{shape}.log",
