@@ -85,6 +85,9 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
         if not llm.reset_prefix_cache():
             raise RuntimeError("prefix cache not emptied: a request still holds blocks")
         params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
+        engine = llm.engine
+        before = (engine.scheduler.stats.num_steps, engine.scheduler.stats.num_preemptions,
+                  engine.runner.graphs.num_replays if engine.runner.graphs else 0)
         torch.cuda.synchronize()
         t = time.perf_counter()
         pauses.clear()
@@ -92,9 +95,14 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
         wall = time.perf_counter() - t
         made = sum(len(o.outputs[0].token_ids) for o in outs)
         full = [p for p in pauses if p > 0]
+        after = (engine.scheduler.stats.num_steps, engine.scheduler.stats.num_preemptions,
+                 engine.runner.graphs.num_replays if engine.runner.graphs else 0)
+        # (what the run did, so that two runs of one workload that differ can be told apart)
+        steps, preemptions, replays = (b - a for a, b in zip(before, after))
         return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall,
                 "gc_full_collections": len(full), "gc_full_s": sum(full),
-                "gc_young_s": -sum(p for p in pauses if p < 0)}
+                "gc_young_s": -sum(p for p in pauses if p < 0),
+                "steps": steps, "preemptions": preemptions, "graph_replays": replays}
 
     t = time.perf_counter()
     run(workload(256, 5)[0], [16] * 256)
