@@ -10,6 +10,7 @@ files, one job each:
     chat_template.py   messages -> prompt text, as transformers.apply_chat_template renders it
     tokenizer.py       the model directory's tokenizer.json (token-id prompts, BOS rules)
     triton_client.py   one generation = one gRPC stream; cancelled all the way down
+    replies.py         Triton's streamed responses -> Replies (read from their raw contents)
     limits.py          body size, prompt length and per-client concurrency limits
     service.py         what every handler needs (Service), request parsing, collecting replies
     generation_run.py  one request's run: slot, stream, disconnects, cleanup (both endpoints)
@@ -21,5 +22,5 @@ files, one job each:
     health.py          /v1/health/live, /v1/health/ready (a real tiny generation), /v1/metrics
     metrics.py         the service's own Prometheus counters
     app.py             the FastAPI app: routes, exception handlers, lifespan
-    server.py          `pagedllm-openai`: argparse + uvicorn on one or two sockets
+    server.py          `pagedllm-openai`: argparse + uvicorn on one or two sockets, N workers
 """

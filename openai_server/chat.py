@@ -23,7 +23,7 @@ from pagedllm_openai.schemas import (AssistantMessage, ChatChoice, ChatChunkChoi
                                      ChatCompletionResponse, DeltaMessage, Usage, new_id)
 from pagedllm_openai.service import Service, parse_request
 from pagedllm_openai.sse import DONE, event
-from pagedllm_openai.triton_client import Reply
+from pagedllm_openai.replies import Reply
 
 
 def render_prompt(service: Service, req: ChatCompletionRequest) -> str:

@@ -21,7 +21,7 @@ from pagedllm_openai.schemas import (CompletionChoice, CompletionRequest, Comple
                                      Usage, new_id)
 from pagedllm_openai.service import Service, parse_request
 from pagedllm_openai.sse import DONE, event
-from pagedllm_openai.triton_client import Reply
+from pagedllm_openai.replies import Reply
 
 
 async def create_completion(service: Service, request: Request) -> Response:

@@ -23,7 +23,8 @@ from pagedllm_openai.errors import OpenAIError, from_triton
 from pagedllm_openai.limits import client_key
 from pagedllm_openai.service import Collected, Service
 from pagedllm_openai.sse import ClientGone, EventStream, unless_disconnected
-from pagedllm_openai.triton_client import Reply, TritonError
+from pagedllm_openai.replies import Reply
+from pagedllm_openai.triton_client import TritonError
 
 # A client that left gets no answer; the status only shows in logs and metrics (nginx's 499).
 CLIENT_CLOSED = 499

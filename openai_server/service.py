@@ -19,7 +19,8 @@ from pagedllm_openai.errors import OpenAIError, bad_request
 from pagedllm_openai.limits import ClientLimiter, read_body
 from pagedllm_openai.metrics import ServiceMetrics
 from pagedllm_openai.tokenizer import ModelTokenizer
-from pagedllm_openai.triton_client import Reply, TritonClient
+from pagedllm_openai.replies import Reply
+from pagedllm_openai.triton_client import TritonClient
 
 
 @dataclass

@@ -26,13 +26,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
 from pagedllm_openai.errors import OpenAIError
+from pagedllm_openai.replies import Reply, is_final, parse_reply
 
 logger = logging.getLogger("pagedllm.openai")
 
@@ -46,36 +46,6 @@ _NOTHING = object()    # no item held back
 
 class TritonError(Exception):
     """An error response of Triton's (its message names the input at fault, where it can)."""
-
-
-@dataclass
-class Reply:
-    """One Triton response; every list has one entry per completion (n)."""
-
-    texts: list[str]
-    finish_reasons: list[str | None]   # None until that completion ends
-    num_output_tokens: list[int]       # tokens this response carries
-    logprobs: list[list[dict] | None]  # per new token: {token id: {logprob, rank, decoded_token}}
-    num_input_tokens: int
-    cancel_token: str
-
-    @property
-    def finished(self) -> bool:
-        return all(r is not None for r in self.finish_reasons)
-
-    def merged(self, later: "Reply") -> "Reply":
-        """This reply and the one after it as one: texts and logprobs joined, tokens added."""
-        def join(a, b):
-            return None if a is None and b is None else (a or []) + (b or [])
-
-        return Reply(texts=[a + b for a, b in zip(self.texts, later.texts)],
-                     finish_reasons=[b if b is not None else a
-                                     for a, b in zip(self.finish_reasons, later.finish_reasons)],
-                     num_output_tokens=[a + b for a, b in zip(self.num_output_tokens,
-                                                              later.num_output_tokens)],
-                     logprobs=[join(a, b) for a, b in zip(self.logprobs, later.logprobs)],
-                     num_input_tokens=self.num_input_tokens or later.num_input_tokens,
-                     cancel_token=self.cancel_token or later.cancel_token)
 
 
 def _tensor(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
@@ -110,93 +80,6 @@ def cancel_inputs(model: str, cancel_token: str) -> list:
     if model == ENSEMBLE:
         return [_tensor("cancel", token, "BYTES"), _tensor("text_input", _bytes(""), "BYTES")]
     return [_tensor("cancel", token[None], "BYTES")]
-
-
-def parse_reply(result, decode: Callable[[Sequence[int]], str] | None = None) -> Reply:
-    """A Reply from one response; `decode` turns the llm model's output_ids rows into text.
-
-    NOTE: once per streamed token per request: the front door's hottest function. Outputs are
-    read straight from the response's raw contents (a BYTES tensor is 4-byte little-endian
-    lengths, each followed by its bytes), not through InferResult.as_numpy, which took 23 us a
-    response for its six lookups and object arrays (benchmarks: bench/front_door.py).
-    """
-    response = result.get_response()
-    raw = response.raw_output_contents
-    if len(raw) != len(response.outputs):  # contents in typed fields: the general reader
-        return _parse_reply_slow(result, decode)
-    fields = {out.name: (out.datatype, raw[i]) for i, out in enumerate(response.outputs)}
-
-    def strings(name: str) -> list[str]:
-        kind, buf = fields.get(name, ("BYTES", b""))
-        return _strings(buf)
-
-    def ints(name: str) -> list[int]:
-        kind, buf = fields.get(name, ("UINT32", b""))
-        if len(buf) == 4 and kind == "UINT32":  # the usual one completion
-            return [int.from_bytes(buf, "little")]
-        return np.frombuffer(buf, dtype=_NUMERIC[kind]).tolist() if buf else []
-
-    if decode is not None:
-        ids = result.as_numpy("output_ids")
-        rows = ids.reshape(-1, ids.shape[-1]) if ids is not None else []
-        texts = [decode(row.tolist()) for row in rows]
-    else:
-        texts = strings("text_output")
-    reasons = strings("finish_reason")
-    logprobs = [None if v == "null" else json.loads(v) for v in strings("logprobs")]
-    token = strings("cancel_token")
-    n_in = ints("num_input_tokens")
-    return Reply(texts=texts,
-                 finish_reasons=[None if r == "None" else r for r in reasons],
-                 num_output_tokens=ints("num_output_tokens"),
-                 logprobs=logprobs or [None] * len(texts),
-                 num_input_tokens=n_in[0] if n_in else 0,
-                 cancel_token=token[0] if token else "")
-
-
-_NUMERIC = {"UINT32": "<u4", "INT32": "<i4", "UINT64": "<u8", "INT64": "<i8"}
-
-
-def _strings(buf: bytes) -> list[str]:
-    """The elements of a raw BYTES tensor, as text."""
-    out, i, end = [], 0, len(buf)
-    while i < end:
-        n = int.from_bytes(buf[i:i + 4], "little")
-        out.append(buf[i + 4:i + 4 + n].decode("utf-8"))
-        i += 4 + n
-    return out
-
-
-def _parse_reply_slow(result, decode: Callable[[Sequence[int]], str] | None) -> Reply:
-    """parse_reply through InferResult.as_numpy (a response whose contents are not raw)."""
-    def flat(name: str) -> np.ndarray:
-        array = result.as_numpy(name)
-        return np.zeros(0) if array is None else array.reshape(-1)
-
-    def text(value) -> str:
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-    if decode is not None:
-        ids = result.as_numpy("output_ids")
-        rows = ids.reshape(-1, ids.shape[-1]) if ids is not None else []
-        texts = [decode(row.tolist()) for row in rows]
-    else:
-        texts = [text(v) for v in flat("text_output")]
-    reasons = [text(v) for v in flat("finish_reason")]
-    logprobs = [json.loads(text(v)) for v in flat("logprobs")]
-    token = flat("cancel_token")
-    n_in = flat("num_input_tokens")
-    return Reply(texts=texts,
-                 finish_reasons=[None if r == "None" else r for r in reasons],
-                 num_output_tokens=[int(v) for v in flat("num_output_tokens")],
-                 logprobs=logprobs or [None] * len(texts),
-                 num_input_tokens=int(n_in[0]) if n_in.size else 0,
-                 cancel_token=text(token[0]) if token.size else "")
-
-
-def _is_final(result) -> bool:
-    param = result.get_response().parameters.get("triton_final_response")
-    return bool(param is not None and param.bool_param)
 
 
 class Generation:
@@ -296,7 +179,7 @@ class Generation:
                     break
                 reply = parse_reply(result, self._decode)
                 self.cancel_token = reply.cancel_token or self.cancel_token
-                if reply.finished or _is_final(result):
+                if reply.finished or is_final(result):
                     self.finished = True
                 if self._closed:
                     if self.finished:

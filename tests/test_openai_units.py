@@ -15,7 +15,7 @@ from pagedllm_openai.logprobs import chat_logprobs, completion_logprobs  # noqa:
 from pagedllm_openai.schemas import ChatCompletionRequest, CompletionRequest  # noqa: E402
 from pagedllm_openai.service import loc_param, validation_error  # noqa: E402
 from pagedllm_openai.tokenizer import ModelTokenizer  # noqa: E402
-from pagedllm_openai.triton_client import Reply  # noqa: E402
+from pagedllm_openai.replies import Reply  # noqa: E402
 from pagedllm_tools import ROOT  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -226,11 +226,11 @@ def test_an_event_stays_one_line_for_splitlines_readers():
 def test_the_raw_contents_reader_equals_tritonclients_reader(texts, finish, logprobs):
     """parse_reply reads outputs straight from the raw contents (the front door's hottest
     function); it must read what tritonclient's as_numpy reads, for any n, text and logprobs."""
-    from pagedllm_openai.triton_client import _parse_reply_slow, parse_reply
+    from pagedllm_openai.replies import parse_reply, parse_reply_generic
     from pagedllm_tools.bench.front_door import ensemble_response
 
     result = ensemble_response(texts, finish, logprobs, num_input_tokens=70000)
     reply = parse_reply(result)
-    assert reply == _parse_reply_slow(result, None)
+    assert reply == parse_reply_generic(result, None)
     assert reply.texts == texts and reply.finish_reasons == finish
     assert reply.num_input_tokens == 70000 and reply.num_output_tokens == [1] * len(texts)

@@ -33,7 +33,7 @@ from tritonclient.grpc._infer_result import InferResult
 
 from pagedllm_openai.schemas import CompletionChoice, CompletionResponse
 from pagedllm_openai.sse import event
-from pagedllm_openai.triton_client import _parse_reply_slow, parse_reply
+from pagedllm_openai.replies import parse_reply, parse_reply_generic
 
 
 def _bytes_tensor(values: list[str]) -> bytes:
@@ -210,7 +210,7 @@ def main() -> None:
         return
     result = ensemble_response([" fib"] * a.n, [None] * a.n)
     reply = parse_reply(result)
-    assert reply == _parse_reply_slow(result, None)
+    assert reply == parse_reply_generic(result, None)
 
     def chunk() -> str:
         choices = [CompletionChoice(index=i, text=t, logprobs=None, finish_reason=None)
@@ -219,7 +219,7 @@ def main() -> None:
                                         choices=choices).model_dump_json())
 
     figures = {"parse_reply_us": per_call_us(lambda: parse_reply(result), a.repeats),
-               "as_numpy_reader_us": per_call_us(lambda: _parse_reply_slow(result, None), a.repeats),
+               "as_numpy_reader_us": per_call_us(lambda: parse_reply_generic(result, None), a.repeats),
                "sse_chunk_us": per_call_us(chunk, a.repeats)}
     print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
 
