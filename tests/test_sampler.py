@@ -232,3 +232,23 @@ def test_top_k_per_row_in_one_batch():
     for i, k in ((0, 1), (1, 3)):
         assert set(out[i::4]) == set(logits[i].argsort(descending=True)[:k].tolist())
     assert len(set(out[2::4])) > 20 and len(set(out[3::4])) > 20
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_logits_sample_what_their_float32_upcast_samples(dtype):
+    """The runner hands the sampler the model's own logits (no float32 copy for a greedy
+    argmax). 16-bit values upcast exactly, so every kind of row picks the same token either way,
+    ties (many in 16 bits) included: the first maximal index wins in both."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(6, 300, generator=g) * 4).to(dtype)
+    logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: index 7 must win
+    kinds = [dict(temperature=0), dict(temperature=0, logprobs=2),
+             dict(temperature=0.8, top_k=20, seed=5), dict(temperature=0, repetition_penalty=1.3)]
+    for kind in kinds:
+        def rows():
+            return [row(prompt=[1, 2], generator=torch.Generator().manual_seed(9), **kind)
+                    for _ in range(6)]
+        got, want = Sampler(seed=1)(logits, rows()), Sampler(seed=1)(logits.float(), rows())
+        assert got.token_ids == want.token_ids, kind
+        assert got.logprobs == want.logprobs
+    assert Sampler()(logits, [row(temperature=0)] * 6).token_ids[0] == 7

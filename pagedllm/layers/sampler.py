@@ -119,7 +119,8 @@ class Sampler:
         return g
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
-        """Samples one token per row of logits [num_rows, vocab]; does not modify logits."""
+        """Samples one token per row of logits [num_rows, vocab] (any float dtype: rows that
+        need more than an argmax are computed in float32); does not modify logits."""
         return self.launch(logits, rows).result()
 
     def launch(self, logits: torch.Tensor, rows: list[SamplingRow]) -> "SampleHandle":
@@ -129,7 +130,10 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], "
                              f"got {tuple(logits.shape)}")
-        # NOTE: the hot path of decode benchmarks: keep it free of per-row tensor work.
+        # NOTE: the hot path of decode benchmarks: keep it free of per-row tensor work. The argmax
+        # runs on the logits' own dtype: upcasting 16-bit values to float32 is exact, so the
+        # winner (and the first-index tie rule) is the same, without writing and reading a
+        # float32 copy of [rows, vocab] (156 MB a step for qwen3's 151,936 tokens at batch 256).
         if all(_plain_greedy(r) for r in rows):
             tokens = logits.argmax(dim=-1)
             return SampleHandle(tokens, self._to_host(tokens), len(rows))

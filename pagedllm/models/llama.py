@@ -201,10 +201,12 @@ class LlamaForCausalLM(nn.Module):
             )
         return self.model(input_ids, positions, kv_caches, attn_metadata)
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """[n, hidden] -> [n, vocab] float32 logits."""
+    def compute_logits(self, hidden_states: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        """[n, hidden] -> [n, vocab] logits, float32 unless `float32` is False (then the model's
+        dtype: the sampler upcasts what needs it; a greedy argmax does not, see Sampler.launch)."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden_states, weight).float()
+        logits = F.linear(hidden_states, weight)
+        return logits.float() if float32 else logits
 
     def checkpoint_targets(self) -> dict[str, WeightTarget]:
         """Maps every Hugging Face tensor name this model needs to where it is loaded.
