@@ -63,17 +63,22 @@ class SampleHandle:
     """
 
     def __init__(self, tokens: torch.Tensor, copy: "_HostCopy | None", num_rows: int,
-                 output: SamplerOutput | None = None) -> None:
+                 rows: list[SamplingRow] | None = None,
+                 logprobs: "_GatheredLogprobs | None" = None) -> None:
         self.tokens = tokens
         self._copy = copy
         self._num_rows = num_rows
-        self._output = output
+        self._rows = rows
+        self._logprobs = logprobs
+        self._output: SamplerOutput | None = None
 
     def result(self) -> SamplerOutput:
         """The tokens as Python ints (and logprobs): waits for the step if it still runs."""
         if self._output is None:
             ids = self._copy.wait(self._num_rows) if self._copy else self.tokens.tolist()
-            self._output = SamplerOutput(ids, [None] * self._num_rows)
+            logprobs = ([None] * self._num_rows if self._logprobs is None
+                        else _read_logprobs(self._logprobs, self._rows, ids))
+            self._output = SamplerOutput(ids, logprobs)
         return self._output
 
 
@@ -124,9 +129,9 @@ class Sampler:
         return self.launch(logits, rows).result()
 
     def launch(self, logits: torch.Tensor, rows: list[SamplingRow]) -> "SampleHandle":
-        """Like __call__, but the step is not waited for unless a row wants logprobs: the tokens stay
-        on the device (`SampleHandle.tokens`, which the next step's inputs can read) while a copy
-        to the host runs behind the step; `result()` waits for that copy only."""
+        """Like __call__, but the step is not waited for: the tokens stay on the device
+        (`SampleHandle.tokens`, which the next step's inputs can read) while a copy to the host
+        runs behind the step, and logprobs are gathered there too; `result()` reads them back."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], "
                              f"got {tuple(logits.shape)}")
@@ -150,11 +155,9 @@ class Sampler:
             idx = torch.tensor(random_rows, device=logits.device)
             sampled = self._sample(logits[idx], [rows[i] for i in random_rows])
             token_ids[idx] = sampled
-        if logprobs is None:  # random draws, penalties: the tokens can still come back later
-            return SampleHandle(token_ids, self._to_host(token_ids), len(rows))
-        token_list = token_ids.tolist()
-        return SampleHandle(token_ids, None, len(rows),
-                            SamplerOutput(token_list, _finish_logprobs(logprobs, rows, token_list)))
+        # (logprobs are gathered on the device now and read back with the tokens, in result())
+        gathered = _gather_logprobs(logprobs, rows, token_ids) if logprobs is not None else None
+        return SampleHandle(token_ids, self._to_host(token_ids), len(rows), rows, gathered)
 
     def _to_host(self, tokens: torch.Tensor) -> "_HostCopy | None":
         """Start copying `tokens` to pinned host memory (CUDA); None on CPU (nothing to wait for)."""
@@ -200,18 +203,33 @@ def _raw_logprobs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor
     return torch.log_softmax(logits, dim=-1)
 
 
-def _finish_logprobs(logprobs: torch.Tensor | None, rows: list[SamplingRow],
-                     token_ids: list[int]) -> list[dict[int, float] | None]:
-    out: list[dict[int, float] | None] = [None] * len(rows)
-    if logprobs is None:
-        return out
+@dataclass
+class _GatheredLogprobs:
+    """The logprobs rows' top-k and their sampled tokens' logprobs, still on the device."""
+
+    wanted: list[int]        # rows that asked for logprobs
+    top_vals: torch.Tensor   # [len(wanted), n_max]
+    top_ids: torch.Tensor    # [len(wanted), n_max]
+    sampled: torch.Tensor    # [len(wanted), 1]
+
+
+def _gather_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow],
+                     token_ids: torch.Tensor) -> _GatheredLogprobs:
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     n_max = max(rows[i].params.logprobs for i in wanted)
     sub = logprobs[wanted]
     top_vals, top_ids = sub.topk(n_max, dim=-1) if n_max else (sub[:, :0], sub[:, :0].long())
-    sampled = sub.gather(1, torch.tensor([[token_ids[i]] for i in wanted], device=sub.device))
-    top_vals, top_ids, sampled = top_vals.tolist(), top_ids.tolist(), sampled.tolist()
-    for j, i in enumerate(wanted):
+    index = torch.tensor(wanted, device=sub.device)
+    sampled = sub.gather(1, token_ids[index].unsqueeze(1))
+    return _GatheredLogprobs(wanted, top_vals, top_ids, sampled)
+
+
+def _read_logprobs(g: _GatheredLogprobs, rows: list[SamplingRow],
+                   token_ids: list[int]) -> list[dict[int, float] | None]:
+    """Per row, {token_id: logprob} of its top params.logprobs and its sampled token; else None."""
+    out: list[dict[int, float] | None] = [None] * len(rows)
+    top_vals, top_ids, sampled = g.top_vals.tolist(), g.top_ids.tolist(), g.sampled.tolist()
+    for j, i in enumerate(g.wanted):
         n = rows[i].params.logprobs
         entry = dict(zip(top_ids[j][:n], top_vals[j][:n]))
         entry[token_ids[i]] = sampled[j][0]
