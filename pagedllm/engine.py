@@ -186,17 +186,9 @@ class LLMEngine:
             launched = self._launch(out)
             return self._process(launched)
         previous, self._in_flight = self._in_flight, None
-        if not out.is_empty and previous is not None and self._needs_tokens(out):
-            deltas = self._process(previous)  # penalties and min_tokens read the last token
-            previous = None
-            out = _without_finished(out)
-        else:
-            deltas = []
         if not out.is_empty:
             self._in_flight = self._launch(out)
-        if previous is not None:
-            deltas = self._process(previous)
-        return deltas
+        return self._process(previous) if previous is not None else []
 
     def _launch(self, out: SchedulerOutput) -> _Launched:
         """Start the step on the runner; count each sampling request's coming token as pending.
@@ -235,17 +227,19 @@ class LLMEngine:
                     r.num_pending += 1
         return _Launched(sampling, handle)
 
-    def _needs_tokens(self, out: SchedulerOutput) -> bool:
-        """Whether a scheduled request's sampling row needs a token that is still in flight."""
-        return any(r.num_pending and r.state.row_varies for r in out.requests)
-
     def _sampling_row(self, r: Request) -> SamplingRow:
-        """Update the parts of a request's SamplingRow that change from step to step."""
+        """Update the parts of a request's SamplingRow that change from step to step.
+
+        With async scheduling the request's last output token may still be on the device
+        (`num_pending`): the penalties read it there (`pending_source`), and it counts towards
+        min_tokens.
+        """
         row = r.state.sampling_row
         p = r.sampling_params
         if _uses_penalties(p):
             row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
-        if r.num_output_tokens < p.min_tokens:
+            row.pending_source = r.sample_row if r.num_pending else -1
+        if r.num_output_tokens + r.num_pending < p.min_tokens:
             row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
         elif row.suppress_token_ids:
             row.suppress_token_ids = ()
@@ -388,15 +382,6 @@ class _Launched:
 
     requests: list[Request]
     handle: object  # SampleHandle: result() -> SamplerOutput
-
-
-def _without_finished(out: SchedulerOutput) -> SchedulerOutput:
-    """The scheduled step less requests that finished after it was scheduled."""
-    if not any(r.is_finished for r in out.requests):
-        return out
-    kept = [(r, n) for r, n in zip(out.requests, out.num_tokens) if not r.is_finished]
-    return SchedulerOutput(requests=[r for r, _ in kept], num_tokens=[n for _, n in kept],
-                           total_tokens=sum(n for _, n in kept), preempted=out.preempted)
 
 
 @dataclass(slots=True)

@@ -144,7 +144,7 @@ class ModelRunner:
         if self.graphs is not None and rows and len(rows) == len(num_tokens) == sum(num_tokens):
             hidden = self.graphs.run(token_ids, num_computed, block_tables, pending, prev)
             if hidden is not None:
-                return self._sample(self.model.compute_logits(hidden, float32=False), rows)
+                return self._sample(self.model.compute_logits(hidden, float32=False), rows, prev)
         batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
                                      pending, prev)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
@@ -152,10 +152,11 @@ class ModelRunner:
             self._last_tokens = None
             return SampleHandle(hidden.new_empty(0, dtype=torch.int64), None, 0)
         logits = self.model.compute_logits(hidden[batch.logits_indices], float32=False)
-        return self._sample(logits, rows)
+        return self._sample(logits, rows, prev)
 
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampleHandle:
-        handle = self.sampler.launch(logits, rows)
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow],
+                prev: torch.Tensor | None) -> SampleHandle:
+        handle = self.sampler.launch(logits, rows, prev)
         self._last_tokens = handle.tokens
         return handle
 

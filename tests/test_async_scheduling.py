@@ -189,3 +189,27 @@ def test_a_dropped_engine_is_freed_without_the_cycle_collector(tiny_checkpoints)
         assert [r() is None for r in refs] == [True] * len(refs)
     finally:
         gc.enable()
+
+
+def test_penalties_and_min_tokens_see_the_token_still_on_the_device(pair):
+    """A penalised or min_tokens row launched while its last token is in flight reads that token
+    on the device (pending_source) and counts it: penalties strong enough to steer greedy
+    choices, and a stop id that min_tokens holds back until exactly its position, give the
+    synchronous outputs."""
+    sync, async_ = pair
+    prompts = [{"prompt_token_ids": [(11 * i + 5 * j) % 4000 + 3 for j in range(6 + 7 * i)]}
+               for i in range(4)]
+    # a strong repetition penalty, and negative presence/frequency penalties that reward what
+    # was generated: both move the greedy choice by the last token's value (the one in flight)
+    for kind in (dict(repetition_penalty=50.0), dict(presence_penalty=-2.0, frequency_penalty=-1.0)):
+        penalised = [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, **kind)] * 4
+        want = [o.outputs[0].token_ids for o in sync.generate(prompts, penalised)]
+        assert [o.outputs[0].token_ids for o in async_.generate(prompts, penalised)] == want, kind
+    free = sync.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=16,
+                                                     ignore_eos=True))[0].outputs[0].token_ids
+    k = next(k for k in range(3, 12) if free[k] not in free[:k])
+    held = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, min_tokens=k,
+                          stop_token_ids=[free[k]])
+    got = [async_.generate(prompts[:1], held)[0].outputs[0].token_ids,
+           sync.generate(prompts[:1], held)[0].outputs[0].token_ids]
+    assert got[0] == got[1] == free[:k + 1]

@@ -9,7 +9,6 @@ a seeded request samples the same tokens whatever else is in the batch and where
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,9 @@ class SamplingRow:
             see Sampler.make_generator), else None to use the sampler's shared one.
         suppress_token_ids: ids forbidden this step (the engine passes EOS + stop_token_ids while
             fewer than min_tokens were generated). Ids outside the vocabulary are ignored.
+        pending_source: with async scheduling, the last output token may still be on the device:
+            its index in the previous launch's sampled tokens (the penalties read it there); -1
+            when output_token_ids holds every output token.
     """
 
     params: SamplingParams
@@ -37,6 +39,7 @@ class SamplingRow:
     output_token_ids: Sequence[int]
     generator: torch.Generator | None = None
     suppress_token_ids: Sequence[int] = ()
+    pending_source: int = -1
 
 
 @dataclass
@@ -128,10 +131,12 @@ class Sampler:
         need more than an argmax are computed in float32); does not modify logits."""
         return self.launch(logits, rows).result()
 
-    def launch(self, logits: torch.Tensor, rows: list[SamplingRow]) -> "SampleHandle":
+    def launch(self, logits: torch.Tensor, rows: list[SamplingRow],
+               prev_tokens: torch.Tensor | None = None) -> "SampleHandle":
         """Like __call__, but the step is not waited for: the tokens stay on the device
         (`SampleHandle.tokens`, which the next step's inputs can read) while a copy to the host
-        runs behind the step, and logprobs are gathered there too; `result()` reads them back."""
+        runs behind the step, and logprobs are gathered there too; `result()` reads them back.
+        `prev_tokens`: the previous launch's sampled tokens, where rows' `pending_source` point."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], "
                              f"got {tuple(logits.shape)}")
@@ -147,7 +152,7 @@ class Sampler:
         logprobs = _raw_logprobs(logits, rows)
         logits = logits.clone()
         _suppress(logits, rows)
-        _apply_penalties(logits, rows)
+        _apply_penalties(logits, rows, prev_tokens)
 
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(rows) if not r.params.is_greedy]
@@ -249,23 +254,44 @@ def _suppress(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
         logits[row_idx, tok_idx] = float("-inf")
 
 
-def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
-    """Repetition penalty (prompt + output), then frequency/presence penalties (output only)."""
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow],
+                     prev_tokens: torch.Tensor | None = None) -> None:
+    """Repetition penalty (prompt + output), then frequency/presence penalties (output only).
+
+    A row's output may end with a token still on the device (`pending_source`, async
+    scheduling): it joins the ids there, so nothing waits for the host. Frequency and presence
+    run over a dense count of the output ids (an index_add_), which counts a repeated id right
+    however its occurrences arrive; each penalised logit gets `freq * n + presence` subtracted,
+    the same float32 arithmetic as per id.
+    """
     vocab = logits.shape[1]
+    device = logits.device
     for i, r in enumerate(rows):
         p = r.params
-        if p.repetition_penalty != 1.0:
+        repetition = p.repetition_penalty != 1.0
+        additive = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        if not (repetition or additive):
+            continue
+        pending = (prev_tokens[r.pending_source:r.pending_source + 1] if r.pending_source >= 0
+                   else None)
+        if repetition:
             seen = [t for t in set(r.prompt_token_ids).union(r.output_token_ids) if t < vocab]
-            if seen:
-                idx = torch.tensor(seen, device=logits.device)
+            idx = torch.tensor(seen, dtype=torch.int64, device=device)
+            if pending is not None:  # (an id twice gets the same value written twice)
+                idx = torch.cat((idx, pending))
+            if idx.numel():
                 vals = logits[i, idx]
                 logits[i, idx] = torch.where(vals > 0, vals / p.repetition_penalty,
                                              vals * p.repetition_penalty)
-        if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) and r.output_token_ids:
-            counts = Counter(t for t in r.output_token_ids if t < vocab)
-            idx = torch.tensor(list(counts.keys()), device=logits.device)
-            n = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
-            logits[i, idx] -= p.frequency_penalty * n + p.presence_penalty
+        if additive:
+            ids = torch.tensor([t for t in r.output_token_ids if t < vocab], dtype=torch.int64,
+                               device=device)
+            if pending is not None:
+                ids = torch.cat((ids, pending))
+            if ids.numel():
+                counts = torch.zeros(vocab, dtype=logits.dtype, device=device)
+                counts.index_add_(0, ids, torch.ones(ids.shape[0], dtype=logits.dtype, device=device))
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
 
 
 def _top_k_top_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
