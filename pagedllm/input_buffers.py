@@ -127,19 +127,15 @@ class InputBuffers:
         seq_index = np.repeat(self._arange[:num_seqs], nt)
         self._slots(seq_index, pos, i64[2 * t:2 * t + total])
         ids = i64[:total]
-        if pending and pending[0]:  # (a pending row's token is not in its list: 0 until patched)
-            flat = []
+        if total == num_seqs and not pending:  # every request computes one token: decode
+            ids[:] = [toks[c] for toks, c in zip(token_ids, num_computed)]
+        else:  # (a pending row's token is not in its list: 0 until patched)
+            flat: list[int] = []
             for toks, c, n in zip(token_ids, num_computed, num_tokens):
                 flat.extend(toks[c:c + n] if c + n <= len(toks) else [0] * n)
             ids[:] = flat
+        if pending:
             self._stage_pending(qsl[np.asarray(pending[0], dtype=np.int64)], pending[1])
-        elif total == num_seqs:  # every request computes one token: decode
-            ids[:] = [toks[c] for toks, c in zip(token_ids, num_computed)]
-        else:
-            flat: list[int] = []
-            for toks, c, n in zip(token_ids, num_computed, num_tokens):
-                flat.extend(toks[c:c + n])
-            ids[:] = flat
         logits_idx = (qsl[1:] - 1)[np.asarray(sample, dtype=bool)]
         i64[3 * t:3 * t + len(logits_idx)] = logits_idx
         s = self.max_seqs
@@ -190,7 +186,7 @@ class InputBuffers:
         ids = i64[:padded]
         ids[:n] = [toks[-1] for toks in token_ids]
         ids[n:] = 0
-        if pending and pending[0]:
+        if pending:
             self._stage_pending(pending[0], pending[1])
         slots = i64[2 * t:2 * t + padded]
         self._slots(self._arange[:n], pos[:n], slots[:n])
@@ -212,7 +208,7 @@ class InputBuffers:
 
     def _patch_pending(self, pending, prev_tokens: torch.Tensor | None) -> None:
         """On the device, after the copy: input_ids[rows] = prev_tokens[sources]."""
-        if not pending or not pending[0]:
+        if not pending:
             return
         k = len(pending[0])
         off, s = 3 * self.max_tokens + self.max_seqs, self.max_seqs

@@ -135,11 +135,11 @@ class ModelRunner:
 
         `pending` = (rows, sources): the input token of each of these rows (a one-token decode
         row) was sampled by the previous launch and is not known to the host yet: it is read on
-        the device from that launch's tokens, at these indices. Such a row's entry in `token_ids`
-        stops one token short of it.
+        the device from that launch's tokens, at these indices (None when there are none). Such a
+        row's entry in `token_ids` stops one token short of it.
         """
         prev = self._last_tokens
-        if pending and pending[0] and prev is None:
+        if pending and prev is None:
             raise RuntimeError("pending input tokens, but no step was launched before")
         if self.graphs is not None and rows and len(rows) == len(num_tokens) == sum(num_tokens):
             hidden = self.graphs.run(token_ids, num_computed, block_tables, pending, prev)

@@ -88,8 +88,7 @@ class SampleHandle:
 class _HostCopy:
     """A pinned host buffer that a step's tokens are copied into without blocking the host."""
 
-    def __init__(self, device: torch.device, size: int = 1024) -> None:
-        self.device = device
+    def __init__(self, size: int = 1024) -> None:
         self.buffer = torch.empty(size, dtype=torch.int64, pin_memory=True)
         self.done = torch.cuda.Event()
 
@@ -169,7 +168,7 @@ class Sampler:
         if tokens.device.type != "cuda":
             return None
         if self._host is None:
-            self._host = [_HostCopy(tokens.device) for _ in range(2)]
+            self._host = [_HostCopy() for _ in range(2)]
         # NOTE: two buffers in turn: the engine reads step N's tokens while step N+1's copy runs.
         self._turn ^= 1
         return self._host[self._turn].start(tokens)
@@ -222,9 +221,9 @@ def _gather_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow],
                      token_ids: torch.Tensor) -> _GatheredLogprobs:
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     n_max = max(rows[i].params.logprobs for i in wanted)
-    sub = logprobs[wanted]
+    index = torch.tensor(wanted, device=logprobs.device)
+    sub = logprobs[index]
     top_vals, top_ids = sub.topk(n_max, dim=-1) if n_max else (sub[:, :0], sub[:, :0].long())
-    index = torch.tensor(wanted, device=sub.device)
     sampled = sub.gather(1, token_ids[index].unsqueeze(1))
     return _GatheredLogprobs(wanted, top_vals, top_ids, sampled)
 
