@@ -24,10 +24,9 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
+from pagedllm.kernels.triton_rotary import check_qk_tables
 
 __all__ = ["qk_norm_rotary", "launch"]
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
@@ -91,24 +90,11 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_w
     Raises:
         ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
     """
-    if q.dim() != 3 or q.dtype not in _DTYPES or q.shape[2] % 2 or q.stride(2) != 1:
-        raise ValueError(f"q: expected [T, heads, even head_dim] with unit last stride in one of {_DTYPES}, "
-                         f"got {list(q.shape)} {q.dtype} strides {q.stride()}")
-    if k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or k.dtype != q.dtype or k.stride(2) != 1:
-        raise ValueError(f"k: expected [{q.shape[0]}, heads, {q.shape[2]}] {q.dtype} with unit last stride, "
-                         f"got {list(k.shape)} {k.dtype} strides {k.stride()}")
+    check_qk_tables(q, k, positions, cos_cache, sin_cache)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w.shape != (q.shape[2],) or w.dtype != q.dtype or not w.is_contiguous():
             raise ValueError(f"{name}: expected a contiguous [{q.shape[2]}] {q.dtype}, "
                              f"got {list(w.shape)} {w.dtype}")
-    if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"positions: expected [{q.shape[0]}] int64, got {list(positions.shape)} {positions.dtype}")
-    for name, t in (("cos_cache", cos_cache), ("sin_cache", sin_cache)):
-        if t.dim() != 2 or t.shape[1] != q.shape[2] // 2 or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"{name}: expected a contiguous [max_position, {q.shape[2] // 2}] float32, "
-                             f"got {list(t.shape)} {t.dtype}")
-    if sin_cache.shape != cos_cache.shape:
-        raise ValueError(f"sin_cache: shape {list(sin_cache.shape)} differs from cos_cache's {list(cos_cache.shape)}")
     _check_device(q=q, k=k, q_weight=q_weight, k_weight=k_weight, positions=positions,
                   cos_cache=cos_cache, sin_cache=sin_cache)
     return launch(q, k, q_weight, k_weight, eps, positions, cos_cache, sin_cache)

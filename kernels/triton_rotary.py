@@ -24,7 +24,7 @@ import triton.language as tl
 
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
 
-__all__ = ["rotary", "launch"]
+__all__ = ["rotary", "launch", "check_qk_tables"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -65,18 +65,10 @@ def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, q_out_ptr, k_o
                   num_k_heads, cos, sin, half, BLOCK_HK, BLOCK_D)
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
-           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, k) rotated by their tokens' positions, as new contiguous tensors; q and k unchanged.
-
-    Args:
-        q: [T, Hq, D], k: [T, Hk, D], one dtype, head_dim contiguous (stride 1), D even.
-        positions: [T] int32/int64 position of each token, each < the tables' length.
-        cos_cache, sin_cache: [max_position, D // 2] float32 contiguous (`RotaryEmbedding`'s).
-
-    Raises:
-        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
-    """
+def check_qk_tables(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                    cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> None:
+    """The checks of `rotary`'s arguments (shared by the q/k norm + rotary kernel): ValueError
+    naming the argument at fault. The device check is the caller's (it has more tensors)."""
     if q.dim() != 3 or q.dtype not in _DTYPES or q.shape[2] % 2 or q.stride(2) != 1:
         raise ValueError(f"q: expected [T, heads, even head_dim] with unit last stride in one of {_DTYPES}, "
                          f"got {list(q.shape)} {q.dtype} strides {q.stride()}")
@@ -91,6 +83,21 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache:
                              f"got {list(t.shape)} {t.dtype}")
     if sin_cache.shape != cos_cache.shape:
         raise ValueError(f"sin_cache: shape {list(sin_cache.shape)} differs from cos_cache's {list(cos_cache.shape)}")
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
+           sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, k) rotated by their tokens' positions, as new contiguous tensors; q and k unchanged.
+
+    Args:
+        q: [T, Hq, D], k: [T, Hk, D], one dtype, head_dim contiguous (stride 1), D even.
+        positions: [T] int32/int64 position of each token, each < the tables' length.
+        cos_cache, sin_cache: [max_position, D // 2] float32 contiguous (`RotaryEmbedding`'s).
+
+    Raises:
+        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
+    """
+    check_qk_tables(q, k, positions, cos_cache, sin_cache)
     _check_device(q=q, k=k, positions=positions, cos_cache=cos_cache, sin_cache=sin_cache)
     return launch(q, k, positions, cos_cache, sin_cache)
 
