@@ -61,12 +61,8 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
     from pagedllm import LLM, SamplingParams
     extra_kw = json.loads(extra)
     res: dict = {"engine": "pagedllm", "extra_engine_kwargs": extra_kw}
-    freeze = extra_kw.pop("gc_freeze", False)  # (not an engine field: what the process does)
     t0 = time.perf_counter()
     llm = LLM(model_dir, device="cuda", dtype="bfloat16", **ENGINE_KW, **extra_kw)
-    if freeze:
-        gc.collect()
-        gc.freeze()
     res["startup_s"] = time.perf_counter() - t0
     _save(Path(out), res)
     pauses: list[float] = []
