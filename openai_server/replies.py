@@ -69,22 +69,28 @@ def parse_reply(result, decode: Callable[[Sequence[int]], str] | None = None) ->
             return [int.from_bytes(buf, "little")]
         return np.frombuffer(buf, dtype=_NUMERIC[kind]).tolist() if buf else []
 
-    if decode is not None:
-        ids = result.as_numpy("output_ids")
-        rows = ids.reshape(-1, ids.shape[-1]) if ids is not None else []
-        texts = [decode(row.tolist()) for row in rows]
-    else:
-        texts = strings("text_output")
-    reasons = strings("finish_reason")
-    logprobs = [None if v == "null" else json.loads(v) for v in strings("logprobs")]
-    token = strings("cancel_token")
-    n_in = ints("num_input_tokens")
+    texts = _decoded(result, decode) if decode is not None else strings("text_output")
+    return _reply(texts, strings("finish_reason"), strings("logprobs"), ints("num_output_tokens"),
+                  ints("num_input_tokens"), strings("cancel_token"))
+
+
+def _decoded(result, decode: Callable[[Sequence[int]], str]) -> list[str]:
+    """The llm model's output_ids rows as text."""
+    ids = result.as_numpy("output_ids")
+    rows = ids.reshape(-1, ids.shape[-1]) if ids is not None else []
+    return [decode(row.tolist()) for row in rows]
+
+
+def _reply(texts: list[str], reasons: list[str], logprobs: list[str], num_output_tokens: list[int],
+           num_input_tokens: list[int], cancel_token: list[str]) -> Reply:
+    """A Reply from the outputs as read ("None" = no finish reason yet, "null" = no logprobs)."""
+    parsed = [None if v == "null" else json.loads(v) for v in logprobs]
     return Reply(texts=texts,
                  finish_reasons=[None if r == "None" else r for r in reasons],
-                 num_output_tokens=ints("num_output_tokens"),
-                 logprobs=logprobs or [None] * len(texts),
-                 num_input_tokens=n_in[0] if n_in else 0,
-                 cancel_token=token[0] if token else "")
+                 num_output_tokens=num_output_tokens,
+                 logprobs=parsed or [None] * len(texts),
+                 num_input_tokens=num_input_tokens[0] if num_input_tokens else 0,
+                 cancel_token=cancel_token[0] if cancel_token else "")
 
 
 _NUMERIC = {"UINT32": "<u4", "INT32": "<i4", "UINT64": "<u8", "INT64": "<i8"}
@@ -109,22 +115,13 @@ def parse_reply_generic(result, decode: Callable[[Sequence[int]], str] | None) -
     def text(value) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    if decode is not None:
-        ids = result.as_numpy("output_ids")
-        rows = ids.reshape(-1, ids.shape[-1]) if ids is not None else []
-        texts = [decode(row.tolist()) for row in rows]
-    else:
-        texts = [text(v) for v in flat("text_output")]
-    reasons = [text(v) for v in flat("finish_reason")]
-    logprobs = [json.loads(text(v)) for v in flat("logprobs")]
-    token = flat("cancel_token")
-    n_in = flat("num_input_tokens")
-    return Reply(texts=texts,
-                 finish_reasons=[None if r == "None" else r for r in reasons],
-                 num_output_tokens=[int(v) for v in flat("num_output_tokens")],
-                 logprobs=logprobs or [None] * len(texts),
-                 num_input_tokens=int(n_in[0]) if n_in.size else 0,
-                 cancel_token=text(token[0]) if token.size else "")
+    texts = (_decoded(result, decode) if decode is not None
+             else [text(v) for v in flat("text_output")])
+    return _reply(texts, [text(v) for v in flat("finish_reason")],
+                  [text(v) for v in flat("logprobs")],
+                  [int(v) for v in flat("num_output_tokens")],
+                  [int(v) for v in flat("num_input_tokens")],
+                  [text(v) for v in flat("cancel_token")])
 
 
 def is_final(result) -> bool:
