@@ -13,7 +13,7 @@ connections drain; no traceback.
 `--workers N` (env OPENAI_WORKERS) runs N service processes on the same sockets, which this
 process binds and hands down (the kernel spreads the connections): one Python process decodes
 every Triton response and writes every SSE event of its streams, and at tens of thousands of
-tokens a second that one core is the limit (docs/benchmarks.md). Each worker keeps its own
+tokens a second that one core can be the limit (docs/benchmarks.md). Each worker keeps its own
 counters: the per-client limit is per worker (a client may hold up to N x the limit), and the
 service's own metrics are those of the worker that answers. A worker that dies takes the others
 down (make serve starts the front door again).
