@@ -16,9 +16,11 @@ Two ways in:
 
 `PAGEDLLM_ATTENTION=reference` makes CUDA take the reference for every op (A/B checks);
 `PAGEDLLM_RMS_NORM=reference` does so for both norms alone, `PAGEDLLM_ELEMENTWISE=reference` for
-silu_and_mul and the rotary embedding. `PAGEDLLM_QK_NORM_ROTARY=fused` turns on the one-kernel
-q/k norm + rotary of Qwen3-style models (triton_qk_norm_rotary.py; off until its GPU test has
-run: its bf16 roundings cannot be checked in the CPU interpreter). All are read by `select_ops`.
+silu_and_mul and the rotary embedding. Where the rotary takes its kernel, that kernel also writes
+the step's keys and values into the cache (`PAGEDLLM_ROTARY_INTO_CACHE=separate`: the rotary,
+then `reshape_and_cache`), and Qwen3-style models (q/k norms) fold their norms in too
+(triton_qk_norm_rotary.py; `PAGEDLLM_QK_NORM_ROTARY=separate`: the norms apart, A/B checks).
+All are read by `select_ops`.
 
 NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a submodule
 binds it as an attribute of this package, which would replace the function `paged_attention`.
@@ -55,8 +57,12 @@ class KernelOps:
         silu_and_mul: (gate_up [..., 2I]) -> silu(gate) * up [..., I].
         rope: (positions, cos_cache, sin_cache, dtype) -> what `rotary` reads, once per step.
         rotary: (q, k, rope) -> (q, k) rotated, new tensors.
-        qk_norm_rotary: (q, k, q_weight, k_weight, eps, rope) -> (q, k) each head normalised,
-            then rotated, in one kernel; None: the model runs rms_norm twice, then rotary.
+        rotary_into_cache: (q, k, v, rope, key_cache, value_cache, slot_mapping) -> q rotated,
+            with k rotated and v written into their cache slots (`rotary`, then
+            `reshape_and_cache`, in one kernel); None: the model runs those two.
+        qk_norm_rotary: (q, k, v, q_weight, k_weight, eps, rope, key_cache, value_cache,
+            slot_mapping) -> q: as `rotary_into_cache`, each head of q and k RMS-normalised first,
+            in one kernel; None: the model runs rms_norm twice, then the rotary.
 
     `rope` and `rotary` come as a pair: the reference gathers (cos, sin) once per step and each
     layer's `rotary` applies them (as transformers does); the kernel reads the float32 tables at
@@ -71,7 +77,8 @@ class KernelOps:
     silu_and_mul: Callable[..., torch.Tensor]
     rope: Callable[..., tuple]
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    qk_norm_rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    rotary_into_cache: Callable[..., torch.Tensor] | None = None
+    qk_norm_rotary: Callable[..., torch.Tensor] | None = None
 
 
 def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
@@ -110,12 +117,19 @@ def _load_triton_ops() -> KernelOps | None:
             def rotary(q, k, rope):
                 return triton_rotary.launch(q, k, *rope)
 
-            def qk_norm_rotary(q, k, q_weight, k_weight, eps, rope):
-                return triton_qk_norm_rotary.launch(q, k, q_weight, k_weight, eps, *rope)
+            def rotary_into_cache(q, k, v, rope, key_cache, value_cache, slot_mapping):
+                return triton_rotary.launch_into_cache(q, k, v, *rope, key_cache, value_cache,
+                                                       slot_mapping)
+
+            def qk_norm_rotary(q, k, v, q_weight, k_weight, eps, rope, key_cache, value_cache,
+                               slot_mapping):
+                return triton_qk_norm_rotary.launch_into_cache(q, k, v, q_weight, k_weight, eps, *rope,
+                                                               key_cache, value_cache, slot_mapping)
 
             _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch, triton_paged_attention.launch,
                                     triton_rms_norm.launch, triton_fused_add_rms_norm.launch,
-                                    triton_silu_and_mul.launch, _tables_rope, rotary, qk_norm_rotary)
+                                    triton_silu_and_mul.launch, _tables_rope, rotary, rotary_into_cache,
+                                    qk_norm_rotary)
     return _triton_ops
 
 
@@ -135,13 +149,15 @@ def select_ops(device: torch.device | str, dtype: torch.dtype) -> KernelOps:
     r = REFERENCE_OPS
     norms = dtype == torch.bfloat16 and _env("PAGEDLLM_RMS_NORM") != "reference"
     elementwise = dtype == torch.bfloat16 and _env("PAGEDLLM_ELEMENTWISE") != "reference"
-    fused_qk = norms and elementwise and _env("PAGEDLLM_QK_NORM_ROTARY") == "fused"
+    into_cache = elementwise and _env("PAGEDLLM_ROTARY_INTO_CACHE") != "separate"
+    fused_qk = norms and into_cache and _env("PAGEDLLM_QK_NORM_ROTARY") != "separate"
     return KernelOps("triton", t.reshape_and_cache, t.paged_attention,
                      t.rms_norm if norms else r.rms_norm,
                      t.fused_add_rms_norm if norms else r.fused_add_rms_norm,
                      t.silu_and_mul if elementwise else r.silu_and_mul,
                      t.rope if elementwise else r.rope,
                      t.rotary if elementwise else r.rotary,
+                     t.rotary_into_cache if into_cache else None,
                      t.qk_norm_rotary if fused_qk else None)
 
 

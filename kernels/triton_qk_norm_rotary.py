@@ -13,6 +13,9 @@ products and sums each rounded as torch rounds them in 16 bits. Only the float32
 runs in another order (two half-heads, then their sum), as it already differs from torch's mean.
 The pure-torch twin is `rotary_ref(rms_norm_ref(q), rms_norm_ref(k))`.
 
+`qk_norm_rotary_into_cache` also does the step's KV-cache write, as `rotary_into_cache` does
+(triton_rotary.py): k goes straight to its cache slot, v beside it. That is what the model runs.
+
     q: [T, Hq, D], k: [T, Hk, D] (strided views of a fused qkv are fine: head_dim contiguous)
     out = rotary(weight * normalise(head)), for every head of q (q_weight) and of k (k_weight)
 """
@@ -24,9 +27,9 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
-from pagedllm.kernels.triton_rotary import check_qk_tables
+from pagedllm.kernels.triton_rotary import check_cache_args, check_qk_tables, k_row_and_value, token_tables
 
-__all__ = ["qk_norm_rotary", "launch"]
+__all__ = ["qk_norm_rotary", "qk_norm_rotary_into_cache", "launch", "launch_into_cache"]
 
 
 @triton.jit
@@ -56,22 +59,20 @@ def _norm_rotate_heads(x_ptr, w_ptr, out_ptr, stride_h, num_heads, cos, sin, hal
 
 
 @triton.jit
-def _qk_norm_rotary_kernel(q_ptr, k_ptr, q_w_ptr, k_w_ptr, positions_ptr, cos_ptr, sin_ptr,
-                           q_out_ptr, k_out_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
-                           num_q_heads, num_k_heads, half, eps,
-                           BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+def _qk_norm_rotary_kernel(q_ptr, k_ptr, v_ptr, q_w_ptr, k_w_ptr, positions_ptr, cos_ptr, sin_ptr,
+                           q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr, stride_qt, stride_qh,
+                           stride_kt, stride_kh, stride_vt, stride_vh, num_q_heads, num_k_heads,
+                           half, eps, INTO_CACHE: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                           BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)[None, :]
-    table_mask = offs_d < half
-    dtype = q_out_ptr.dtype.element_ty
-    # cos/sin rounded to the activation dtype, as `rope_ref`'s .to(dtype) does
-    cos = tl.load(cos_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    cos, sin = token_tables(positions_ptr, cos_ptr, sin_ptr, token, half, q_out_ptr.dtype.element_ty,
+                            BLOCK_D)
     _norm_rotate_heads(q_ptr + token * stride_qt, q_w_ptr, q_out_ptr + token * num_q_heads * 2 * half,
                        stride_qh, num_q_heads, cos, sin, half, eps, BLOCK_HQ, BLOCK_D)
-    _norm_rotate_heads(k_ptr + token * stride_kt, k_w_ptr, k_out_ptr + token * num_k_heads * 2 * half,
-                       stride_kh, num_k_heads, cos, sin, half, eps, BLOCK_HK, BLOCK_D)
+    k_row = k_row_and_value(token, slot_ptr, v_ptr, v_out_ptr, stride_vt, stride_vh, num_k_heads,
+                            half, INTO_CACHE, BLOCK_HK, BLOCK_D)
+    _norm_rotate_heads(k_ptr + token * stride_kt, k_w_ptr, k_out_ptr + k_row * num_k_heads * 2 * half,
+                       stride_kh, tl.where(k_row >= 0, num_k_heads, 0), cos, sin, half, eps, BLOCK_HK, BLOCK_D)
 
 
 def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
@@ -90,6 +91,11 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_w
     Raises:
         ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
     """
+    _check(q, k, q_weight, k_weight, positions, cos_cache, sin_cache)
+    return launch(q, k, q_weight, k_weight, eps, positions, cos_cache, sin_cache)
+
+
+def _check(q, k, q_weight, k_weight, positions, cos_cache, sin_cache) -> None:
     check_qk_tables(q, k, positions, cos_cache, sin_cache)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w.shape != (q.shape[2],) or w.dtype != q.dtype or not w.is_contiguous():
@@ -97,25 +103,62 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_w
                              f"got {list(w.shape)} {w.dtype}")
     _check_device(q=q, k=k, q_weight=q_weight, k_weight=k_weight, positions=positions,
                   cos_cache=cos_cache, sin_cache=sin_cache)
-    return launch(q, k, q_weight, k_weight, eps, positions, cos_cache, sin_cache)
+
+
+def qk_norm_rotary_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                              positions: torch.Tensor, cos_cache: torch.Tensor,
+                              sin_cache: torch.Tensor, key_cache: torch.Tensor,
+                              value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """q normalised and rotated (a new contiguous tensor), with k normalised and rotated and v
+    written into their tokens' cache slots: `qk_norm_rotary` followed by `reshape_and_cache`, in
+    one launch. Slots < 0 are skipped.
+
+    Raises:
+        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
+    """
+    _check(q, k, q_weight, k_weight, positions, cos_cache, sin_cache)
+    check_cache_args(k, v, key_cache, value_cache, slot_mapping)
+    return launch_into_cache(q, k, v, q_weight, k_weight, eps, positions, cos_cache, sin_cache,
+                             key_cache, value_cache, slot_mapping)
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
            eps: float, positions: torch.Tensor, cos_cache: torch.Tensor,
            sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`qk_norm_rotary` without the argument checks: the engine's hot path."""
+    """`qk_norm_rotary` without the argument checks."""
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_out = _launch(q, k, None, q_weight, k_weight, eps, positions, cos_cache, sin_cache, k_out,
+                    None, None)
+    return q_out, k_out
+
+
+def launch_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor,
+                      k_weight: torch.Tensor, eps: float, positions: torch.Tensor,
+                      cos_cache: torch.Tensor, sin_cache: torch.Tensor, key_cache: torch.Tensor,
+                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """`qk_norm_rotary_into_cache` without the argument checks: the engine's hot path."""
+    return _launch(q, k, v, q_weight, k_weight, eps, positions, cos_cache, sin_cache, key_cache,
+                   value_cache, slot_mapping)
+
+
+def _launch(q, k, v, q_weight, k_weight, eps, positions, cos_cache, sin_cache, k_out, v_out,
+            slot_mapping) -> torch.Tensor:
+    """q into a new tensor, k into k_out (its rows, or with v_out its cache slots)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if num_tokens == 0:
-        return q_out, k_out
+        return q_out
+    into_cache = v_out is not None
+    v, v_out, slot_mapping = (v, v_out, slot_mapping) if into_cache else (k, k_out, positions)
     block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
     block_d = triton.next_power_of_2(head_dim // 2)
     _qk_norm_rotary_kernel[(num_tokens,)](
-        q, k, q_weight, k_weight, positions, cos_cache, sin_cache, q_out, k_out,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), num_q_heads, num_k_heads, head_dim // 2,
-        eps, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
+        q, k, v, q_weight, k_weight, positions, cos_cache, sin_cache, q_out, k_out, v_out,
+        slot_mapping, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        num_q_heads, num_k_heads, head_dim // 2, eps, INTO_CACHE=into_cache,
+        BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
         num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
     )
-    return q_out, k_out
+    return q_out

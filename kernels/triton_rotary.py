@@ -14,6 +14,10 @@ product roundings as torch does.
 
     q: [T, Hq, D], k: [T, Hk, D] (strided views of a fused qkv are fine: head_dim contiguous)
     out[..., :D/2] = x1*cos - x2*sin,   out[..., D/2:] = x2*cos + x1*sin,   x1|x2 = the halves
+
+`rotary_into_cache` also does the step's KV-cache write (`triton_reshape_and_cache`): the rotated
+k goes straight to its token's cache slot and v is copied beside it, so the layer saves a launch
+and a round trip of k through memory. Attention reads the new keys from the cache anyway.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
+from pagedllm.kernels.triton_reshape_and_cache import check_args as check_cache_args
 
-__all__ = ["rotary", "launch", "check_qk_tables"]
+__all__ = ["rotary", "rotary_into_cache", "launch", "launch_into_cache", "check_qk_tables"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -48,21 +53,57 @@ def _rotate_heads(x_ptr, out_ptr, stride_h, num_heads, cos, sin, half,
 
 
 @triton.jit
-def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
-                   stride_qt, stride_qh, stride_kt, stride_kh, num_q_heads, num_k_heads, half,
-                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
-    token = tl.program_id(0).to(tl.int64)
+def _copy_heads(x_ptr, out_ptr, stride_h, num_heads, head_dim,
+                BLOCK_H: tl.constexpr, BLOCK_D2: tl.constexpr):
+    """Copies num_heads heads at x_ptr (head stride stride_h) to contiguous heads at out_ptr."""
+    offs_h = tl.arange(0, BLOCK_H)[:, None]
+    offs_d = tl.arange(0, BLOCK_D2)[None, :]
+    mask = (offs_h < num_heads) & (offs_d < head_dim)
+    x = tl.load(x_ptr + offs_h * stride_h + offs_d, mask=mask)
+    tl.store(out_ptr + offs_h * head_dim + offs_d, x, mask=mask)
+
+
+@triton.jit
+def token_tables(positions_ptr, cos_ptr, sin_ptr, token, half, dtype, BLOCK_D: tl.constexpr):
+    """This token's cos and sin ([1, BLOCK_D] float32), rounded to the activation dtype as
+    `rope_ref`'s .to(dtype) does."""
     pos = tl.load(positions_ptr + token).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)[None, :]
     table_mask = offs_d < half
-    dtype = q_out_ptr.dtype.element_ty
-    # cos/sin rounded to the activation dtype, as `rope_ref`'s .to(dtype) does
     cos = tl.load(cos_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
     sin = tl.load(sin_ptr + pos * half + offs_d, mask=table_mask, other=0.0).to(dtype).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def k_row_and_value(token, slot_ptr, v_ptr, v_out_ptr, stride_vt, stride_vh, num_k_heads, half,
+                    INTO_CACHE: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Where this token's rotated k goes: its own row of k_out, or (INTO_CACHE) its cache slot,
+    whose value row this also writes. A slot < 0 (padding) is returned as it is, and the callers
+    write nothing for it (zero heads)."""
+    if INTO_CACHE:
+        row = tl.load(slot_ptr + token).to(tl.int64)
+        _copy_heads(v_ptr + token * stride_vt, v_out_ptr + row * num_k_heads * 2 * half, stride_vh,
+                    tl.where(row >= 0, num_k_heads, 0), 2 * half, BLOCK_HK, 2 * BLOCK_D)
+    else:
+        row = token
+    return row
+
+
+@triton.jit
+def _rotary_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
+                   v_out_ptr, slot_ptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
+                   stride_vh, num_q_heads, num_k_heads, half, INTO_CACHE: tl.constexpr,
+                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    cos, sin = token_tables(positions_ptr, cos_ptr, sin_ptr, token, half, q_out_ptr.dtype.element_ty,
+                            BLOCK_D)
     _rotate_heads(q_ptr + token * stride_qt, q_out_ptr + token * num_q_heads * 2 * half, stride_qh,
                   num_q_heads, cos, sin, half, BLOCK_HQ, BLOCK_D)
-    _rotate_heads(k_ptr + token * stride_kt, k_out_ptr + token * num_k_heads * 2 * half, stride_kh,
-                  num_k_heads, cos, sin, half, BLOCK_HK, BLOCK_D)
+    k_row = k_row_and_value(token, slot_ptr, v_ptr, v_out_ptr, stride_vt, stride_vh, num_k_heads,
+                            half, INTO_CACHE, BLOCK_HK, BLOCK_D)
+    _rotate_heads(k_ptr + token * stride_kt, k_out_ptr + k_row * num_k_heads * 2 * half, stride_kh,
+                  tl.where(k_row >= 0, num_k_heads, 0), cos, sin, half, BLOCK_HK, BLOCK_D)
 
 
 def check_qk_tables(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -102,21 +143,53 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache:
     return launch(q, k, positions, cos_cache, sin_cache)
 
 
+def rotary_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                      cos_cache: torch.Tensor, sin_cache: torch.Tensor, key_cache: torch.Tensor,
+                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """q rotated (a new contiguous tensor), with k rotated and v written into their tokens' cache
+    slots: `rotary` followed by `reshape_and_cache`, in one launch. Slots < 0 are skipped.
+
+    Raises:
+        ValueError: a shape, dtype, layout or device the kernel cannot take (names the argument).
+    """
+    check_qk_tables(q, k, positions, cos_cache, sin_cache)
+    check_cache_args(k, v, key_cache, value_cache, slot_mapping)
+    _check_device(q=q, k=k, v=v, positions=positions, cos_cache=cos_cache, sin_cache=sin_cache,
+                  key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+    return launch_into_cache(q, k, v, positions, cos_cache, sin_cache, key_cache, value_cache,
+                             slot_mapping)
+
+
 def launch(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
            sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`rotary` without the argument checks: the engine's hot path."""
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    return _launch(q, k, None, positions, cos_cache, sin_cache, k_out, None, None), k_out
+
+
+def launch_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                      cos_cache: torch.Tensor, sin_cache: torch.Tensor, key_cache: torch.Tensor,
+                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """`rotary_into_cache` without the argument checks: the engine's hot path."""
+    return _launch(q, k, v, positions, cos_cache, sin_cache, key_cache, value_cache, slot_mapping)
+
+
+def _launch(q, k, v, positions, cos_cache, sin_cache, k_out, v_out, slot_mapping) -> torch.Tensor:
+    """Rotates q into a new tensor and k into k_out (its rows, or with v_out its cache slots)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if num_tokens == 0:
-        return q_out, k_out
+        return q_out
+    into_cache = v_out is not None
+    v, v_out, slot_mapping = (v, v_out, slot_mapping) if into_cache else (k, k_out, positions)
     block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
     block_d = triton.next_power_of_2(head_dim // 2)
     _rotary_kernel[(num_tokens,)](
-        q, k, positions, cos_cache, sin_cache, q_out, k_out,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), num_q_heads, num_k_heads, head_dim // 2,
+        q, k, v, positions, cos_cache, sin_cache, q_out, k_out, v_out, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        num_q_heads, num_k_heads, head_dim // 2, INTO_CACHE=into_cache,
         BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
         num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
     )
-    return q_out, k_out
+    return q_out

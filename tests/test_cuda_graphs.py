@@ -49,3 +49,31 @@ def test_graphs_match_eager(tiny_checkpoints, arch):
 def test_enforce_eager_must_be_bool():
     with pytest.raises(ValueError, match="enforce_eager"):
         EngineConfig(model="some/dir", device="cuda", enforce_eager="yes")
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch, fused_env, apart_env", [
+    ("llama", ("PAGEDLLM_ROTARY_INTO_CACHE", ""), ("PAGEDLLM_ROTARY_INTO_CACHE", "separate")),
+    ("qwen3", ("PAGEDLLM_QK_NORM_ROTARY", "separate"), ("PAGEDLLM_ROTARY_INTO_CACHE", "separate")),
+])
+def test_bf16_rotary_into_cache_changes_no_token(tiny_checkpoints, arch, fused_env, apart_env, monkeypatch):
+    """bf16 with graphs: the rotary kernel that writes the cache itself computes the same bits as
+    the rotary followed by the cache write, so greedy tokens are identical, through prefill,
+    chunked mixed steps and every decode bucket (the padded rows write nowhere)."""
+    model_dir = tiny_checkpoints[arch]
+    rng = random.Random(4)
+    prompts = [[rng.randrange(4000) for _ in range(rng.randint(1, 500))] for _ in range(24)]
+    params = [SamplingParams(temperature=0.0, max_tokens=rng.randint(1, 80), ignore_eos=True)
+              for _ in prompts]
+
+    def tokens(env: tuple[str, str]) -> list[list[int]]:
+        monkeypatch.setenv(*env)
+        llm = LLM(model_dir, device="cuda", dtype="bfloat16", num_kv_blocks=2048, max_num_seqs=16,
+                  max_num_batched_tokens=512)
+        ops = llm.engine.runner.model.ops
+        assert (ops.rotary_into_cache is None) == (env[1] == "separate" and env[0].endswith("CACHE"))
+        out = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+        assert llm.engine.runner.graphs.num_replays > 0
+        return [o.outputs[0].token_ids for o in out]
+
+    assert tokens(fused_env) == tokens(apart_env)

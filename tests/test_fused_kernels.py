@@ -35,12 +35,12 @@ pytest.importorskip("triton")
 
 from pagedllm import kernels  # noqa: E402
 from pagedllm.kernels import REFERENCE_OPS  # noqa: E402
-from pagedllm.kernels.reference import (fused_add_rms_norm_ref, rms_norm_ref, rotary_ref,  # noqa: E402
-                                       silu_and_mul_ref)
+from pagedllm.kernels.reference import (fused_add_rms_norm_ref, reshape_and_cache_ref, rms_norm_ref,  # noqa: E402
+                                       rotary_ref, silu_and_mul_ref)
 from pagedllm.kernels.triton_fused_add_rms_norm import fused_add_rms_norm  # noqa: E402
-from pagedllm.kernels.triton_qk_norm_rotary import qk_norm_rotary  # noqa: E402
+from pagedllm.kernels.triton_qk_norm_rotary import qk_norm_rotary, qk_norm_rotary_into_cache  # noqa: E402
 from pagedllm.kernels.triton_rms_norm import rms_norm  # noqa: E402
-from pagedllm.kernels.triton_rotary import rotary  # noqa: E402
+from pagedllm.kernels.triton_rotary import rotary, rotary_into_cache  # noqa: E402
 from pagedllm.kernels.triton_silu_and_mul import silu_and_mul  # noqa: E402
 from pagedllm.layers.attention import AttentionMetadata  # noqa: E402
 from pagedllm.layers.rotary import RotaryEmbedding  # noqa: E402
@@ -134,11 +134,40 @@ def _tables(head_dim, max_position, rope_scaling=None):
 
 def _qkv(num_tokens, num_q_heads, num_k_heads, head_dim, dtype, seed=3):
     """q and k as the model slices them out of a fused qkv output: strided views."""
+    return _qkv_and_v(num_tokens, num_q_heads, num_k_heads, head_dim, dtype, seed)[:2]
+
+
+def _qkv_and_v(num_tokens, num_q_heads, num_k_heads, head_dim, dtype, seed=3):
+    """q, k and v as the model slices them out of a fused qkv output: strided views."""
     width = (num_q_heads + 2 * num_k_heads) * head_dim
     qkv = _randn((num_tokens, width), dtype, torch.Generator(device=DEVICE).manual_seed(seed))
-    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
-    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_k_heads) * head_dim]
-    return q, k.view(num_tokens, num_k_heads, head_dim)
+    q, k, v = qkv.split([num_q_heads * head_dim, num_k_heads * head_dim, num_k_heads * head_dim], dim=-1)
+    return (q.view(num_tokens, num_q_heads, head_dim), k.view(num_tokens, num_k_heads, head_dim),
+            v.view(num_tokens, num_k_heads, head_dim))
+
+
+def _caches_and_slots(num_tokens, num_k_heads, head_dim, dtype, seed=9):
+    """Two filled [num_blocks, 16, heads, head_dim] caches and shuffled slots, every third one -1
+    (a padding token, written nowhere)."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    num_blocks = num_tokens // 16 + 2
+    key_cache, value_cache = (_randn((num_blocks, 16, num_k_heads, head_dim), dtype, g) for _ in range(2))
+    slots = torch.randperm(num_blocks * 16, generator=g, device=DEVICE)[:num_tokens]
+    slots[::3] = -1
+    return key_cache, value_cache, slots
+
+
+def check_into_cache(fused, separate, q, k, v, num_tokens):
+    """fused(key_cache, value_cache, slots) -> q must equal separate() -> (q, k) followed by the
+    reference cache write, bit for bit: the same kernel lines, only k's destination differs."""
+    key_cache, value_cache, slots = _caches_and_slots(num_tokens, k.shape[1], k.shape[2], k.dtype)
+    want_k, want_v = key_cache.clone(), value_cache.clone()
+    want_q, rotated_k = separate()
+    reshape_and_cache_ref(rotated_k, v, want_k, want_v, slots)
+    got_q = fused(key_cache, value_cache, slots)
+    assert got_q.is_contiguous() and torch.equal(got_q, want_q)
+    assert torch.equal(key_cache, want_k) and torch.equal(value_cache, want_v)
+    return want_k
 
 
 def check_rotary(q, k, positions, cos_cache, sin_cache):
@@ -155,6 +184,30 @@ def test_rotary_is_bit_identical_to_reference(heads, dtype):
     q, k = _qkv(9, num_q_heads, num_k_heads, head_dim, dtype)
     positions = torch.randint(0, 4096, (9,), generator=torch.Generator().manual_seed(4)).to(DEVICE)
     check_rotary(q, k, positions, *_tables(head_dim, 4096, LLAMA3_SCALING))
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 32), (16, 8, 128)], ids=["gqa", "odd-heads", "qwen3"])
+def test_rotary_into_cache_is_the_rotary_then_the_cache_write(heads, dtype):
+    q, k, v = _qkv_and_v(11, *heads, dtype)
+    positions = torch.randint(0, 4096, (11,), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    tables = (positions, *_tables(heads[2], 4096, LLAMA3_SCALING))
+    check_into_cache(lambda kc, vc, slots: rotary_into_cache(q, k, v, *tables, kc, vc, slots),
+                     lambda: rotary(q, k, *tables), q, k, v, 11)
+
+
+def test_rotary_into_cache_takes_int32_slots_and_writes_only_its_slots():
+    q, k, v = _qkv_and_v(3, 4, 2, 16, torch.float32)
+    tables = (torch.tensor([0, 5, 2], device=DEVICE), *_tables(16, 8))
+    key_cache, value_cache = _ones(2, 16, 2, 16), _ones(2, 16, 2, 16)
+    slots = torch.tensor([17, -1, 3], dtype=torch.int32, device=DEVICE)
+    rotary_into_cache(q, k, v, *tables, key_cache, value_cache, slots)
+    _, rotated_k = rotary(q, k, *tables)
+    flat_k, flat_v = key_cache.view(32, 2, 16), value_cache.view(32, 2, 16)
+    assert torch.equal(flat_k[17], rotated_k[0]) and torch.equal(flat_k[3], rotated_k[2])
+    assert torch.equal(flat_v[17], v[0]) and torch.equal(flat_v[3], v[2])
+    untouched = [i for i in range(32) if i not in (3, 17)]
+    assert (flat_k[untouched] == 1).all() and (flat_v[untouched] == 1).all()
 
 
 def test_rotary_of_contiguous_heads_int32_positions():
@@ -192,6 +245,18 @@ def test_qk_norm_rotary_is_the_norms_then_the_rotary(heads, dtype):
     q, k = _qkv(7, *heads, dtype)
     positions = torch.randint(0, 4096, (7,), generator=torch.Generator().manual_seed(8)).to(DEVICE)
     check_qk_norm_rotary(q, k, positions, *_tables(heads[2], 4096))
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("heads", [(4, 2, 16), (16, 8, 128)], ids=["gqa", "qwen3"])
+def test_qk_norm_rotary_into_cache_is_qk_norm_rotary_then_the_cache_write(heads, dtype):
+    q, k, v = _qkv_and_v(10, *heads, dtype)
+    positions = torch.randint(0, 4096, (10,), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    g = torch.Generator(device=DEVICE).manual_seed(6)
+    qw, kw = ((1 + 0.5 * torch.randn(heads[2], generator=g, device=DEVICE)).to(dtype) for _ in range(2))
+    args = (qw, kw, 1e-6, positions, *_tables(heads[2], 4096))
+    check_into_cache(lambda kc, vc, slots: qk_norm_rotary_into_cache(q, k, v, *args, kc, vc, slots),
+                     lambda: qk_norm_rotary(q, k, *args), q, k, v, 10)
 
 
 def test_qk_norm_rotary_rejects_a_weight_of_the_wrong_size():
@@ -252,6 +317,28 @@ def test_rotary_rejects(changes, match):
         rotary(**args)
 
 
+@pytest.mark.parametrize("changes, match", [
+    ({"v": _ones(3, 2, 8)}, "value"),
+    ({"v": _ones(3, 2, 16, dtype=torch.float16)}, "value"),
+    ({"key_cache": _ones(2, 16, 4, 16)}, "value_cache"),
+    ({"key_cache": _ones(2, 16, 2, 16)[:, ::2]}, "key_cache"),
+    ({"slot_mapping": torch.zeros(2, dtype=torch.int64, device=DEVICE)}, "slot_mapping"),
+    ({"slot_mapping": torch.zeros(3, device=DEVICE)}, "slot_mapping"),
+    ({"positions": torch.zeros(2, dtype=torch.int64, device=DEVICE)}, "positions"),
+])
+def test_rotary_into_cache_rejects(changes, match):
+    args = dict(q=_ones(3, 4, 16), k=_ones(3, 2, 16), v=_ones(3, 2, 16),
+                positions=torch.zeros(3, dtype=torch.int64, device=DEVICE), cos_cache=_ones(8, 8),
+                sin_cache=_ones(8, 8), key_cache=_ones(2, 16, 2, 16), value_cache=_ones(2, 16, 2, 16),
+                slot_mapping=torch.zeros(3, dtype=torch.int64, device=DEVICE)) | changes
+    with pytest.raises(ValueError, match=match):
+        rotary_into_cache(**args)
+    if match not in ("positions",):
+        extra = dict(q_weight=_ones(16), k_weight=_ones(16), eps=1e-6)
+        with pytest.raises(ValueError, match=match):
+            qk_norm_rotary_into_cache(**args, **extra)
+
+
 # --- dispatch and the model ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -279,9 +366,11 @@ def test_cuda_bf16_selects_the_kernels_and_the_switches_undo_it(monkeypatch):
         other = kernels.select_ops("cuda", dtype)
         assert (other.fused_add_rms_norm, other.silu_and_mul, other.rope) == (
             REFERENCE_OPS.fused_add_rms_norm, REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope)
-    assert ops.qk_norm_rotary is None  # opt-in until its GPU test has run
-    monkeypatch.setenv("PAGEDLLM_QK_NORM_ROTARY", "fused")
-    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is t.qk_norm_rotary
+    assert ops.qk_norm_rotary is t.qk_norm_rotary
+    assert kernels.select_ops("cuda", torch.float32).qk_norm_rotary is None
+    monkeypatch.setenv("PAGEDLLM_QK_NORM_ROTARY", "separate")
+    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is None
+    monkeypatch.delenv("PAGEDLLM_QK_NORM_ROTARY")
     monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
     assert kernels.select_ops("cuda", torch.bfloat16).fused_add_rms_norm is REFERENCE_OPS.fused_add_rms_norm
     assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is None
@@ -324,19 +413,23 @@ def test_bfloat16_model_with_selected_ops_equals_reference_ops(tiny_checkpoints,
     assert torch.equal(selected, _prefill_logits(_load(path, torch.bfloat16, REFERENCE_OPS), PROMPT))
 
 
-def _triton_elementwise_ops(qk_fused: bool = False):
-    """REFERENCE_OPS with every elementwise op on its Triton kernel (interpreted on CPU)."""
+def _triton_elementwise_ops(fusion: str = "separate"):
+    """REFERENCE_OPS with every elementwise op on its Triton kernel (interpreted on CPU).
+
+    fusion: "separate" (the rotary, then the cache write), "into-cache" (the rotary kernel writes
+    the cache) or "qk-fused" (q/k norms, rotary and the cache write in one kernel).
+    """
     t = kernels._load_triton_ops()
     return dataclasses.replace(REFERENCE_OPS, rms_norm=t.rms_norm, fused_add_rms_norm=t.fused_add_rms_norm,
                                silu_and_mul=t.silu_and_mul, rope=t.rope, rotary=t.rotary,
-                               qk_norm_rotary=t.qk_norm_rotary if qk_fused else None)
+                               rotary_into_cache=t.rotary_into_cache if fusion != "separate" else None,
+                               qk_norm_rotary=t.qk_norm_rotary if fusion == "qk-fused" else None)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("arch, qk_fused", [("llama", False), ("qwen2", False), ("qwen3", False),
-                                            ("qwen3", True)],
-                         ids=["llama", "qwen2", "qwen3", "qwen3-qk-fused"])
-def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch, qk_fused, dtype, tol):
+@pytest.mark.parametrize("arch, fusion", [("llama", "separate"), ("llama", "into-cache"), ("qwen2", "into-cache"),
+                                          ("qwen3", "separate"), ("qwen3", "into-cache"), ("qwen3", "qk-fused")])
+def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch, fusion, dtype, tol):
     """The wiring: every layer's norms, residual adds, SwiGLU and rotary through the kernels.
 
     float32: the kernels are ~1e-7 off the references; the logits agree to the parity tests'
@@ -346,7 +439,7 @@ def test_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch,
     """
     path = tiny_checkpoints[arch]
     # NOTE: the kernels run where the tests run them: CUDA, or CPU under the interpreter.
-    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops(qk_fused), DEVICE), PROMPT)
+    got = _prefill_logits(_load(path, dtype, _triton_elementwise_ops(fusion), DEVICE), PROMPT)
     want = _prefill_logits(_load(path, dtype, REFERENCE_OPS, DEVICE), PROMPT)
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=tol)
 
@@ -379,13 +472,17 @@ def test_gpu_rotary(num_tokens, heads, dtype):
 
 
 @needs_cuda
-def test_gpu_bf16_model_through_the_kernels_tracks_the_references(tiny_checkpoints):
-    """The compiled path end to end: the same bound as transformers' bf16 check (test_model_forward)."""
-    path = tiny_checkpoints["llama"]
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_gpu_bf16_model_through_the_kernels_tracks_the_references(tiny_checkpoints, arch):
+    """The compiled path end to end (with the rotary that writes the cache, and for qwen3 the q/k
+    norms in it too, as select_ops picks), within the same bound as transformers' bf16 check
+    (test_model_forward)."""
+    path = tiny_checkpoints[arch]
     selected = kernels.select_ops("cuda", torch.bfloat16)
     elementwise_ref = dataclasses.replace(
         selected, rms_norm=REFERENCE_OPS.rms_norm, fused_add_rms_norm=REFERENCE_OPS.fused_add_rms_norm,
-        silu_and_mul=REFERENCE_OPS.silu_and_mul, rope=REFERENCE_OPS.rope, rotary=REFERENCE_OPS.rotary)
+        silu_and_mul=REFERENCE_OPS.silu_and_mul, rope=REFERENCE_OPS.rope, rotary=REFERENCE_OPS.rotary,
+        rotary_into_cache=None, qk_norm_rotary=None)
     got = _prefill_logits(_load(path, torch.bfloat16, selected, "cuda"), PROMPT)
     want = _prefill_logits(_load(path, torch.bfloat16, elementwise_ref, "cuda"), PROMPT)
     torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
@@ -398,3 +495,18 @@ def test_gpu_qk_norm_rotary(num_tokens, dtype):
     q, k = _qkv(num_tokens, 16, 8, 128, dtype)  # qwen3-0.6b's heads
     positions = torch.randint(0, 40960, (num_tokens,), device=DEVICE)
     check_qk_norm_rotary(q, k, positions, *_tables(128, 40960))
+
+
+@needs_cuda
+@GPU_DTYPES
+@pytest.mark.parametrize("num_tokens", [1, 256, 8192])
+@pytest.mark.parametrize("heads", [(32, 8, 64), (16, 8, 128)], ids=["llama-1b", "qwen3-0.6b"])
+def test_gpu_rotary_and_qk_norm_rotary_into_cache(num_tokens, heads, dtype):
+    q, k, v = _qkv_and_v(num_tokens, *heads, dtype)
+    positions = torch.randint(0, 40960, (num_tokens,), device=DEVICE)
+    tables = (positions, *_tables(heads[2], 40960))
+    check_into_cache(lambda kc, vc, slots: rotary_into_cache(q, k, v, *tables, kc, vc, slots),
+                     lambda: rotary(q, k, *tables), q, k, v, num_tokens)
+    weights = (torch.ones(heads[2], dtype=dtype, device=DEVICE) * 1.25,) * 2
+    check_into_cache(lambda kc, vc, slots: qk_norm_rotary_into_cache(q, k, v, *weights, 1e-6, *tables, kc, vc, slots),
+                     lambda: qk_norm_rotary(q, k, *weights, 1e-6, *tables), q, k, v, num_tokens)

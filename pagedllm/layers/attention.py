@@ -28,7 +28,7 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    """Writes the step's K/V into the layer's paged cache, then attends over the cache.
+    """Writes the step's K/V into the layer's paged cache (`write`), then attends over the cache.
 
     Args:
         num_heads: Query heads.
@@ -50,31 +50,34 @@ class Attention(nn.Module):
         self.scale = scale
         self.ops = ops
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kv_cache: torch.Tensor,
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        """Attention for T new tokens.
+    def write(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+              attn_metadata: AttentionMetadata) -> None:
+        """Writes the step's keys and values into their slots of the layer's cache.
+
+        Args:
+            k, v: [T, num_kv_heads, head_dim] (k rotated).
+            kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; index 0 = K, 1 = V.
+            attn_metadata: The batch description shared by all layers.
+        """
+        self.ops.reshape_and_cache(k, v, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping)
+
+    def forward(self, q: torch.Tensor, kv_cache: torch.Tensor,
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """Attention for T new tokens over the cache, whose slots for them are already written
+        (`write`, or a kernel that writes them on its way: `KernelOps.rotary_into_cache`).
 
         Args:
             q: [T, num_heads, head_dim], already rotated.
-            k, v: [T, num_kv_heads, head_dim] (k rotated).
             kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; index 0 = K, 1 = V.
             attn_metadata: The batch description shared by all layers.
 
         Returns:
             [T, num_heads * head_dim].
         """
-        key_cache, value_cache = kv_cache[0], kv_cache[1]
-        self.ops.reshape_and_cache(k, v, key_cache, value_cache, attn_metadata.slot_mapping)
         out = self.ops.paged_attention(
             q,
-            key_cache,
-            value_cache,
+            kv_cache[0],
+            kv_cache[1],
             attn_metadata.block_tables,
             attn_metadata.seq_lens,
             attn_metadata.query_start_loc,

@@ -60,6 +60,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
         self._rotary = ops.rotary
+        self._rotary_into_cache = ops.rotary_into_cache
         self._qk_norm_rotary = ops.qk_norm_rotary if config.qk_norm else None
 
     def forward(
@@ -71,14 +72,19 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        if self._qk_norm_rotary is not None:  # one kernel for both norms and the rotation
-            q, k = self._qk_norm_rotary(q, k, self.q_norm.weight, self.k_norm.weight,
-                                        self.q_norm.eps, rope)
+        slots = attn_metadata.slot_mapping
+        if self._qk_norm_rotary is not None:  # one kernel: both norms, the rotation, the cache write
+            q = self._qk_norm_rotary(q, k, v, self.q_norm.weight, self.k_norm.weight,
+                                     self.q_norm.eps, rope, kv_cache[0], kv_cache[1], slots)
         else:
             if self.qk_norm:
                 q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self._rotary(q, k, rope)
-        return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+            if self._rotary_into_cache is not None:  # one kernel: the rotation and the cache write
+                q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], slots)
+            else:
+                q, k = self._rotary(q, k, rope)
+                self.attn.write(k, v, kv_cache, attn_metadata)
+        return self.o_proj(self.attn(q, kv_cache, attn_metadata))
 
 
 class LlamaMLP(nn.Module):
