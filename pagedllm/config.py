@@ -32,6 +32,9 @@ class EngineConfig:
             default, one per core. A server on a small machine leaves cores to Triton with 1.
         enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs for decode
             steps (vLLM's name). Graphs take a second or two to capture and a little memory.
+        max_mixed_graph_tokens: on CUDA with graphs, prefill and mixed steps of up to this many
+            tokens replay a CUDA graph too (captured at sizes up to it: cuda_graphs.py); 0 runs
+            every such step eagerly. Larger steps are compute-bound and stay eager.
         max_queue_len: most sequences waiting to be scheduled; a request that would exceed it is
             refused at once with an "overloaded, retry later" error (OverloadedError) instead of
             queueing without bound. None: no limit (the offline API).
@@ -58,6 +61,7 @@ class EngineConfig:
     cpu_kv_cache_gib: float = 1.0
     seed: int = 0
     enforce_eager: bool = False
+    max_mixed_graph_tokens: int = 2048
     cpu_threads: int | None = None
     max_queue_len: int | None = None
     strict_max_tokens: bool = False
@@ -96,6 +100,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_queue_len is not None:
             _positive_int("max_queue_len", self.max_queue_len)
+        if not isinstance(self.max_mixed_graph_tokens, int) or isinstance(self.max_mixed_graph_tokens, bool) \
+                or self.max_mixed_graph_tokens < 0:
+            raise ValueError(f"max_mixed_graph_tokens must be an int >= 0, got {self.max_mixed_graph_tokens!r}")
 
 
     def resolved(self) -> "EngineConfig":

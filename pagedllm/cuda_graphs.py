@@ -1,4 +1,4 @@
-"""CUDA graphs for pure-decode steps: one captured forward per padded batch size.
+"""CUDA graphs: one captured forward per padded decode batch size, and per padded mixed-step size.
 
 A decode step of a small model is hundreds of short kernels; launched one by one from Python the GPU
 waits on the host between them. A CUDA graph replays the whole forward in one launch. A graph fixes
@@ -11,7 +11,14 @@ its shapes and the addresses it reads, so:
   is frozen at capture: small buckets get one graph per split count they can need, and a step
   replays the graph whose count the kernel would have picked itself (kernels.decode_num_splits).
 
-Prefill and mixed steps, and decode batches larger than the largest bucket, run eagerly.
+Prefill and mixed steps (`MixedGraphs`) replay graphs too, up to `max_mixed_graph_tokens` tokens:
+such a step is a few hundred decode rows beside one prompt chunk, and run eagerly it cost ~14 ms
+on an H200 (llama-1b), most of it the host launching ~250 kernels one by one, against ~3 ms for a
+decode step. Its graph is captured for max_num_seqs sequences and a token count (bucket): the
+step's tokens are padded to the bucket (slot -1: nothing written) and its sequences to
+max_num_seqs (no tokens: attention skips them), so one graph serves any mix that fits. Larger
+steps are compute-bound (a 2,048-token step is ~5 ms of GEMMs) and run eagerly, as do decode
+batches larger than the largest bucket.
 """
 from __future__ import annotations
 
@@ -28,6 +35,14 @@ def bucket_sizes(max_batch: int) -> list[int]:
     sizes = [b for b in (1, 2, 4) if b < max_batch]
     sizes += list(range(8, max_batch, 8))
     return sizes + [max_batch]
+
+
+def mixed_bucket_sizes(max_tokens: int) -> list[int]:
+    """Captured mixed-step token counts: multiples of 128 to 1,024, then of 256, up to max_tokens
+    (and max_tokens itself). Padding wastes at most 255 tokens of compute a step."""
+    sizes = [t for t in range(128, 1024 + 1, 128) if t < max_tokens]
+    sizes += [t for t in range(1280, max_tokens, 256)]
+    return sizes + [max_tokens] if max_tokens > 0 else []
 
 
 class DecodeGraphs:
@@ -57,6 +72,7 @@ class DecodeGraphs:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._outputs: dict[tuple[int, int], torch.Tensor] = {}
         self.num_replays = 0
+        self.pool = None  # the graphs' memory pool (MixedGraphs shares it: one graph runs at a time)
         self._capture_all(model, kv_caches, max_model_len)
 
     @property
@@ -121,7 +137,7 @@ class DecodeGraphs:
         b.i64.zero_()
         b.slot_mapping(self.max_batch).fill_(-1)
         b.seq_lens(self.max_batch).fill_(1)
-        pool = None
+        pool = self.pool
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         # NOTE: largest first, so the smaller graphs fit in the memory the first one took from the pool.
@@ -135,8 +151,79 @@ class DecodeGraphs:
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     out = model(ids, pos, kv_caches, meta)
                 if pool is None:
-                    pool = graph.pool()
+                    pool = self.pool = graph.pool()
                 self._graphs[(batch, splits)] = graph
                 self._outputs[(batch, splits)] = out
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+
+
+class MixedGraphs:
+    """Captured forwards of prefill/mixed steps, keyed by padded token count (mixed_bucket_sizes).
+
+    Args:
+        decode: the runner's DecodeGraphs, whose memory pool and block table these share (graphs
+            replay one at a time, and each step's output is consumed before the next replay).
+        model, kv_caches: as for DecodeGraphs.
+        max_tokens: the largest bucket (at most the buffers' max_tokens).
+        max_model_len: the context length the capture's metadata names (the varlen kernel does not
+            depend on it).
+    """
+
+    def __init__(self, decode: DecodeGraphs, model: nn.Module, kv_caches: list[torch.Tensor],
+                 max_tokens: int, max_model_len: int) -> None:
+        self.buffers = decode.buffers
+        self.device = decode.device
+        self._decode = decode
+        self.max_seqs = self.buffers.max_seqs
+        self.buckets = mixed_bucket_sizes(min(max_tokens, self.buffers.max_tokens))
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[int, torch.Tensor] = {}
+        self.num_replays = 0
+        self._capture_all(model, kv_caches, max_model_len)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._graphs)
+
+    def run(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
+            block_tables: list[list[int]], sample: list[bool],
+            pending: tuple[list[int], list[int]] | None = None,
+            prev_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Replay the step's forward: ([total, hidden] states, the rows to take logits of), or
+        None when no graph holds it (more tokens than the largest bucket, or more sequences than
+        max_num_seqs): run it eagerly."""
+        total, n = sum(num_tokens), len(num_tokens)
+        bucket = next((b for b in self.buckets if b >= total), None)
+        if bucket is None or n > self.max_seqs:
+            return None
+        batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
+                                     pending, prev_tokens, pad_to=bucket)
+        table = batch.attn_metadata.block_tables
+        self._decode.block_tables[:n, :table.shape[1]].copy_(table)
+        self._graphs[bucket].replay()
+        self.num_replays += 1
+        return self._outputs[bucket][:total], batch.logits_indices
+
+    @torch.inference_mode()
+    def _capture_all(self, model: nn.Module, kv_caches: list[torch.Tensor], max_model_len: int) -> None:
+        b, s = self.buffers, self.max_seqs
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        for tokens in reversed(self.buckets):  # largest first, as DecodeGraphs does
+            # a step of no real sequence: every token padding, every sequence empty
+            b.prepare([], [], [], [], [], pad_to=tokens)
+            meta = AttentionMetadata(
+                slot_mapping=b.slot_mapping(tokens), block_tables=self._decode.block_tables[:s],
+                seq_lens=b.seq_lens(s), query_start_loc=b.i32[s:2 * s + 1],
+                max_query_len=2, max_seq_len=max_model_len)  # > 1: the varlen (prefill) kernel
+            ids, pos = b.input_ids(tokens), b.positions(tokens)
+            with torch.cuda.stream(stream):
+                model(ids, pos, kv_caches, meta)  # warm-up: compiles kernels, sets up cuBLAS
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._decode.pool, stream=stream):
+                out = model(ids, pos, kv_caches, meta)
+            self._graphs[tokens] = graph
+            self._outputs[tokens] = out
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)

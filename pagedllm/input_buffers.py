@@ -102,11 +102,16 @@ class InputBuffers:
     def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
                 block_tables: list[list[int]], sample: list[bool],
                 pending: tuple[list[int], list[int]] | None = None,
-                prev_tokens: torch.Tensor | None = None) -> BatchInput:
+                prev_tokens: torch.Tensor | None = None, pad_to: int | None = None) -> BatchInput:
         """Fill and copy a ragged step (prefill, chunked prefill, decode or a mix); views of it.
 
         `pending` = (rows, sources): these one-token rows take their input id from `prev_tokens`
-        at `sources` (their `token_ids` entry ends just before it)."""
+        at `sources` (their `token_ids` entry ends just before it).
+
+        `pad_to` (a CUDA graph's token count): the device buffers also hold a valid step of
+        `pad_to` tokens and max_seqs sequences. Tokens past the step's are token 0 at position 0,
+        slot -1 (no K/V written) in no sequence; sequences past the step's have no tokens and
+        context 0 (attention skips them). The views returned are the step's own, unpadded."""
         num_seqs = len(num_tokens)
         if num_seqs > self.max_seqs:
             raise ValueError(f"step has {num_seqs} requests, more than max_num_seqs={self.max_seqs}")
@@ -116,6 +121,8 @@ class InputBuffers:
         total = int(qsl[-1])
         if total > self.max_tokens:
             raise ValueError(f"step has {total} tokens, more than the buffers hold ({self.max_tokens})")
+        if pad_to is not None and not total <= pad_to <= self.max_tokens:
+            raise ValueError(f"pad_to={pad_to} must be in [{total}, {self.max_tokens}]")
         self._wait_for_last_copy()
         width = self._fill_table(block_tables)
         nc = np.asarray(num_computed, dtype=np.int64)
@@ -143,6 +150,12 @@ class InputBuffers:
         seq_lens = nc + nt
         i32[:num_seqs] = seq_lens
         i32[s:s + num_seqs + 1] = qsl
+        if pad_to is not None:
+            i64[total:pad_to] = 0
+            i64[t + total:t + pad_to] = 0
+            i64[2 * t + total:2 * t + pad_to] = -1
+            i32[num_seqs:s] = 0
+            i32[s + num_seqs + 1:2 * s + 1] = total
         self._stage_table(num_seqs, width)
         self._copy(2 * s + 1 + num_seqs * width)
         self._patch_pending(pending, prev_tokens)
@@ -151,8 +164,8 @@ class InputBuffers:
             block_tables=self.block_table_staging(num_seqs, width),
             seq_lens=self.seq_lens(num_seqs),
             query_start_loc=self.i32[s:s + num_seqs + 1],
-            max_query_len=int(nt.max()),
-            max_seq_len=int(seq_lens.max()),
+            max_query_len=int(nt.max()) if num_seqs else 0,
+            max_seq_len=int(seq_lens.max()) if num_seqs else 0,
         )
         return BatchInput(input_ids=self.input_ids(total), positions=self.positions(total),
                           attn_metadata=meta,

@@ -13,7 +13,7 @@ import torch
 
 from pagedllm import kernels
 from pagedllm.config import EngineConfig
-from pagedllm.cuda_graphs import DecodeGraphs
+from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
 from pagedllm.input_buffers import BatchInput, InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.layers.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
@@ -64,6 +64,11 @@ class ModelRunner:
                 self.model, self.kv_caches, self.buffers,
                 max_batch=min(config.max_num_seqs, config.max_num_batched_tokens),
                 max_model_len=self.max_model_len, num_kv_heads=model_config.num_key_value_heads)
+        self.mixed_graphs: MixedGraphs | None = None
+        if self.graphs is not None and config.max_mixed_graph_tokens > 0:
+            self.mixed_graphs = MixedGraphs(self.graphs, self.model, self.kv_caches,
+                                            max_tokens=config.max_mixed_graph_tokens,
+                                            max_model_len=self.max_model_len)
         if self.device.type == "cuda":
             self.warm_up()
 
@@ -145,13 +150,21 @@ class ModelRunner:
             hidden = self.graphs.run(token_ids, num_computed, block_tables, pending, prev)
             if hidden is not None:
                 return self._sample(self.model.compute_logits(hidden, float32=False), rows, prev)
-        batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
-                                     pending, prev)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
+        replayed = None
+        if self.mixed_graphs is not None:
+            replayed = self.mixed_graphs.run(token_ids, num_computed, num_tokens, block_tables, sample,
+                                             pending, prev)
+        if replayed is not None:
+            hidden, logits_indices = replayed
+        else:
+            batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
+                                         pending, prev)
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
+            logits_indices = batch.logits_indices
         if not rows:
             self._last_tokens = None
             return SampleHandle(hidden.new_empty(0, dtype=torch.int64), None, 0)
-        logits = self.model.compute_logits(hidden[batch.logits_indices], float32=False)
+        logits = self.model.compute_logits(hidden[logits_indices], float32=False)
         return self._sample(logits, rows, prev)
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow],

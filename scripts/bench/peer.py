@@ -82,8 +82,12 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
             raise RuntimeError("prefix cache not emptied: a request still holds blocks")
         params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
         engine = llm.engine
-        before = (engine.scheduler.stats.num_steps, engine.scheduler.stats.num_preemptions,
-                  engine.runner.graphs.num_replays if engine.runner.graphs else 0)
+        def counts():
+            r = engine.runner
+            return (engine.scheduler.stats.num_steps, engine.scheduler.stats.num_preemptions,
+                    r.graphs.num_replays if r.graphs else 0,
+                    r.mixed_graphs.num_replays if getattr(r, "mixed_graphs", None) else 0)
+        before = counts()
         torch.cuda.synchronize()
         t = time.perf_counter()
         pauses.clear()
@@ -91,14 +95,14 @@ def child_pagedllm(model_dir: str, works: list[str], out: str, repeats: int,
         wall = time.perf_counter() - t
         made = sum(len(o.outputs[0].token_ids) for o in outs)
         full = [p for p in pauses if p > 0]
-        after = (engine.scheduler.stats.num_steps, engine.scheduler.stats.num_preemptions,
-                 engine.runner.graphs.num_replays if engine.runner.graphs else 0)
+        after = counts()
         # (what the run did, so that two runs of one workload that differ can be told apart)
-        steps, preemptions, replays = (b - a for a, b in zip(before, after))
+        steps, preemptions, replays, mixed_replays = (b - a for a, b in zip(before, after))
         return {"output_tokens": made, "wall_s": wall, "output_tok_s": made / wall,
                 "gc_full_collections": len(full), "gc_full_s": sum(full),
                 "gc_young_s": -sum(p for p in pauses if p < 0),
-                "steps": steps, "preemptions": preemptions, "graph_replays": replays}
+                "steps": steps, "preemptions": preemptions, "graph_replays": replays,
+                "mixed_graph_replays": mixed_replays}
 
     t = time.perf_counter()
     run(workload(256, 5)[0], [16] * 256)
