@@ -15,7 +15,8 @@ output tokens / wall time of the generate() call. Start-up = constructor to read
     python -m pagedllm_tools.bench.peer [--vllm-site DIR] [--out DIR] [--budget 540]
 
 Without --vllm-site only pagedllm runs (the peer's figures recorded earlier are in
-docs/benchmarks.md). Writes OUT/peer.json and a log per child; prints a table last.
+docs/benchmarks.md); peer_carry.py brings vLLM to a GPU machine without a package index.
+Writes OUT/peer.json and a log per child; prints a table last.
 """
 from __future__ import annotations
 
