@@ -193,7 +193,7 @@ def _paged_attention_body(
 
 
 # Two compiled forms of the one kernel body:
-# - prefill, chunked and mixed steps (eager, any shape) leave the per-step integers
+# - prefill, chunked and mixed steps (eager, or their CUDA graphs: any shape) leave the per-step integers
 #   unspecialised: Triton would compile a variant for each of ==1 / multiple of 16 / other, per
 #   argument, and real traffic meets them all (seconds of compiling under the first requests);
 #   the start-up warm-up (ModelRunner.warm_up) compiles the one variant left;

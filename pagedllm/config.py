@@ -30,8 +30,8 @@ class EngineConfig:
         seed: seed of the shared sampling generator (requests without their own seed).
         cpu_threads: torch intra-op threads on CPU (set on the engine's thread); None keeps torch's
             default, one per core. A server on a small machine leaves cores to Triton with 1.
-        enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs for decode
-            steps (vLLM's name). Graphs take a second or two to capture and a little memory.
+        enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs (vLLM's
+            name). Graphs take a few seconds to capture and a little memory.
         max_mixed_graph_tokens: on CUDA with graphs, prefill and mixed steps of up to this many
             tokens replay a CUDA graph too (captured at sizes up to it: cuda_graphs.py); 0 runs
             every such step eagerly. Larger steps are compute-bound and stay eager.
