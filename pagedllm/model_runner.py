@@ -203,8 +203,10 @@ class ModelRunner:
         then logits for max_num_seqs rows) measures the activations' peak. What torch does not
         allocate (the CUDA context, cuBLAS workspaces, other processes) comes from the driver's
         free-memory figure. The CUDA graphs' memory pool is taken after the cache; its size is at
-        most the decode activations of max_num_seqs tokens, which the profile's peak already covers
-        twice over, so the activation peak is reserved once more for it.
+        most the activations of the largest graphed step (max_num_seqs decode tokens, or
+        max_mixed_graph_tokens for mixed steps; the pool is shared), which the profile's peak at
+        the full token budget covers when that budget is at least as large, so the activation
+        peak is reserved once more for it.
         """
         dev = self.device
         torch.cuda.synchronize(dev)
