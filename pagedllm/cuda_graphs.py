@@ -65,8 +65,9 @@ class DecodeGraphs:
         self._ops = model.ops
         self.buckets = bucket_sizes(max_batch)
         self.max_batch = self.buckets[-1]
-        # The graphs' block table: its row stride is baked in, so it is sized for the longest request.
-        self.block_tables = torch.zeros(self.max_batch, buffers.max_blocks_per_seq, dtype=torch.int32,
+        # The graphs' block table: its row stride is baked in, so it is sized for the longest
+        # request; one row per sequence a step can hold (MixedGraphs' steps have max_seqs).
+        self.block_tables = torch.zeros(buffers.max_seqs, buffers.max_blocks_per_seq, dtype=torch.int32,
                                         device=self.device)
         self._qsl = torch.arange(self.max_batch + 1, dtype=torch.int32, device=self.device)
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
