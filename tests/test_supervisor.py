@@ -134,3 +134,5 @@ def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
             raise
     assert code == 0, log.read_text()[-3000:]
     assert wait_until(lambda: not Path(f"/proc/{new}").exists(), timeout=10), "left running"
+    # one SIGTERM to the server (the first was SIGKILLed): make serve stops each child once
+    assert log.read_text().count("Signal (15) received") == 1, log.read_text()[-3000:]

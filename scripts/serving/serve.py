@@ -139,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     door = Supervised("front door", lambda: subprocess.Popen(door_cmd))
     children: list[Supervised] = []
 
+    signalled: set[int] = set()  # pids sent SIGTERM: once each (tritonserver logs every one)
+
     def stop(signum, frame) -> None:  # Ctrl-C or SIGTERM: stop everything, quietly
         stopping.set()
         for w in watchdogs:  # first: a stopping server's models are not to be loaded again
             w.stop()
         for child in children:
-            if child.process is not None and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+            p = child.process
+            if p is not None and p.poll() is None and p.pid not in signalled:
+                signalled.add(p.pid)
+                p.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
