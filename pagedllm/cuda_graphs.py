@@ -210,10 +210,11 @@ class MixedGraphs:
     def _capture_all(self, model: nn.Module, kv_caches: list[torch.Tensor], max_model_len: int) -> None:
         b, s = self.buffers, self.max_seqs
         stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
         for tokens in reversed(self.buckets):  # largest first, as DecodeGraphs does
-            # a step of no real sequence: every token padding, every sequence empty
+            # a step of no real sequence: every token padding, every sequence empty (copied on the
+            # current stream, which the capture stream then waits for)
             b.prepare([], [], [], [], [], pad_to=tokens)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
             meta = AttentionMetadata(
                 slot_mapping=b.slot_mapping(tokens), block_tables=self._decode.block_tables[:s],
                 seq_lens=b.seq_lens(s), query_start_loc=b.i32[s:2 * s + 1],
