@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
-from pagedllm.kernels.triton_rotary import check_cache_args, check_qk_tables, k_row_and_value, token_tables
+from pagedllm.kernels.triton_rotary import (check_cache_args, check_qk_tables, k_row_and_value,
+                                            launch_heads, token_tables)
 
 __all__ = ["qk_norm_rotary", "qk_norm_rotary_into_cache", "launch", "launch_into_cache"]
 
@@ -59,11 +60,12 @@ def _norm_rotate_heads(x_ptr, w_ptr, out_ptr, stride_h, num_heads, cos, sin, hal
 
 
 @triton.jit
-def _qk_norm_rotary_kernel(q_ptr, k_ptr, v_ptr, q_w_ptr, k_w_ptr, positions_ptr, cos_ptr, sin_ptr,
-                           q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr, stride_qt, stride_qh,
-                           stride_kt, stride_kh, stride_vt, stride_vh, num_q_heads, num_k_heads,
-                           half, eps, INTO_CACHE: tl.constexpr, BLOCK_HQ: tl.constexpr,
-                           BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+def _qk_norm_rotary_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, q_out_ptr,
+                           k_out_ptr, v_out_ptr, slot_ptr, stride_qt, stride_qh, stride_kt,
+                           stride_kh, stride_vt, stride_vh, num_q_heads, num_k_heads, half,
+                           q_w_ptr, k_w_ptr, eps, INTO_CACHE: tl.constexpr,
+                           BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    # (the rotary kernel's arguments, then the norms': triton_rotary.launch_heads launches both)
     token = tl.program_id(0).to(tl.int64)
     cos, sin = token_tables(positions_ptr, cos_ptr, sin_ptr, token, half, q_out_ptr.dtype.element_ty,
                             BLOCK_D)
@@ -128,8 +130,8 @@ def launch(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: t
            sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`qk_norm_rotary` without the argument checks."""
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    q_out = _launch(q, k, None, q_weight, k_weight, eps, positions, cos_cache, sin_cache, k_out,
-                    None, None)
+    q_out = launch_heads(_qk_norm_rotary_kernel, q, k, None, positions, cos_cache, sin_cache, k_out,
+                         None, None, q_weight, k_weight, eps)
     return q_out, k_out
 
 
@@ -138,27 +140,5 @@ def launch_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weigh
                       cos_cache: torch.Tensor, sin_cache: torch.Tensor, key_cache: torch.Tensor,
                       value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
     """`qk_norm_rotary_into_cache` without the argument checks: the engine's hot path."""
-    return _launch(q, k, v, q_weight, k_weight, eps, positions, cos_cache, sin_cache, key_cache,
-                   value_cache, slot_mapping)
-
-
-def _launch(q, k, v, q_weight, k_weight, eps, positions, cos_cache, sin_cache, k_out, v_out,
-            slot_mapping) -> torch.Tensor:
-    """q into a new tensor, k into k_out (its rows, or with v_out its cache slots)."""
-    num_tokens, num_q_heads, head_dim = q.shape
-    num_k_heads = k.shape[1]
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if num_tokens == 0:
-        return q_out
-    into_cache = v_out is not None
-    v, v_out, slot_mapping = (v, v_out, slot_mapping) if into_cache else (k, k_out, positions)
-    block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
-    block_d = triton.next_power_of_2(head_dim // 2)
-    _qk_norm_rotary_kernel[(num_tokens,)](
-        q, k, v, q_weight, k_weight, positions, cos_cache, sin_cache, q_out, k_out, v_out,
-        slot_mapping, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        num_q_heads, num_k_heads, head_dim // 2, eps, INTO_CACHE=into_cache,
-        BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
-        num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
-    )
-    return q_out
+    return launch_heads(_qk_norm_rotary_kernel, q, k, v, positions, cos_cache, sin_cache,
+                        key_cache, value_cache, slot_mapping, q_weight, k_weight, eps)

@@ -29,7 +29,7 @@ import triton.language as tl
 from pagedllm.kernels.triton_reshape_and_cache import _check_device
 from pagedllm.kernels.triton_reshape_and_cache import check_args as check_cache_args
 
-__all__ = ["rotary", "rotary_into_cache", "launch", "launch_into_cache", "check_qk_tables"]
+__all__ = ["rotary", "rotary_into_cache", "launch", "launch_into_cache", "launch_heads", "check_qk_tables"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -164,18 +164,23 @@ def launch(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache:
            sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`rotary` without the argument checks: the engine's hot path."""
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    return _launch(q, k, None, positions, cos_cache, sin_cache, k_out, None, None), k_out
+    return launch_heads(_rotary_kernel, q, k, None, positions, cos_cache, sin_cache, k_out, None,
+                        None), k_out
 
 
 def launch_into_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                       cos_cache: torch.Tensor, sin_cache: torch.Tensor, key_cache: torch.Tensor,
                       value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
     """`rotary_into_cache` without the argument checks: the engine's hot path."""
-    return _launch(q, k, v, positions, cos_cache, sin_cache, key_cache, value_cache, slot_mapping)
+    return launch_heads(_rotary_kernel, q, k, v, positions, cos_cache, sin_cache, key_cache,
+                        value_cache, slot_mapping)
 
 
-def _launch(q, k, v, positions, cos_cache, sin_cache, k_out, v_out, slot_mapping) -> torch.Tensor:
-    """Rotates q into a new tensor and k into k_out (its rows, or with v_out its cache slots)."""
+def launch_heads(kernel, q, k, v, positions, cos_cache, sin_cache, k_out, v_out, slot_mapping,
+                 *extra) -> torch.Tensor:
+    """Launches `kernel` (this rotary's, or the q/k norm + rotary's, which takes the norms'
+    weights and eps as `extra`) over every token: q into a new tensor, returned, and k into k_out
+    (its rows, or with v_out its cache slots)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -185,10 +190,10 @@ def _launch(q, k, v, positions, cos_cache, sin_cache, k_out, v_out, slot_mapping
     v, v_out, slot_mapping = (v, v_out, slot_mapping) if into_cache else (k, k_out, positions)
     block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_k_heads)
     block_d = triton.next_power_of_2(head_dim // 2)
-    _rotary_kernel[(num_tokens,)](
+    kernel[(num_tokens,)](
         q, k, v, positions, cos_cache, sin_cache, q_out, k_out, v_out, slot_mapping,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        num_q_heads, num_k_heads, head_dim // 2, INTO_CACHE=into_cache,
+        num_q_heads, num_k_heads, head_dim // 2, *extra, INTO_CACHE=into_cache,
         BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
         num_warps=min(max(block_hq * block_d // 512, 1), 8), enable_fp_fusion=False,
     )
