@@ -14,7 +14,7 @@ import torch
 from pagedllm import kernels
 from pagedllm.config import EngineConfig
 from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
-from pagedllm.input_buffers import BatchInput, InputBuffers
+from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.layers.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
@@ -29,7 +29,7 @@ _WARM_UP_SAMPLING = [
     SamplingParams(temperature=0.7, logprobs=5, repetition_penalty=1.1, presence_penalty=0.5),
 ]
 
-__all__ = ["ModelRunner", "BatchInput"]
+__all__ = ["ModelRunner"]
 
 
 class ModelRunner:
@@ -172,11 +172,6 @@ class ModelRunner:
         handle = self.sampler.launch(logits, rows, prev)
         self._last_tokens = handle.tokens
         return handle
-
-    def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-                block_tables: list[list[int]], sample: list[bool]) -> BatchInput:
-        """Build the flattened input tensors (in the preallocated buffers, copied to the device)."""
-        return self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample)
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
