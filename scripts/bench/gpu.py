@@ -162,11 +162,13 @@ def decode_step_times(llm: LLM, batches=(64, 256), context: int = 833, iters: in
         args = dict(token_ids=tokens, num_computed=[context] * batch, num_tokens=[1] * batch,
                     block_tables=tables, sample=[True] * batch, rows=[row] * batch)
         entry = {"batch": batch, "context": context}
-        graphs = runner.graphs
+        graphs, mixed = runner.graphs, runner.mixed_graphs
         for label, g in (("graphs", graphs), ("eager", None)):
             if label == "graphs" and graphs is None:
                 continue
-            runner.graphs = g
+            # eager: no graph at all (a decode step that misses the decode graphs would
+            # otherwise replay a mixed-step graph)
+            runner.graphs, runner.mixed_graphs = g, (mixed if g is not None else None)
             for _ in range(3):
                 runner.execute(**args)
             torch.cuda.synchronize()
@@ -174,7 +176,7 @@ def decode_step_times(llm: LLM, batches=(64, 256), context: int = 833, iters: in
             for _ in range(iters):
                 runner.execute(**args)
             entry[f"{label}_ms"] = (time.perf_counter() - t0) / iters * 1e3
-        runner.graphs = graphs
+        runner.graphs, runner.mixed_graphs = graphs, mixed
         if graphs is not None:
             entry["graphs_pipelined_ms"] = _pipelined_step_ms(runner, args, iters)
         results.append(entry)
