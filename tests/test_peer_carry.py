@@ -5,13 +5,15 @@ import hashlib
 import io
 import tarfile
 
-from pagedllm_tools.bench.peer_carry import recv
+import pytest
+
+from pagedllm_tools.bench.peer_carry import recv, split
 
 
-def _archive(tmp_path) -> bytes:
+def _archive(tmp_path, files=(("pkg/__init__.py", "VALUE = 7\n"), ("pkg/big.bin", "x" * 5000))) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        for name, text in (("pkg/__init__.py", "VALUE = 7\n"), ("pkg/big.bin", "x" * 5000)):
+        for name, text in files:
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -54,3 +56,38 @@ def test_a_corrupt_archive_is_not_unpacked(tmp_path, capsys):
     recv(carried, tmp_path / "state", tmp_path / "site")
     assert "X: BAD SUM" in capsys.readouterr().out
     assert not (tmp_path / "site" / "pkg").exists()
+
+
+def test_split_fills_each_calls_room_and_the_calls_rebuild_the_archives(tmp_path, capsys):
+    x, y = _archive(tmp_path), _archive(tmp_path, [("lib/y.so", "y" * 300)])
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "X.0").write_bytes(x[:150])  # as `pack` leaves them: fixed-size pieces
+    (packed / "X.150").write_bytes(x[150:])
+    (packed / "Y.0").write_bytes(y)
+    (packed / "SUMS").write_text(f"{hashlib.sha256(x).hexdigest()} {len(x)} X\n"
+                                 f"{hashlib.sha256(y).hexdigest()} {len(y)} Y\n")
+    rooms = [100, len(x) - 100 + 50, 1000]
+    folders = split(packed, rooms, tmp_path / "calls")
+    assert [sum(p.stat().st_size for p in f.iterdir() if p.name != "SUMS") for f in folders] \
+        == [100, len(x) - 100 + 50, len(y) - 50]
+    assert sorted(p.name for p in folders[1].iterdir()) == ["SUMS", "X.100", "Y.0"]
+    state, site = tmp_path / "state", tmp_path / "site"
+    for folder in folders:
+        recv(folder, state, site)
+    out = capsys.readouterr().out
+    assert "X unpacked" in out and f"Y: 50 of {len(y)}" in out and "Y unpacked" in out
+    assert "GAP" not in out
+    assert (site / "pkg" / "__init__.py").read_text() == "VALUE = 7\n"
+    assert (site / "lib" / "y.so").read_text() == "y" * 300
+
+
+def test_split_refuses_rooms_too_small_and_pieces_that_do_not_match(tmp_path):
+    x = _archive(tmp_path)
+    packed = tmp_path / "packed"
+    _carry(packed, x, 100, [0, 1])
+    with pytest.raises(ValueError, match=f"{len(x) - 60} bytes too few"):
+        split(packed, [30, 30], tmp_path / "calls")
+    (packed / "X.100").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="X: the pieces"):
+        split(packed, [10**6], tmp_path / "calls2")

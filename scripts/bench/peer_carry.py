@@ -9,6 +9,9 @@ about 30 s after a call), and the last call runs the benchmark:
 
     here:    python -m pagedllm_tools.bench.peer_carry pack --out .vl --piece-mib 45
              (.vl must be git-ignored: echo /.vl/ >> .git/info/exclude)
+    or:      python -m pagedllm_tools.bench.peer_carry split --pieces .vl --room-mb 13.8 24 63.7 28 \
+                 --out /tmp/calls     (one folder per call, each filling the room that call has
+                 left beside the tree and whatever else it carries)
     calls:   move the pieces of one call into the carried folder, carry it, and run
              python3 -m pagedllm_tools.bench.peer_carry recv --pieces .vl
     last:    ... recv --pieces .vl && python3 -m pagedllm_tools.bench.peer --vllm-site /root/vsite
@@ -83,6 +86,41 @@ def pack(out: Path, piece_mib: float, work: Path) -> None:
     (out / "SUMS").write_text("".join(sums))
 
 
+def split(pieces: Path, rooms: list[int], out: Path) -> list[Path]:
+    """Re-cuts packed archives into one folder per call: folder i gets pieces of `rooms[i]` bytes
+    at most, archives in SUMS order, each folder with its own SUMS (what `recv` reads)."""
+    sums = (pieces / "SUMS").read_text()
+    cuts: list[list[tuple[str, int, bytes]]] = [[] for _ in rooms]
+    call, left = 0, rooms[0] if rooms else 0
+    for line in sums.splitlines():
+        digest, size, name = line.split()
+        parts = sorted((p for p in pieces.iterdir() if p.stem == name and p.suffix[1:].isdigit()),
+                       key=lambda p: int(p.suffix[1:]))
+        data = b"".join(p.read_bytes() for p in parts)
+        if len(data) != int(size) or hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"{name}: the pieces in {pieces} do not rebuild the archive SUMS names")
+        offset = 0
+        while offset < len(data):
+            while left == 0:
+                call += 1
+                if call == len(rooms):
+                    missing = sum(int(x.split()[1]) for x in sums.splitlines()) - sum(rooms)
+                    raise ValueError(f"the rooms hold {missing} bytes too few for the archives")
+                left = rooms[call]
+            take = min(left, len(data) - offset)
+            cuts[call].append((name, offset, data[offset:offset + take]))
+            offset, left = offset + take, left - take
+    folders = []
+    for i, chunk in enumerate(cuts):
+        folder = out / f"call{i + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, offset, data in chunk:
+            (folder / f"{name}.{offset}").write_bytes(data)
+        (folder / "SUMS").write_text(sums)
+        folders.append(folder)
+    return folders
+
+
 def _without(rels: list[str]):
     def keep(info: tarfile.TarInfo):
         return None if info.name in rels else info
@@ -130,6 +168,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(".vl"))
     p.add_argument("--piece-mib", type=float, default=45.0)
     p.add_argument("--work", type=Path, default=Path("/tmp/vllm-carry"))
+    c = sub.add_parser("split")
+    c.add_argument("--pieces", type=Path, default=Path(".vl"))
+    c.add_argument("--room-mb", type=float, nargs="+", required=True,
+                   help="bytes (in 10^6) each call can carry, in call order")
+    c.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("recv")
     r.add_argument("--pieces", type=Path, default=Path(".vl"))
     r.add_argument("--state", type=Path, default=Path("/root/vl"))
@@ -137,6 +180,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "pack":
         pack(a.out, a.piece_mib, a.work)
+    elif a.cmd == "split":
+        for folder in split(a.pieces, [int(mb * 1e6) for mb in a.room_mb], a.out):
+            print(folder, sorted(p.name for p in folder.iterdir()))
     else:
         recv(a.pieces, a.state, a.site)
 
