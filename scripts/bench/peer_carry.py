@@ -94,9 +94,7 @@ def split(pieces: Path, rooms: list[int], out: Path) -> list[Path]:
     call, left = 0, rooms[0] if rooms else 0
     for line in sums.splitlines():
         digest, size, name = line.split()
-        parts = sorted((p for p in pieces.iterdir() if p.stem == name and p.suffix[1:].isdigit()),
-                       key=lambda p: int(p.suffix[1:]))
-        data = b"".join(p.read_bytes() for p in parts)
+        data = b"".join(p.read_bytes() for p in _pieces(pieces) if p.stem == name)
         if len(data) != int(size) or hashlib.sha256(data).hexdigest() != digest:
             raise ValueError(f"{name}: the pieces in {pieces} do not rebuild the archive SUMS names")
         offset = 0
@@ -121,6 +119,12 @@ def split(pieces: Path, rooms: list[int], out: Path) -> list[Path]:
     return folders
 
 
+def _pieces(folder: Path) -> list[Path]:
+    """The archive pieces (NAME.OFFSET) in folder, by archive name, then offset."""
+    found = [p for p in folder.iterdir() if p.suffix[1:].isdigit() and p.stem.isalpha()]
+    return sorted(found, key=lambda p: (p.stem, int(p.suffix[1:])))
+
+
 def _without(rels: list[str]):
     def keep(info: tarfile.TarInfo):
         return None if info.name in rels else info
@@ -131,8 +135,7 @@ def recv(pieces: Path, state: Path, site: Path) -> None:
     """Appends the carried pieces that continue their archive; unpacks each complete archive."""
     state.mkdir(parents=True, exist_ok=True)
     site.mkdir(parents=True, exist_ok=True)
-    found = [p for p in pieces.iterdir() if p.suffix[1:].isdigit() and p.stem.isalpha()]
-    for piece in sorted(found, key=lambda p: (p.stem, int(p.suffix[1:]))):
+    for piece in _pieces(pieces):
         archive, offset = state / f"{piece.stem}.tar.xz", int(piece.suffix[1:])
         have = archive.stat().st_size if archive.exists() else 0
         if have == offset:
