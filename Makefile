@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Downloads and the unpacked tritonserver stay in this checkout (an installed pagedllm keeps them
+# in ~/.cache/pagedllm); the dev tools in scripts/ are not installed, so they go on the path.
+export PAGEDLLM_CACHE ?= $(CURDIR)/.cache
+export PYTHONPATH := $(CURDIR)/scripts$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: test install model serve bench-engine clean
 
@@ -24,7 +28,7 @@ model: $(STAMP)
 # A real tritonserver (from the nvidia-pytriton wheel) in the foreground on 127.0.0.1.
 # MODEL=/path/to/hf_dir, HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002), ENGINE_ARGS='{"max_num_seqs": 64}'.
 serve: $(STAMP)
-	$(PY) -m pagedllm_tools.serving.serve
+	$(PY) -m pagedllm_triton.serving.serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q

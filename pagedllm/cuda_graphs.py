@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm import kernels
+import pagedllm_kernels as kernels
 from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pagedllm import kernels
+import pagedllm_kernels as kernels
 from pagedllm.config import EngineConfig
 from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
 from pagedllm.input_buffers import InputBuffers

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-from pagedllm_tools.serving import model_configs, repository, tritonserver
-from pagedllm_tools.serving.watchdog import Watchdog
+from pagedllm_triton.serving import model_configs, repository, tritonserver
+from pagedllm_triton.serving.watchdog import Watchdog
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 # Small enough that one long request shows in kv_cache_usage_perc; max_model_len bounds prompts.

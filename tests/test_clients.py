@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from pagedllm_clients import load
-from pagedllm_tools import ROOT, workloads
+from pagedllm_clients import workloads
+from pagedllm_tools import ROOT
 from pagedllm_tools.bench import null_models, perf_analyzer
-from pagedllm_tools.serving import model_configs
+from pagedllm_triton.serving import model_configs
 
 
 def test_percentile_matches_numpy():

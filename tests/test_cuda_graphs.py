@@ -147,8 +147,8 @@ def test_a_padded_mixed_step_computes_the_step_and_writes_only_its_slots(tiny_ch
     attention and cache-write kernels, compiled on a GPU, else in Triton's interpreter."""
     import dataclasses
 
-    from pagedllm import kernels
-    from pagedllm.kernels import REFERENCE_OPS
+    import pagedllm_kernels as kernels
+    from pagedllm_kernels import REFERENCE_OPS
     ops, device = REFERENCE_OPS, "cpu"
     if attention != "reference":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,5 +1,5 @@
 """The fused elementwise kernels (residual add + RMSNorm, silu * up, rotary, q/k norm + rotary)
-against their torch references (kernels/reference.py, the oracle), and the model run through them.
+against their torch references (kernels/pagedllm_kernels/reference.py, the oracle), and the model run through them.
 
 Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1)
 in float32 and float16 at small sizes. Not bfloat16: the interpreter casts float32 to bfloat16
@@ -33,15 +33,15 @@ import torch
 
 pytest.importorskip("triton")
 
-from pagedllm import kernels  # noqa: E402
-from pagedllm.kernels import REFERENCE_OPS  # noqa: E402
-from pagedllm.kernels.reference import (fused_add_rms_norm_ref, reshape_and_cache_ref, rms_norm_ref,  # noqa: E402
+import pagedllm_kernels as kernels  # noqa: E402
+from pagedllm_kernels import REFERENCE_OPS  # noqa: E402
+from pagedllm_kernels.reference import (fused_add_rms_norm_ref, reshape_and_cache_ref, rms_norm_ref,  # noqa: E402
                                        rotary_ref, silu_and_mul_ref)
-from pagedllm.kernels.triton_fused_add_rms_norm import fused_add_rms_norm  # noqa: E402
-from pagedllm.kernels.triton_qk_norm_rotary import qk_norm_rotary, qk_norm_rotary_into_cache  # noqa: E402
-from pagedllm.kernels.triton_rms_norm import rms_norm  # noqa: E402
-from pagedllm.kernels.triton_rotary import rotary, rotary_into_cache  # noqa: E402
-from pagedllm.kernels.triton_silu_and_mul import silu_and_mul  # noqa: E402
+from pagedllm_kernels.triton_fused_add_rms_norm import fused_add_rms_norm  # noqa: E402
+from pagedllm_kernels.triton_qk_norm_rotary import qk_norm_rotary, qk_norm_rotary_into_cache  # noqa: E402
+from pagedllm_kernels.triton_rms_norm import rms_norm  # noqa: E402
+from pagedllm_kernels.triton_rotary import rotary, rotary_into_cache  # noqa: E402
+from pagedllm_kernels.triton_silu_and_mul import silu_and_mul  # noqa: E402
 from pagedllm.layers.attention import AttentionMetadata  # noqa: E402
 from pagedllm.layers.rotary import RotaryEmbedding  # noqa: E402
 from pagedllm.models.config import ModelConfig  # noqa: E402

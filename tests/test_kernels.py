@@ -1,4 +1,4 @@
-"""The OpenAI Triton kernels against the torch references (kernels/reference.py, the oracle).
+"""The OpenAI Triton kernels against the torch references (kernels/pagedllm_kernels/reference.py, the oracle).
 
 Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets
 TRITON_INTERPRET=1 before triton is imported) at small sizes, fp32 and fp16: the
@@ -23,10 +23,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from pagedllm import kernels  # noqa: E402
-from pagedllm.kernels.reference import paged_attention_ref, reshape_and_cache_ref  # noqa: E402
-from pagedllm.kernels.triton_paged_attention import choose_num_splits, paged_attention  # noqa: E402
-from pagedllm.kernels.triton_reshape_and_cache import reshape_and_cache  # noqa: E402
+import pagedllm_kernels as kernels  # noqa: E402
+from pagedllm_kernels.reference import paged_attention_ref, reshape_and_cache_ref  # noqa: E402
+from pagedllm_kernels.triton_paged_attention import choose_num_splits, paged_attention  # noqa: E402
+from pagedllm_kernels.triton_reshape_and_cache import reshape_and_cache  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -1,11 +1,16 @@
 """The repository's rooms, checked on the import graph (every import statement, nested ones too).
 
-- The engine (`pagedllm`, its kernels included) imports nothing of Triton Inference Server and
-  nothing of the project's other packages.
-- The Triton backend folder (`pagedllm_backends`) holds only what tritonserver loads: every module
-  in it is reached from a backend's model.py, and no other package imports it.
+- Every package folder is named exactly as it is imported, and pyproject.toml maps nothing:
+  setuptools finds each package under its top-level folder (`where`).
+- The engine (`pagedllm`) imports nothing of Triton Inference Server and nothing of the
+  project's other packages but its kernels (`pagedllm_kernels`); the kernels import nothing of
+  ours.
+- The Triton adapter (`pagedllm_triton`, but its `serving` runtime) holds no engine logic: it
+  reaches the engine only through the engine's public front (config, engine, engine loop and
+  process, outputs, sampling params, tokenizer, errors), never its scheduler, cache or runner.
 - The OpenAI service (`pagedllm_openai`) talks to Triton only: it imports neither the engine, nor
-  the backends, nor torch (it runs beside Triton, not inside it).
+  the adapter, nor torch (it runs beside Triton, not inside it).
+- Nothing under scripts/ (the dev tools, `pagedllm_tools`) is imported by product code.
 - Nothing outside tests/ imports from tests/.
 - In engine-process mode the `llm` adapter's stub does not import torch.
 - Every relative link in README.md and docs/ names a file of this repository.
@@ -20,15 +25,24 @@ from pathlib import Path
 
 import pytest
 
-from pagedllm_tools import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
-# Import name -> folder, as pyproject.toml maps them.
-PACKAGES = {"pagedllm": ROOT / "pagedllm", "pagedllm.kernels": ROOT / "kernels",
-            "pagedllm_backends": ROOT / "backends", "pagedllm_tools": ROOT / "scripts",
-            "pagedllm_clients": ROOT / "clients", "pagedllm_openai": ROOT / "openai_server"}
+# Import name -> folder: each top-level card folder holds its package folder of the same name.
+PACKAGES = {"pagedllm": ROOT / "pagedllm",
+            "pagedllm_kernels": ROOT / "kernels" / "pagedllm_kernels",
+            "pagedllm_triton": ROOT / "backends" / "pagedllm_triton",
+            "pagedllm_openai": ROOT / "openai_server" / "pagedllm_openai",
+            "pagedllm_clients": ROOT / "clients" / "pagedllm_clients",
+            "pagedllm_tools": ROOT / "scripts" / "pagedllm_tools"}
+PRODUCT = {"pagedllm", "pagedllm_kernels", "pagedllm_triton", "pagedllm_openai",
+           "pagedllm_clients"}
 TRITON_SERVER_NAMES = {"triton_python_backend_utils", "tritonclient", "tritonserver",
                        "tritonfrontend"}
-OURS = {"pagedllm", "pagedllm_backends", "pagedllm_tools", "pagedllm_clients", "pagedllm_openai"}
+OURS = set(PACKAGES)
+# What the adapter may use of the engine: its public front, not its inner rooms.
+ENGINE_FRONT = {"pagedllm", "pagedllm.config", "pagedllm.engine", "pagedllm.engine_loop",
+                "pagedllm.engine_process", "pagedllm.outputs", "pagedllm.sampling_params",
+                "pagedllm.tokenizer", "pagedllm.errors"}
 
 
 def _modules() -> dict[str, Path]:
@@ -40,8 +54,6 @@ def _modules() -> dict[str, Path]:
                 continue
             rel = path.relative_to(folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
-            if package == "pagedllm" and parts[:1] == ["kernels"]:
-                continue  # (no such folder; kernels/ is mapped above)
             found[".".join([package, *parts])] = path
     return found
 
@@ -91,30 +103,57 @@ def _closure(start: str) -> set[str]:
 
 def test_the_graph_sees_the_known_imports():
     # The checker itself: imports it must resolve (absolute, from-import, nested, relative).
-    assert "pagedllm.kernels" in GRAPH["pagedllm.model_runner"]
-    assert "pagedllm.engine" in GRAPH["pagedllm_backends.pagedllm.model"]  # inside a function
-    assert "triton_python_backend_utils" in GRAPH["pagedllm_backends.pagedllm.model"]
+    assert "pagedllm_kernels" in GRAPH["pagedllm.model_runner"]
+    assert "pagedllm.engine" in GRAPH["pagedllm_triton.llm_model"]  # inside a function
+    assert "triton_python_backend_utils" in GRAPH["pagedllm_triton.llm_model"]
     assert "torch" in _closure("pagedllm.engine")
+
+
+def test_every_package_folder_is_named_as_it_is_imported():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "package-dir" not in setuptools, "map no names: name each folder as it is imported"
+    found = set()
+    for where in setuptools["packages"]["find"]["where"]:
+        for init in (ROOT / where).glob("*/__init__.py"):
+            found.add(init.parent.name)
+            assert init.parent.relative_to(ROOT).parts[-1] == init.parent.name
+    assert found >= PRODUCT, f"not found by setuptools: {PRODUCT - found}"
+    for name, folder in PACKAGES.items():
+        assert folder.name == name.split(".")[-1] and (folder / "__init__.py").exists(), name
+    # The backend folders Triton loads are not packages: `backends/pagedllm` never shadows the
+    # engine package `pagedllm`.
+    for backend in ("pagedllm", "onnxruntime"):
+        assert not (ROOT / "backends" / backend / "__init__.py").exists()
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] == "pagedllm"))
 def test_the_engine_imports_nothing_of_triton_server_or_the_other_rooms(module):
     reached = _closure(module)
     assert not reached & TRITON_SERVER_NAMES, f"{module} reaches {reached & TRITON_SERVER_NAMES}"
-    others = {m for m in reached if m.split(".")[0] in OURS - {"pagedllm"}}
+    others = {m for m in reached if m.split(".")[0] in OURS - {"pagedllm", "pagedllm_kernels"}}
     assert not others, f"{module} imports {others}"
 
 
-def test_the_backend_folder_holds_only_what_triton_loads():
-    backend = {m for m in MODULES if m.startswith("pagedllm_backends")}
-    entries = {"pagedllm_backends.pagedllm.model", "pagedllm_backends.onnxruntime.model"}
-    reached = set().union(*(_closure(e) for e in entries)) | entries
-    packages = {m for m in backend if MODULES[m].name == "__init__.py"}
-    assert backend - packages <= reached, f"not loaded by any backend: {backend - packages - reached}"
-    importers = {m for m, targets in GRAPH.items()
-                 if not m.startswith("pagedllm_backends") and targets & backend}
-    # Tools and tests may drive the backends; the engine and the clients never.
-    assert not {m for m in importers if m.split(".")[0] in ("pagedllm", "pagedllm_clients")}
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("pagedllm_kernels")))
+def test_the_kernels_stand_alone(module):
+    reached = _closure(module)
+    assert not {m for m in reached if m.split(".")[0] in OURS - {"pagedllm_kernels"}}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("pagedllm_triton")
+                                          and not m.startswith("pagedllm_triton.serving")))
+def test_the_adapter_holds_no_engine_logic(module):
+    engine = {m for m in GRAPH[module] if m.split(".")[0] == "pagedllm"}
+    assert engine <= ENGINE_FRONT, f"{module} reaches into the engine: {engine - ENGINE_FRONT}"
+
+
+def test_the_backend_entry_files_only_import_the_adapter():
+    for backend, target in (("pagedllm", "pagedllm_triton.llm_model"),
+                            ("onnxruntime", "pagedllm_triton.onnx_model")):
+        tree = ast.parse((ROOT / "backends" / backend / "model.py").read_text())
+        froms = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert froms == [target], f"backends/{backend}/model.py imports {froms}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("pagedllm_openai")))
@@ -125,6 +164,11 @@ def test_the_openai_service_talks_to_triton_only(module):
     assert "torch" not in reached
 
 
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] in PRODUCT))
+def test_product_code_never_imports_the_dev_tools(module):
+    assert not {m for m in GRAPH[module] if m.startswith("pagedllm_tools")}, module
+
+
 def test_nothing_outside_tests_imports_from_tests():
     test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
     for module, targets in GRAPH.items():
@@ -133,7 +177,7 @@ def test_nothing_outside_tests_imports_from_tests():
 
 def test_the_adapter_stub_imports_no_torch_in_engine_process_mode():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import fake_pb_utils; "
-            "fake_pb_utils.install(); import pagedllm_backends.pagedllm.model; "
+            "fake_pb_utils.install(); import pagedllm_triton.llm_model; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
                          capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ import fake_pb_utils
 
 def _adapter():
     fake_pb_utils.install()
-    return importlib.import_module("pagedllm_backends.pagedllm.model")
+    return importlib.import_module("pagedllm_triton.llm_model")
 
 
 ADAPTER = _adapter()

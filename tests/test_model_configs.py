@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import text_format
 
 from pagedllm_tools import ROOT
-from pagedllm_tools.serving import model_configs
+from pagedllm_triton.serving import model_configs
 
 MODELS = ("ensemble", "llm", "preprocessing", "postprocessing")
 

@@ -17,14 +17,14 @@ from onnx import TensorProto, helper
 import fake_pb_utils
 from pagedllm.tokenizer import Tokenizer
 from pagedllm_tools import ROOT
-from pagedllm_tools.serving import tokenizer_onnx as ex
+from pagedllm_triton.serving import tokenizer_onnx as ex
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 
 
 def _load_backend():
     pb_utils = fake_pb_utils.install()
-    return importlib.import_module("pagedllm_backends.onnxruntime.model"), pb_utils
+    return importlib.import_module("pagedllm_triton.onnx_model"), pb_utils
 
 
 BACKEND, PB = _load_backend()

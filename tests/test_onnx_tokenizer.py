@@ -1,4 +1,4 @@
-"""The ONNX tokenizer/detokenizer (pagedllm_tools.serving.tokenizer_onnx) against `tokenizers`.
+"""The ONNX tokenizer/detokenizer (pagedllm_triton.serving.tokenizer_onnx) against `tokenizers`.
 
 Four byte-level BPE tokenizers: the default model's (GPT-2 regex), and three trained here offline
 in the shape of real checkpoints' tokenizer.json: Llama-3-style (Llama-3 regex, ignore_merges,
@@ -22,7 +22,7 @@ from pagedllm.byte_tokens import byte_token_ids, padding_token_id, special_token
 from pagedllm.tokenizer import Tokenizer
 
 from pagedllm_tools import ROOT
-from pagedllm_tools.serving import tokenizer_onnx as ex
+from pagedllm_triton.serving import tokenizer_onnx as ex
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 CORPUS = ["The quick brown fox jumps over the lazy dog. It's 2024, isn't it? I'll say we'd go.",
@@ -373,7 +373,7 @@ def test_importing_the_extensions_leaves_protobufs_implementation_alone():
     import sys
 
     key = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
-    code = ("import os; from pagedllm_tools.serving import tokenizer_onnx as ex; "
+    code = ("import os; from pagedllm_triton.serving import tokenizer_onnx as ex; "
             "ex.import_extensions(); print(os.environ.get('%s'))" % key)
     env = {k: v for k, v in os.environ.items() if k != key}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -28,7 +28,7 @@ httpx = pytest.importorskip("httpx")
 from live_server import DEFAULT_MODEL, ENGINE_ARGS, start_server  # noqa: E402
 from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.tokenizer import Tokenizer  # noqa: E402
-from pagedllm_tools.serving.tritonserver import free_port  # noqa: E402
+from pagedllm_triton.serving.tritonserver import free_port  # noqa: E402
 
 MULTI_BYTE = "Le café était très animé 🎉 東京タワーは"
 
@@ -554,7 +554,7 @@ def test_shutdown_cancels_live_generations(triton, tmp_path):
 
 
 def test_the_load_generator_drives_the_openai_api(service, tmp_path):
-    """clients/load.py --api openai: the workload through /v1/completions, every token counted."""
+    """clients/pagedllm_clients/load.py --api openai: the workload through /v1/completions, every token counted."""
     from pagedllm_clients import load
     out = tmp_path / "load.json"
     rc = load.main(["--api", "openai", "--url", service.url, "--model", "default",

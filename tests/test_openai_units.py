@@ -227,7 +227,7 @@ def test_the_raw_contents_reader_equals_tritonclients_reader(texts, finish, logp
     """parse_reply reads outputs straight from the raw contents (the front door's hottest
     function); it must read what tritonclient's as_numpy reads, for any n, text and logprobs."""
     from pagedllm_openai.replies import parse_reply, parse_reply_generic
-    from pagedllm_tools.bench.front_door import ensemble_response
+    from triton_replies import ensemble_response
 
     result = ensemble_response(texts, finish, logprobs, num_input_tokens=70000)
     reply = parse_reply(result)

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from pagedllm import kernels
+import pagedllm_kernels as kernels
 
 HEAD_DIM = 16
 

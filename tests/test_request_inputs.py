@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedllm_backends.pagedllm.request_inputs import parse_inputs
+from pagedllm_triton.request_inputs import parse_inputs
 
 
 def _ids(*ids):

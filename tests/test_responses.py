@@ -8,8 +8,8 @@ import pytest
 
 from pagedllm.outputs import StreamDelta
 from pagedllm.tokenizer import Tokenizer
-from pagedllm_backends.pagedllm.responses import RequestResponses
-from pagedllm_backends.pagedllm.text_ids import TextIds
+from pagedllm_triton.responses import RequestResponses
+from pagedllm_triton.text_ids import TextIds
 from pagedllm_tools import ROOT
 
 

@@ -1,4 +1,4 @@
-"""The Triton RMSNorm kernel against `pagedllm.kernels.reference.rms_norm_ref` (LlamaRMSNorm's numerics).
+"""The Triton RMSNorm kernel against `pagedllm_kernels.reference.rms_norm_ref` (LlamaRMSNorm's numerics).
 
 Without a GPU the kernel runs in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1)
 in float32 and float16. With CUDA the compiled kernel runs bf16 and fp16 at the model's widths.
@@ -17,9 +17,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from pagedllm import kernels  # noqa: E402
-from pagedllm.kernels.reference import rms_norm_ref  # noqa: E402
-from pagedllm.kernels.triton_rms_norm import rms_norm  # noqa: E402
+import pagedllm_kernels as kernels  # noqa: E402
+from pagedllm_kernels.reference import rms_norm_ref  # noqa: E402
+from pagedllm_kernels.triton_rms_norm import rms_norm  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

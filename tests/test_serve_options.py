@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pagedllm_tools.serving import serve, tritonserver
+from pagedllm_triton.serving import serve, tritonserver
 
 NGC_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 NGC_BACKENDS = Path("/opt/tritonserver/backends")

@@ -5,7 +5,7 @@ import mmap
 import os
 import time
 
-from pagedllm_tools.serving import shm_regions
+from pagedllm_triton.serving import shm_regions
 
 
 def _region(directory, name: str) -> "os.PathLike":

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pagedllm_backends.stub_watchdog import exit_with_server, watcher_argv
+from pagedllm_triton.stub_watchdog import exit_with_server, watcher_argv
 from polling import wait_until
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pagedllm_tools.processes import descendants
-from pagedllm_tools.serving import shm_regions
-from pagedllm_tools.serving.supervisor import Supervised
+from pagedllm_triton.serving import shm_regions
+from pagedllm_triton.serving.supervisor import Supervised
 from polling import wait_until
 
 EXIT_3 = [sys.executable, "-c", "import sys; sys.exit(3)"]
@@ -68,7 +68,7 @@ pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
 
 from live_server import DEFAULT_MODEL, ENGINE_ARGS, ROOT  # noqa: E402
-from pagedllm_tools.serving.tritonserver import free_port  # noqa: E402
+from pagedllm_triton.serving.tritonserver import free_port  # noqa: E402
 
 
 def _servers(serve: subprocess.Popen) -> list[int]:
@@ -84,7 +84,7 @@ def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
                                             "--openai-port", "--triton-http-port")}
     log = tmp_path / "serve.log"
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pagedllm_tools.serving.serve", "--repo", str(repo),
+        [sys.executable, "-m", "pagedllm_triton.serving.serve", "--repo", str(repo),
          "--engine-args", json.dumps(ENGINE_ARGS),
          *[str(x) for kv in ports.items() for x in kv]],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

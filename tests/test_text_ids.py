@@ -8,7 +8,7 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.detokenizer import IncrementalDetokenizer
-from pagedllm_backends.pagedllm.text_ids import TextIds
+from pagedllm_triton.text_ids import TextIds
 from pagedllm.tokenizer import Tokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pagedllm.kernels import KernelOps
+from pagedllm_kernels import KernelOps
 
 
 @dataclass
@@ -35,8 +35,8 @@ class Attention(nn.Module):
         num_kv_heads: Key/value heads (num_heads must be a multiple: GQA).
         head_dim: Size of each head.
         scale: Softmax scale (head_dim ** -0.5 for every supported model).
-        ops: the kernels to call (`pagedllm.kernels.select_ops`), unchecked: the runner checked
-            the cache layout once (`pagedllm.kernels.check_kv_cache`).
+        ops: the kernels to call (`pagedllm_kernels.select_ops`), unchecked: the runner checked
+            the cache layout once (`pagedllm_kernels.check_kv_cache`).
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,

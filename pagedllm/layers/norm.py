@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.kernels import REFERENCE_OPS, KernelOps
+from pagedllm_kernels import REFERENCE_OPS, KernelOps
 
 
 class RMSNorm(nn.Module):
@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
         dim: Size of the normalized (last) dimension.
         eps: Added to the mean square before the reciprocal square root.
         dtype: Dtype of the weight (the model's dtype).
-        ops: whose `rms_norm` and `fused_add_rms_norm` to run (`pagedllm.kernels.select_ops`);
+        ops: whose `rms_norm` and `fused_add_rms_norm` to run (`pagedllm_kernels.select_ops`);
             the reference by default.
     """
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from pagedllm.kernels import REFERENCE_OPS, KernelOps
+from pagedllm_kernels import REFERENCE_OPS, KernelOps
 
 
 def inverse_frequencies(head_dim: int, base: float, rope_scaling: dict | None) -> torch.Tensor:
@@ -55,8 +55,8 @@ class RotaryEmbedding(nn.Module):
         max_position: Number of positions in the table (max_position_embeddings).
         base: rope_theta.
         rope_scaling: None or a llama3 scaling dict (see `inverse_frequencies`).
-        ops: whose `rope`/`rotary` pair rotates (`pagedllm.kernels.select_ops`); the reference
-            by default (`pagedllm.kernels.reference.apply_rotary_ref` is HF's op order).
+        ops: whose `rope`/`rotary` pair rotates (`pagedllm_kernels.select_ops`); the reference
+            by default (`pagedllm_kernels.reference.apply_rotary_ref` is HF's op order).
     """
 
     def __init__(self, head_dim: int, max_position: int, base: float, rope_scaling: dict | None,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.kernels import KernelOps, select_ops
+from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.linear import Embedding, Linear
 from pagedllm.layers.norm import RMSNorm

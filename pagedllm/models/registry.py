@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pagedllm.kernels import KernelOps, select_ops
+from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from pagedllm.models.llama import LlamaForCausalLM, WeightTarget
 

@@ -1,1 +1,0 @@
-"""ONNX Runtime as a Triton Python-based backend (model.py); see README.md beside it."""

@@ -1,1 +1,0 @@
-"""Serving tools: the server from its wheel, the model repository, `make serve`."""
