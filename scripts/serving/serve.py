@@ -44,6 +44,7 @@ from pathlib import Path
 
 from pagedllm_tools import ROOT
 from pagedllm_tools.serving import repository, shm_regions, tritonserver
+from pagedllm_tools.serving.control_plane import AdminKey
 from pagedllm_tools.serving.supervisor import Supervised
 from pagedllm_tools.serving.watchdog import Watchdog
 
@@ -105,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     repository.build(args.model, args.repo, json.loads(args.engine_args))
     internal_http = args.triton_http_port or tritonserver.free_port()
+    admin = AdminKey.new()  # NOTE: tritonserver's argv and the watchdog only; never printed
     cmd, server_env = tritonserver.server_command(
         args.repo.resolve(), internal_http, args.grpc_port, args.metrics_port, args.log_verbose,
-        binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host)
+        binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host,
+        admin=admin)
     near = local_address(args.host)
     print(f"tritonserver {cmd[0]}: gRPC {args.host}:{args.grpc_port}  "
           f"metrics {args.host}:{args.metrics_port}  "
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "removed %d /dev/shm regions a dead tritonserver left", len(removed))
         process = subprocess.Popen(cmd, env=server_env)
         if _wait(ready_url, [process], stopping):
-            watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
+            watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}", admin=admin).start())
         return process
 
     door_cmd = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
