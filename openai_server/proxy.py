@@ -4,6 +4,8 @@ Why a guard: tritonserver 2.51's HTTP server has no body-size limit, and a form-
 of 4 MB or more crashes it (SIGSEGV), taking every model down. So `make serve` puts Triton's HTTP
 port on an internal address and clients reach it through here, where:
 
+- only the data plane is forwarded (data_plane.py): model load/unload, the repository index,
+  shared memory, logging and trace get 403;
 - a body over max_body_bytes is refused with 413 (its Content-Length first; a chunked body is
   counted while it streams to Triton, and the upload cut short);
 - an application/x-www-form-urlencoded body is held to at most FORM_LIMIT whatever
@@ -27,6 +29,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pagedllm_openai.data_plane import check_data_plane
 from pagedllm_openai.errors import OpenAIError, bad_request
 from pagedllm_openai.limits import client_key, limited_stream, read_body, too_large
 from pagedllm_openai.service import Service
@@ -88,6 +91,7 @@ async def proxy(service: Service, request: Request) -> Response:
     A request with a body (an inference) holds one of its client's concurrency slots until its
     answer is over, as a /v1 generation does.
     """
+    check_data_plane(request.method, request.url.path)
     if request.method not in ("POST", "PUT", "PATCH"):
         return await _forward(service, request, lambda: None)
     key = client_key(request)
