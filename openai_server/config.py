@@ -7,7 +7,7 @@ tokenizes a prompt of any length before anything can refuse it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -31,9 +31,11 @@ class ServiceConfig:
         max_prompt_chars: the longest prompt (characters of the prompt, or of all messages),
             checked before anything is tokenized.
         max_concurrent_per_client: requests one client may have in flight (429 above it); a
-            client is its API key (`Authorization: Bearer ...`) or else its peer address.
+            client is its verified API key, or with no api_keys its peer address.
         request_timeout_s: longest a generation may run; then it is cancelled in the engine.
         ready_cache_s: how long a readiness probe's answer is reused.
+        api_keys: the keys a client must present (api_keys.py); empty: none required. Left out
+            of the repr, so a logged config shows no key.
     """
 
     model_dir: Path
@@ -49,6 +51,7 @@ class ServiceConfig:
     max_concurrent_per_client: int = 64
     request_timeout_s: float = 600.0
     ready_cache_s: float = 1.0
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -57,6 +60,7 @@ class ServiceConfig:
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         self.triton_http_url = self.triton_http_url.rstrip("/")
+        self.api_keys = tuple(self.api_keys)
         for name in ("max_body_bytes", "max_prompt_chars", "max_concurrent_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -13,7 +13,8 @@ from pagedllm_tools.serving.control_plane import AdminKey
 
 NGC_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 NGC_BACKENDS = Path("/opt/tritonserver/backends")
-ENV = ("HOST", "TRITONSERVER", "TRITON_BACKEND_DIR", "ENGINE_ARGS", "PAGEDLLM_PYTHON")
+ENV = ("HOST", "TRITONSERVER", "TRITON_BACKEND_DIR", "ENGINE_ARGS", "PAGEDLLM_PYTHON",
+       "PAGEDLLM_API_KEY", "PAGEDLLM_API_KEY_FILE")
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +98,39 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
                     "--host", "0.0.0.0"])
     admin = seen.pop("admin")
     assert isinstance(admin, AdminKey) and admin.value not in repr(admin)
-    assert seen == {"binary": NGC_BINARY, "backend_dir": NGC_BACKENDS, "host": "0.0.0.0"}
+    assert seen == {"binary": NGC_BINARY, "backend_dir": NGC_BACKENDS, "host": "0.0.0.0",
+                    "grpc_host": None}
+
+
+@pytest.mark.parametrize("argv, env, keys_set", [
+    ([], {}, False),
+    (["--api-key", "k1"], {}, True),
+    ([], {"PAGEDLLM_API_KEY": "k2,k3"}, True),
+    ([], {"PAGEDLLM_API_KEY_FILE": "keys.txt"}, True),
+])
+def test_api_keys_reach_the_front_door_by_environment_and_close_grpc(monkeypatch, argv, env,
+                                                                      keys_set):
+    """Keys go to the front door in its environment (not on its command line), and with keys
+    tritonserver's gRPC port, which cannot check them, binds 127.0.0.1 only."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = serve.parse_args(["--host", "0.0.0.0", *argv])
+    door_env, found = serve.door_environment(args)
+    assert found == keys_set
+    assert door_env.get("PAGEDLLM_API_KEY", "") == ",".join(
+        env.get("PAGEDLLM_API_KEY", "").split(",") + argv[1:]).strip(",")
+    seen = {}
+
+    def server_command(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve.repository, "build", lambda *a: None)
+    monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
+    with pytest.raises(SystemExit):
+        serve.main(["--host", "0.0.0.0", *argv])
+    assert seen["host"] == "0.0.0.0"
+    assert seen["grpc_host"] == ("127.0.0.1" if keys_set else None)
 
 
 @pytest.mark.parametrize("host, reached", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
