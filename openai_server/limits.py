@@ -1,4 +1,5 @@
-"""The limits the service enforces before anything reaches Triton.
+"""The limits the service enforces before anything reaches Triton (request_limits.py has the
+bounds on what one request may ask for: stop strings, n, logprobs, prompt tokens).
 
 - Body size: a request body over max_body_bytes is refused with 413, from its Content-Length
   when it has one, else by counting while it is read (chunked uploads).

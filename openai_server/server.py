@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
     p.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
     p.add_argument("--max-concurrent-per-client", type=int,
                    default=defaults.max_concurrent_per_client)
+    p.add_argument("--max-stop-sequences", type=int, default=defaults.max_stop_sequences)
+    p.add_argument("--max-stop-chars", type=int, default=defaults.max_stop_chars)
+    p.add_argument("--max-n", type=int, default=defaults.max_n)
+    p.add_argument("--max-logprobs", type=int, default=defaults.max_logprobs)
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="most prompt tokens (default: the engine's max_model_len decides)")
     p.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
     p.add_argument("--ready-cache-s", type=float, default=defaults.ready_cache_s)
     p.add_argument("--api-key", action="append", default=[],
@@ -91,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
             http_port=args.http_port, max_body_bytes=args.max_body_bytes,
             max_prompt_chars=args.max_prompt_chars,
             max_concurrent_per_client=args.max_concurrent_per_client,
+            max_stop_sequences=args.max_stop_sequences, max_stop_chars=args.max_stop_chars,
+            max_n=args.max_n, max_logprobs=args.max_logprobs,
+            max_prompt_tokens=args.max_prompt_tokens,
             request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s,
             api_keys=keys)
     except ValueError as e:
