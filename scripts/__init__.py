@@ -3,7 +3,8 @@
     serving/   serve (`make serve`), tritonserver (the server from its wheel, its backend
                directory, launch/stop), repository (fill model_repository/ for a model),
                model_configs (config.pbtxt through protobuf), tokenizer_onnx (the ONNX
-               tokenizer and detokenizer)
+               tokenizer and detokenizer), watchdog, supervisor, control_plane (the secret
+               header on tritonserver's control plane)
     bench/     engine (`make bench-engine`), gpu, serving_gpu, kernels_gpu, perf_analyzer,
                null_models, bf16_agreement
     workloads  the benchmark workloads (`nano`, `serve`, ...), defined once (docs/workloads.md)
