@@ -15,6 +15,12 @@ MAX_LOGPROBS = 20
 """Most top logprobs a request may ask for (vLLM's default `max_logprobs`)."""
 MAX_N = 64
 """Most completions one request may ask for (each is a sequence of the running batch)."""
+MAX_STOP = 16
+"""Most stop strings one request may give: every new piece of text is searched for each."""
+MAX_STOP_CHARS = 256
+"""Longest stop string (a stream holds back that many characters less one)."""
+MAX_STOP_TOKEN_IDS = 256
+"""Most stop token ids one request may give."""
 
 _GREEDY_EPS = 1e-5
 _SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
@@ -46,8 +52,10 @@ class SamplingParams:
         frequency_penalty: subtracted from a token's logit per time it appears in the output.
         seed: a per-request seed: the request samples the same tokens whatever else is batched
             (with n > 1, completion i draws with seed + i).
-        stop: strings that end the request when they appear in the output (not included in it).
-        stop_token_ids: token ids that end the request (in addition to EOS).
+        stop: strings that end the request when they appear in the output (not included in it);
+            at most MAX_STOP of them, each at most MAX_STOP_CHARS long.
+        stop_token_ids: token ids that end the request (in addition to EOS); at most
+            MAX_STOP_TOKEN_IDS.
         ignore_eos: keep generating after EOS (benchmarks).
         min_tokens: EOS and stop_token_ids are forbidden until this many tokens were generated.
         logprobs: return the log-probabilities of this many top tokens (plus the sampled one).
@@ -171,6 +179,12 @@ def _normalise_stop(stop: object) -> list[str]:
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r}")
     if any(s == "" for s in stop):
         raise ValueError("stop must not contain an empty string")
+    if len(stop) > MAX_STOP:
+        raise ValueError(f"stop must hold at most {MAX_STOP} strings, got {len(stop)}")
+    longest = max(map(len, stop), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise ValueError(f"stop must hold strings of at most {MAX_STOP_CHARS} characters, got "
+                         f"one of {longest}")
     return list(stop)
 
 
@@ -179,6 +193,9 @@ def _normalise_stop_token_ids(ids: object) -> list[int]:
         return []
     if not isinstance(ids, (list, tuple)):
         raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
+    if len(ids) > MAX_STOP_TOKEN_IDS:
+        raise ValueError(f"stop_token_ids must hold at most {MAX_STOP_TOKEN_IDS} ids, got "
+                         f"{len(ids)}")
     out = []
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, Integral) or i < 0:

@@ -16,6 +16,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 from pagedllm_triton.serving import model_configs, repository, tritonserver
+from pagedllm_triton.serving.control_plane import AdminKey
 from pagedllm_triton.serving.watchdog import Watchdog
 
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -30,6 +31,7 @@ class Server:
     grpc: int
     metrics: int
     log: Path
+    admin: AdminKey
     watchdog: Watchdog | None = None
 
     @property
@@ -78,7 +80,8 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
     """A tritonserver on free ports over a fresh copy of the repository (default model).
 
     `engine_args` go to llm/engine.json; `llm_parameters` set entries of llm's config.pbtxt;
-    `watchdog` runs make serve's watchdog beside it (in this process).
+    `watchdog` runs make serve's watchdog beside it (in this process). Its control plane is
+    locked as make serve locks it; `server.admin` opens it.
     """
     repo = workdir / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo,
@@ -88,9 +91,12 @@ def start_server(workdir: Path, engine_args: dict | None = None, timeout: float 
         model_configs.set_parameter(repo / "llm" / "config.pbtxt", key, value)
     ports = tritonserver.free_port(), tritonserver.free_port(), tritonserver.free_port()
     log = workdir / "tritonserver.log"
-    server = Server(tritonserver.launch(repo, *ports, log, timeout=timeout), *ports, log)
+    admin = AdminKey.new()
+    server = Server(tritonserver.launch(repo, *ports, log, timeout=timeout, admin=admin), *ports,
+                    log, admin)
     if watchdog:
-        server.watchdog = Watchdog(f"127.0.0.1:{server.http}", probe_every=probe_every).start()
+        server.watchdog = Watchdog(f"127.0.0.1:{server.http}", probe_every=probe_every,
+                                   admin=admin).start()
     return server
 
 

@@ -444,7 +444,9 @@ def _open_stream(client: httpx.Client, url: str, key: str):
 
 
 def test_per_client_concurrency_limit(triton, tmp_path):
-    own = start_service(triton, tmp_path, "--max-concurrent-per-client", "2")
+    """Clients are told apart by their verified API keys (with none configured, by address)."""
+    own = start_service(triton, tmp_path, "--max-concurrent-per-client", "2",
+                        "--api-key", "alice", "--api-key", "bob")
     opened = []
     try:
         with httpx.Client(timeout=60) as client:

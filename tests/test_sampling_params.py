@@ -156,3 +156,18 @@ def test_from_json_bad_values_name_field(data, field):
 
 def test_from_json_big_seed_string_is_exact():
     assert SamplingParams.from_json({"seed": "18446744073709551615"}).seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("stop", [f"s{i}" for i in range(17)], "stop must hold at most 16 strings, got 17"),
+    ("stop", "x" * 257, "stop must hold strings of at most 256 characters, got one of 257"),
+    ("stop_token_ids", list(range(257)), "stop_token_ids must hold at most 256 ids, got 257"),
+])
+def test_stop_lists_are_bounded(field, value, message):
+    """Every generated piece of text is checked against each stop string: a request must not
+    make that cost unbounded (a Triton client reaches this through sampling_parameters)."""
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        SamplingParams.from_json({field: value})
+    SamplingParams(stop=["x" * 256] * 16, stop_token_ids=list(range(256)))  # at the limits

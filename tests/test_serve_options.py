@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from pagedllm_triton.serving import serve, tritonserver
+from pagedllm_triton.serving.control_plane import AdminKey
 
 NGC_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 NGC_BACKENDS = Path("/opt/tritonserver/backends")
-ENV = ("HOST", "TRITONSERVER", "TRITON_BACKEND_DIR", "ENGINE_ARGS", "PAGEDLLM_PYTHON")
+ENV = ("HOST", "TRITONSERVER", "TRITON_BACKEND_DIR", "ENGINE_ARGS", "PAGEDLLM_PYTHON",
+       "PAGEDLLM_API_KEY", "PAGEDLLM_API_KEY_FILE")
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +73,13 @@ def test_the_wheels_command_is_unchanged(monkeypatch, tmp_path):
             "--metrics-address=127.0.0.1", "--metrics-port=3",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-timeout-secs=3", "--log-verbose=0", "--model-config-name=host",
-            "--model-control-mode=explicit", "--load-model=*"]
-    assert tritonserver.server_command(tmp_path, 1, 2, 3) == (want, {"the": "wheel's"})
+            "--model-control-mode=explicit", "--load-model=*",
+            "--http-restricted-api=model-repository,shared-memory,logging,trace:"
+            "pagedllm-admin-key=k3y",
+            "--grpc-restricted-protocol=model-repository,shared-memory,logging,trace:"
+            "pagedllm-admin-key=k3y"]
+    assert tritonserver.server_command(tmp_path, 1, 2, 3, admin=AdminKey("k3y")) == \
+        (want, {"the": "wheel's"})
     # the wheel's binary named explicitly (as --tritonserver) keeps the wheel's environment
     assert tritonserver.server_command(tmp_path, 1, 2, 3, binary=binary)[1] == {"the": "wheel's"}
 
@@ -89,7 +96,41 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
     with pytest.raises(SystemExit):
         serve.main(["--tritonserver", str(NGC_BINARY), "--backend-directory", str(NGC_BACKENDS),
                     "--host", "0.0.0.0"])
-    assert seen == {"binary": NGC_BINARY, "backend_dir": NGC_BACKENDS, "host": "0.0.0.0"}
+    admin = seen.pop("admin")
+    assert isinstance(admin, AdminKey) and admin.value not in repr(admin)
+    assert seen == {"binary": NGC_BINARY, "backend_dir": NGC_BACKENDS, "host": "0.0.0.0",
+                    "grpc_host": None}
+
+
+@pytest.mark.parametrize("argv, env, keys_set", [
+    ([], {}, False),
+    (["--api-key", "k1"], {}, True),
+    ([], {"PAGEDLLM_API_KEY": "k2,k3"}, True),
+    ([], {"PAGEDLLM_API_KEY_FILE": "keys.txt"}, True),
+])
+def test_api_keys_reach_the_front_door_by_environment_and_close_grpc(monkeypatch, argv, env,
+                                                                      keys_set):
+    """Keys go to the front door in its environment (not on its command line), and with keys
+    tritonserver's gRPC port, which cannot check them, binds 127.0.0.1 only."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = serve.parse_args(["--host", "0.0.0.0", *argv])
+    door_env, found = serve.door_environment(args)
+    assert found == keys_set
+    assert door_env.get("PAGEDLLM_API_KEY", "") == ",".join(
+        env.get("PAGEDLLM_API_KEY", "").split(",") + argv[1:]).strip(",")
+    seen = {}
+
+    def server_command(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve.repository, "build", lambda *a: None)
+    monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
+    with pytest.raises(SystemExit):
+        serve.main(["--host", "0.0.0.0", *argv])
+    assert seen["host"] == "0.0.0.0"
+    assert seen["grpc_host"] == ("127.0.0.1" if keys_set else None)
 
 
 @pytest.mark.parametrize("host, reached", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
@@ -97,3 +138,25 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
                                            ("192.0.2.1", "192.0.2.1")])
 def test_local_address(host, reached):
     assert serve.local_address(host) == reached
+
+
+def test_the_control_plane_is_locked_whatever_the_caller_says(monkeypatch, tmp_path):
+    """Every server this project starts has its control plane behind a key: a fresh one nobody
+    holds when the caller gives none, and a different one each time."""
+    for name in ("ensure_server", "assemble_backends", "ensure_stub_site"):
+        monkeypatch.setattr(tritonserver, name, _never)
+    flags = []
+    for _ in range(2):
+        argv, _env = tritonserver.server_command(tmp_path, 1, 2, 3, binary=NGC_BINARY,
+                                                 backend_dir=NGC_BACKENDS)
+        flags.append([a for a in argv if "restricted" in a])
+    assert [len(f) for f in flags] == [2, 2] and flags[0] != flags[1]
+    for flag in flags[0]:
+        apis = flag.split("=", 1)[1].split(":")[0].split(",")
+        assert set(apis) == {"model-repository", "shared-memory", "logging", "trace"}
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "a:b", "a=b", "a,b", "é"])
+def test_an_admin_key_that_would_break_the_flag_is_refused(bad):
+    with pytest.raises(ValueError, match="admin key"):
+        AdminKey(bad)

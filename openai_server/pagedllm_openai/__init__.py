@@ -12,6 +12,9 @@ files, one job each:
     triton_client.py   one generation = one gRPC stream; cancelled all the way down
     replies.py         Triton's streamed responses -> Replies (read from their raw contents)
     limits.py          body size, prompt length and per-client concurrency limits
+    request_limits.py  what one request may ask for: stop strings, n, logprobs, prompt tokens
+    api_keys.py        API keys: 401 without a valid one; who a client is, for the limits
+    json_body.py       a request body -> one JSON object, or a 400 (deep nesting, bad UTF-8)
     service.py         what every handler needs (Service), request parsing, collecting replies
     generation_run.py  one request's run: slot, stream, disconnects, cleanup (both endpoints)
     completions.py     /v1/completions: request -> Triton, responses -> OpenAI objects
@@ -19,6 +22,8 @@ files, one job each:
     logprobs.py        Triton's logprobs JSON -> OpenAI's two logprobs shapes
     sse.py             server-sent events that cancel their generation when the client goes
     proxy.py           /v2/...: Triton's own HTTP API, behind the body-size guard
+    data_plane.py      which /v2 routes the proxy forwards (not the control plane: 403)
+    generate_inputs.py a /v2 generate body checked against the model's declared inputs
     health.py          /v1/health/live, /v1/health/ready (a real tiny generation), /v1/metrics
     metrics.py         the service's own Prometheus counters
     app.py             the FastAPI app: routes, exception handlers, lifespan

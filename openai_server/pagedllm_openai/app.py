@@ -7,6 +7,8 @@
     GET  /v1/metrics                health.py
     *    /v2, /v2/...               proxy.py (Triton's own HTTP API, guarded)
 
+With API keys configured, every route but health and metrics needs one (api_keys.py: 401).
+
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` with its status (on /v2,
 Triton's own shape `{"error": "<message>"}`): validation errors name the field, unexpected
 exceptions are logged here and answered with their type only, never a stack trace.
@@ -25,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pagedllm_openai import chat, completions, health, proxy
+from pagedllm_openai.api_keys import ApiKeys, RequireApiKey
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
 from pagedllm_openai.errors import OpenAIError
@@ -75,7 +78,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                   redoc_url=None, openapi_url=None)
     _add_routes(app)
     _add_error_handlers(app)
-    app.add_middleware(_CountRequests)
+    app.add_middleware(RequireApiKey, keys=ApiKeys.of(config.api_keys))
+    app.add_middleware(_CountRequests)  # (outermost: the 401s are counted too)
     return app
 
 

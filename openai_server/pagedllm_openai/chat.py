@@ -18,6 +18,7 @@ from pagedllm_openai.errors import bad_request
 from pagedllm_openai.generation_run import Run, stream_error
 from pagedllm_openai.limits import check_prompt_chars
 from pagedllm_openai.logprobs import chat_logprobs
+from pagedllm_openai.request_limits import check_prompt_tokens, check_sampling_limits
 from pagedllm_openai.schemas import (AssistantMessage, ChatChoice, ChatChunkChoice,
                                      ChatCompletionChunk, ChatCompletionRequest,
                                      ChatCompletionResponse, DeltaMessage, Usage, new_id)
@@ -47,7 +48,9 @@ async def create_chat_completion(service: Service, request: Request) -> Response
     req: ChatCompletionRequest = await parse_request(request, ChatCompletionRequest,
                                                      service.config.max_body_bytes)
     service.check_model(req.model)
+    check_sampling_limits(service.config, req.n, req.stop, req.top_logprobs, "top_logprobs")
     prompt = render_prompt(service, req)
+    check_prompt_tokens(service.config, service.tokenizer, prompt, "messages")
     top = (req.top_logprobs or 0) if req.logprobs else None
     renames = {"logprobs": "top_logprobs"}
     if req.max_completion_tokens is not None:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from pagedllm_openai.generation_run import Run, stream_error
 from pagedllm_openai.limits import check_prompt_chars
 from pagedllm_openai.logprobs import completion_logprobs
+from pagedllm_openai.request_limits import check_prompt_tokens, check_sampling_limits
 from pagedllm_openai.schemas import (CompletionChoice, CompletionRequest, CompletionResponse,
                                      Usage, new_id)
 from pagedllm_openai.service import Service, parse_request
@@ -29,6 +30,8 @@ async def create_completion(service: Service, request: Request) -> Response:
                                                  service.config.max_body_bytes)
     service.check_model(req.model)
     check_prompt_chars(len(req.prompt), service.config.max_prompt_chars, "prompt")
+    check_sampling_limits(service.config, req.n, req.stop, req.logprobs, "logprobs")
+    check_prompt_tokens(service.config, service.tokenizer, req.prompt, "prompt")
     prompt_text = ""
     if req.echo:
         prompt_text = req.prompt if isinstance(req.prompt, str) \

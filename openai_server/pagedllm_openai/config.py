@@ -7,8 +7,10 @@ tokenizes a prompt of any length before anything can refuse it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from pagedllm_openai.schemas import MAX_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_CHARS
 
 
 @dataclass
@@ -31,9 +33,14 @@ class ServiceConfig:
         max_prompt_chars: the longest prompt (characters of the prompt, or of all messages),
             checked before anything is tokenized.
         max_concurrent_per_client: requests one client may have in flight (429 above it); a
-            client is its API key (`Authorization: Bearer ...`) or else its peer address.
+            client is its verified API key, or with no api_keys its peer address.
+        max_stop_sequences, max_stop_chars, max_n, max_logprobs, max_prompt_tokens: what one
+            request may ask for (request_limits.py); each at most the engine's own ceiling.
+            max_prompt_tokens None: the engine's max_model_len decides.
         request_timeout_s: longest a generation may run; then it is cancelled in the engine.
         ready_cache_s: how long a readiness probe's answer is reused.
+        api_keys: the keys a client must present (api_keys.py); empty: none required. Left out
+            of the repr, so a logged config shows no key.
     """
 
     model_dir: Path
@@ -47,8 +54,14 @@ class ServiceConfig:
     max_body_bytes: int = 1 << 20
     max_prompt_chars: int = 100_000
     max_concurrent_per_client: int = 64
+    max_stop_sequences: int = MAX_STOP
+    max_stop_chars: int = MAX_STOP_CHARS
+    max_n: int = MAX_N
+    max_logprobs: int = MAX_LOGPROBS
+    max_prompt_tokens: int | None = None
     request_timeout_s: float = 600.0
     ready_cache_s: float = 1.0
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -57,9 +70,19 @@ class ServiceConfig:
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         self.triton_http_url = self.triton_http_url.rstrip("/")
-        for name in ("max_body_bytes", "max_prompt_chars", "max_concurrent_per_client"):
+        self.api_keys = tuple(self.api_keys)
+        for name in ("max_body_bytes", "max_prompt_chars", "max_concurrent_per_client",
+                     "max_stop_chars", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 (or None), got "
+                             f"{self.max_prompt_tokens}")
+        for name, ceiling in (("max_stop_sequences", MAX_STOP), ("max_stop_chars", MAX_STOP_CHARS),
+                              ("max_n", MAX_N), ("max_logprobs", MAX_LOGPROBS)):
+            if not 0 <= getattr(self, name) <= ceiling:
+                raise ValueError(f"{name} must be in [0, {ceiling}] (the engine's ceiling), got "
+                                 f"{getattr(self, name)}")
         for name in ("request_timeout_s", "ready_cache_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

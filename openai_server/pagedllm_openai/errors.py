@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 from pagedllm_openai.schemas import ErrorInfo, ErrorResponse
 
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
-          413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+          403: "invalid_request_error", 404: "invalid_request_error",
+          405: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error", 500: "internal_error",
           503: "service_unavailable_error", 504: "timeout_error"}
 
 

@@ -1,15 +1,16 @@
-"""The limits the service enforces before anything reaches Triton.
+"""The limits the service enforces before anything reaches Triton (request_limits.py has the
+bounds on what one request may ask for: stop strings, n, logprobs, prompt tokens).
 
 - Body size: a request body over max_body_bytes is refused with 413, from its Content-Length
   when it has one, else by counting while it is read (chunked uploads).
 - Prompt length: a prompt over max_prompt_chars characters is refused with 400 before it is
   rendered or tokenized (a huge prompt costs the server before the engine could say no).
-- Per-client concurrency: one client (its API key, else its address) may have at most
-  max_concurrent_per_client requests in flight; the next gets 429 while other clients are served.
+- Per-client concurrency: one client (its verified API key, or with no keys configured its
+  peer address) may have at most max_concurrent_per_client requests in flight; the next gets 429
+  while other clients are served.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import contextmanager
 
@@ -86,12 +87,17 @@ def check_prompt_chars(chars: int, limit: int, param: str) -> None:
                                f"{limit} (max_prompt_chars)", param, "prompt_too_long")
 
 
+# Where api_keys.RequireApiKey puts the id of the key a request was verified with.
+CLIENT_SCOPE = "pagedllm.client"
+
+
 def client_key(request: Request) -> str:
-    """Who a request is from: its API key (hashed: never kept in clear), else its address."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+    """Who a request is from: the API key it was verified with (api_keys.py), else its peer
+    address. NOTE: never a key that was not verified: a client could invent one per request and
+    never reach its limit."""
+    verified = request.scope.get(CLIENT_SCOPE)
+    if verified:
+        return verified
     host = request.client.host if request.client else "unknown"
     return "ip:" + host
 

@@ -4,12 +4,16 @@ Why a guard: tritonserver 2.51's HTTP server has no body-size limit, and a form-
 of 4 MB or more crashes it (SIGSEGV), taking every model down. So `make serve` puts Triton's HTTP
 port on an internal address and clients reach it through here, where:
 
+- only the data plane is forwarded (data_plane.py): model load/unload, the repository index,
+  shared memory, logging and trace get 403;
 - a body over max_body_bytes is refused with 413 (its Content-Length first; a chunked body is
   counted while it streams to Triton, and the upload cut short);
 - an application/x-www-form-urlencoded body is held to at most FORM_LIMIT whatever
   max_body_bytes says (Triton has no use for form bodies; they are only the crash's trigger);
-- a JSON body to /v2/models/ensemble/generate[_stream] without `text_input` gets 400 naming it
-  (Triton 2.51 itself answers that with an empty 200);
+- a generate[_stream] body is parsed here (json_body.py) and checked against the model's declared
+  inputs (generate_inputs.py): an unknown key, a value of the wrong type or count, a missing
+  required input (Triton 2.51 answers a missing `text_input` with an empty 200) gets 400 naming
+  it, where Triton would answer 500 naming nothing, or ignore it;
 - a request with a body takes one of its client's max_concurrent_per_client slots (429).
 
 Everything else passes through unchanged, streaming both ways (httpx), SSE included. Errors of
@@ -19,7 +23,6 @@ request cancelled in the engine: the guard remembers the cancel_token the events
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -27,7 +30,9 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pagedllm_openai.errors import OpenAIError, bad_request
+from pagedllm_openai.data_plane import check_data_plane
+from pagedllm_openai.errors import OpenAIError
+from pagedllm_openai.json_body import parse_json_object
 from pagedllm_openai.limits import client_key, limited_stream, read_body, too_large
 from pagedllm_openai.service import Service
 from pagedllm_openai.sse import RelayedStream
@@ -38,7 +43,7 @@ logger = logging.getLogger("pagedllm.openai")
 FORM_LIMIT = 1 << 20
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailer", "trailers", "transfer-encoding", "upgrade", "host"}
-_GENERATE = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?"
+_GENERATE = re.compile(r"^(?P<path>/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?)"
                        r"/generate(?P<stream>_stream)?$")
 _TOKEN = re.compile(rb'"cancel_token"\s*:\s*"([^"\\]+)"')
 
@@ -52,18 +57,15 @@ def body_limit(request: Request, max_body_bytes: int) -> tuple[int, str]:
     return max_body_bytes, "max_body_bytes"
 
 
-def check_generate_body(model: str, body: bytes) -> None:
-    """400 naming text_input for an ensemble generate request whose JSON body lacks it (bodies
-    that are not JSON objects are Triton's to refuse)."""
-    if model != ENSEMBLE:
-        return
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return
-    if isinstance(data, dict) and "text_input" not in data:
-        raise bad_request("the request has no 'text_input' (the prompt): model 'ensemble' "
-                          "requires it", "text_input")
+async def check_generate_body(service: Service, model_path: str, model: str,
+                              body: bytes) -> None:
+    """400 naming the field for a generate body that is not a JSON object, or that the model's
+    declared inputs cannot take (Triton would answer 500, or ignore the field)."""
+    data = parse_json_object(body)
+    inputs = await service.model_inputs.get(service.http, service.config.triton_http_url,
+                                            model_path, model)
+    if inputs is not None:
+        inputs.check(data)
 
 
 class _Upload:
@@ -88,6 +90,7 @@ async def proxy(service: Service, request: Request) -> Response:
     A request with a body (an inference) holds one of its client's concurrency slots until its
     answer is over, as a /v1 generation does.
     """
+    check_data_plane(request.method, request.url.path)
     if request.method not in ("POST", "PUT", "PATCH"):
         return await _forward(service, request, lambda: None)
     key = client_key(request)
@@ -116,7 +119,7 @@ async def _forward(service: Service, request: Request, release) -> Response:
     if request.method in ("POST", "PUT", "PATCH"):
         if generate:
             content = await read_body(request, limit, setting)
-            check_generate_body(generate["model"], content)
+            await check_generate_body(service, generate["path"], generate["model"], content)
         else:
             upload = content = _Upload(request, limit, setting)
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 MAX_N = 64            # the engine's limit (pagedllm.sampling_params.MAX_N)
 MAX_LOGPROBS = 20     # the engine's limit (pagedllm.sampling_params.MAX_LOGPROBS)
+MAX_STOP = 16         # the engine's limit (pagedllm.sampling_params.MAX_STOP)
+MAX_STOP_CHARS = 256  # the engine's limit (pagedllm.sampling_params.MAX_STOP_CHARS)
 
 
 def _refuse(name: str, value: Any, allowed: tuple = (None,)) -> Any:

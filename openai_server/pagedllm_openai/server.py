@@ -7,7 +7,9 @@ Every ServiceConfig field has a flag; the environment gives these defaults: OPEN
 TRITON_GRPC_URL, TRITON_HTTP_URL, TRITON_METRICS_URL, MODEL (models/default) and HTTP_PORT
 (a second socket for the /v2 proxy, so KServe clients keep their port while Triton's own HTTP
 port stays internal). Both sockets serve the same app. Bound to 127.0.0.1 unless --host says
-otherwise. On Ctrl-C / SIGTERM, live generations are cancelled in the engine first, then the
+otherwise. API keys (api_keys.py): --api-key KEY (repeatable), env PAGEDLLM_API_KEY (one, or
+several separated by commas), --api-key-file / env PAGEDLLM_API_KEY_FILE (one a line); prefer the
+environment or the file: a command line is visible to every user of the machine (`ps`). On Ctrl-C / SIGTERM, live generations are cancelled in the engine first, then the
 connections drain; no traceback.
 
 `--workers N` (env OPENAI_WORKERS) runs N service processes on the same sockets, which this
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pagedllm_openai.api_keys import check_key, read_key_file
 from pagedllm_openai.app import create_app
 from pagedllm_openai.config import ServiceConfig
 
@@ -63,8 +66,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
     p.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
     p.add_argument("--max-concurrent-per-client", type=int,
                    default=defaults.max_concurrent_per_client)
+    p.add_argument("--max-stop-sequences", type=int, default=defaults.max_stop_sequences)
+    p.add_argument("--max-stop-chars", type=int, default=defaults.max_stop_chars)
+    p.add_argument("--max-n", type=int, default=defaults.max_n)
+    p.add_argument("--max-logprobs", type=int, default=defaults.max_logprobs)
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="most prompt tokens (default: the engine's max_model_len decides)")
     p.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
     p.add_argument("--ready-cache-s", type=float, default=defaults.ready_cache_s)
+    p.add_argument("--api-key", action="append", default=[],
+                   help="a key clients must send (Authorization: Bearer KEY, or api-key: KEY); "
+                        "repeatable; env PAGEDLLM_API_KEY (comma-separated)")
+    p.add_argument("--api-key-file", type=Path, default=env.get("PAGEDLLM_API_KEY_FILE") or None,
+                   help="a file of keys, one a line (env PAGEDLLM_API_KEY_FILE)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--workers", type=int, default=int(env.get("OPENAI_WORKERS", 1)),
                    help="service processes sharing the sockets (env OPENAI_WORKERS, default 1)")
@@ -73,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
     try:
+        keys = api_keys(args.api_key, env.get("PAGEDLLM_API_KEY", ""), args.api_key_file)
         config = ServiceConfig(
             model_dir=args.model, served_model_name=args.served_model_name,
             triton_grpc_url=args.triton_grpc_url, triton_http_url=args.triton_http_url,
@@ -80,10 +95,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
             http_port=args.http_port, max_body_bytes=args.max_body_bytes,
             max_prompt_chars=args.max_prompt_chars,
             max_concurrent_per_client=args.max_concurrent_per_client,
-            request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s)
+            max_stop_sequences=args.max_stop_sequences, max_stop_chars=args.max_stop_chars,
+            max_n=args.max_n, max_logprobs=args.max_logprobs,
+            max_prompt_tokens=args.max_prompt_tokens,
+            request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s,
+            api_keys=keys)
     except ValueError as e:
         p.error(str(e))
     return config, args
+
+
+def api_keys(flags: list[str], env_value: str, key_file: Path | None) -> tuple[str, ...]:
+    """Every configured key: the flags', the environment's (comma-separated) and the file's.
+
+    Raises:
+        ValueError: a key that cannot be sent in a header, or a key file that cannot be read or
+            holds none (the message names where; never the key).
+    """
+    keys = [check_key(k, "--api-key") for k in flags]
+    keys += [check_key(k.strip(), "PAGEDLLM_API_KEY") for k in env_value.split(",") if k.strip()]
+    if key_file is not None:
+        keys += read_key_file(key_file)
+    return tuple(dict.fromkeys(keys))
 
 
 class _Server(uvicorn.Server):
@@ -123,9 +156,11 @@ def serve(config: ServiceConfig, log_level: str = "info",
                                proxy_headers=False)
     ports = " and ".join(str(s.getsockname()[1]) for s in sockets)
     logging.getLogger("pagedllm.openai").info(
-        "serving model %r on %s port %s (/v1, and /v2 -> %s); Triton gRPC %s (pid %d)",
+        "serving model %r on %s port %s (/v1, and /v2 -> %s); Triton gRPC %s; %s (pid %d)",
         config.served_model_name, config.host, ports, config.triton_http_url,
-        config.triton_grpc_url, os.getpid())
+        config.triton_grpc_url,
+        f"{len(config.api_keys)} API key(s) required" if config.api_keys else "no API key",
+        os.getpid())
     _Server(uv_config).run(sockets=sockets)
 
 

@@ -6,7 +6,6 @@ the model-name check (404), and collecting a generation's replies.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import httpx
@@ -16,6 +15,8 @@ from starlette.requests import Request
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
 from pagedllm_openai.errors import OpenAIError, bad_request
+from pagedllm_openai.generate_inputs import InputsCache
+from pagedllm_openai.json_body import parse_json_object
 from pagedllm_openai.limits import ClientLimiter, read_body
 from pagedllm_openai.metrics import ServiceMetrics
 from pagedllm_openai.tokenizer import ModelTokenizer
@@ -34,6 +35,7 @@ class Service:
     http: httpx.AsyncClient            # Triton's HTTP and metrics endpoints
     limiter: ClientLimiter
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    model_inputs: InputsCache = field(default_factory=InputsCache)  # for /v2 generate bodies
 
     def check_model(self, model: str | None) -> None:
         """404 unless `model` is the served model's name (None: the served model)."""
@@ -61,14 +63,9 @@ def validation_error(error: ValidationError | list[dict]) -> OpenAIError:
 
 
 async def parse_request(request: Request, model: type[BaseModel], limit: int) -> BaseModel:
-    """The request's JSON body as `model` (413 over `limit` bytes, 400 if not valid)."""
-    body = await read_body(request, limit)
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}", None) from None
-    if not isinstance(data, dict):
-        raise bad_request("the request body must be a JSON object", None)
+    """The request's JSON body as `model` (413 over `limit` bytes, 400 if not valid: json_body.py
+    says how hostile bodies are answered)."""
+    data = parse_json_object(await read_body(request, limit))
     try:
         return model.model_validate(data)
     except ValidationError as e:

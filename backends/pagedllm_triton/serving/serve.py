@@ -5,6 +5,7 @@
                                            [--metrics-port 8002] [--openai-port 9000]
                                            [--host 127.0.0.1] [--tritonserver PATH]
                                            [--backend-directory DIR]
+                                           [--api-key KEY] [--api-key-file FILE]
 
 Three processes, bound to HOST (127.0.0.1 unless set), in the foreground until Ctrl-C (or SIGTERM):
 - tritonserver (the nvidia-pytriton wheel's 2.51 = NGC 24.10, or the one --tritonserver names)
@@ -21,12 +22,19 @@ restarts in 10 minutes each, 1, 2, 4 ... 30 s apart (supervisor.py), after the /
 a dead server left are removed (shm_regions.py); past that, or when
 tritonserver never becomes ready, make serve stops everything and exits with status 1.
 
+Security (docs/reliability.md, Security): tritonserver's control plane (model load/unload, the
+repository index, shared memory, logging, trace) is behind a header whose value is made here at
+start-up and handed to tritonserver and the watchdog only. With API keys (--api-key, env
+PAGEDLLM_API_KEY; --api-key-file, env PAGEDLLM_API_KEY_FILE), the front door answers 401 without
+one, on /v1 and /v2, and tritonserver's gRPC port, which cannot check them, binds 127.0.0.1 only.
+
 In the NGC container (docker-compose.yml) the same launcher runs the image's server:
 `--tritonserver /opt/tritonserver/bin/tritonserver --backend-directory /opt/tritonserver/backends
 --host 0.0.0.0`.
 
 Environment variables MODEL, HTTP_PORT, GRPC_PORT, METRICS_PORT, OPENAI_PORT, TRITON_HTTP_PORT,
-ENGINE_ARGS, HOST, TRITONSERVER and TRITON_BACKEND_DIR give the defaults.
+ENGINE_ARGS, HOST, TRITONSERVER, TRITON_BACKEND_DIR, PAGEDLLM_API_KEY and PAGEDLLM_API_KEY_FILE
+give the defaults.
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ import urllib.request
 from pathlib import Path
 
 from pagedllm_triton.serving import repository, shm_regions, tritonserver
+from pagedllm_triton.serving.control_plane import AdminKey
 from pagedllm_triton.serving.supervisor import Supervised
 from pagedllm_triton.serving.watchdog import Watchdog
 
@@ -100,8 +109,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=env.get("TRITON_BACKEND_DIR") or None,
                         help="holds python/, onnxruntime/ and pagedllm/ (env TRITON_BACKEND_DIR; "
                              "default: .cache/triton_backends, assembled for the wheel's server)")
+    parser.add_argument("--api-key", action="append", default=[],
+                        help="a key the front door requires (repeatable; env PAGEDLLM_API_KEY, "
+                             "comma-separated: better, since a command line is visible to "
+                             "every user of the machine)")
+    parser.add_argument("--api-key-file", type=Path,
+                        default=env.get("PAGEDLLM_API_KEY_FILE") or None,
+                        help="a file of keys, one a line (env PAGEDLLM_API_KEY_FILE)")
     parser.add_argument("--log-verbose", type=int, default=0)
     return parser.parse_args(argv)
+
+
+def door_environment(args: argparse.Namespace) -> tuple[dict[str, str], bool]:
+    """The front door's environment, with the API keys of the flags and of this environment
+    (they travel there, not on its command line), and whether any key is set."""
+    env = dict(os.environ)
+    keys = [k for k in env.get("PAGEDLLM_API_KEY", "").split(",") if k.strip()] + args.api_key
+    env.pop("PAGEDLLM_API_KEY", None)
+    env.pop("PAGEDLLM_API_KEY_FILE", None)
+    if keys:
+        env["PAGEDLLM_API_KEY"] = ",".join(keys)
+    if args.api_key_file is not None:
+        env["PAGEDLLM_API_KEY_FILE"] = str(args.api_key_file.resolve())
+    return env, bool(keys) or args.api_key_file is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +150,21 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     repository.build(args.model, args.repo, json.loads(args.engine_args))
     internal_http = args.triton_http_port or tritonserver.free_port()
+    door_env, keys_set = door_environment(args)
+    # NOTE: tritonserver's gRPC port cannot check API keys: with keys, local clients only.
+    grpc_host = "127.0.0.1" if keys_set else args.host
+    admin = AdminKey.new()  # NOTE: tritonserver's argv and the watchdog only; never printed
     cmd, server_env = tritonserver.server_command(
         args.repo.resolve(), internal_http, args.grpc_port, args.metrics_port, args.log_verbose,
-        binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host)
+        binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host,
+        admin=admin, grpc_host=grpc_host if keys_set else None)
     near = local_address(args.host)
-    print(f"tritonserver {cmd[0]}: gRPC {args.host}:{args.grpc_port}  "
+    print(f"tritonserver {cmd[0]}: gRPC {grpc_host}:{args.grpc_port}  "
           f"metrics {args.host}:{args.metrics_port}  "
           f"(its HTTP API internal on 127.0.0.1:{internal_http})  model {args.model}", flush=True)
+    if keys_set:
+        print(f"API keys required on the front door (/v1, /v2); Triton gRPC bound to "
+              f"{grpc_host} only, since it cannot check them", flush=True)
     stopping = threading.Event()
     watchdogs: list[Watchdog] = []
     ready_url = f"http://127.0.0.1:{internal_http}/v2/health/ready"
@@ -141,17 +179,17 @@ def _serve(args: argparse.Namespace) -> int:
                 "removed %d /dev/shm regions a dead tritonserver left", len(removed))
         process = subprocess.Popen(cmd, env=server_env)
         if _wait(ready_url, [process], stopping):
-            watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())
+            watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}", admin=admin).start())
         return process
 
     door_cmd = [sys.executable, "-m", "pagedllm_openai.server", "--model", str(args.model),
-                "--triton-grpc-url", f"{near}:{args.grpc_port}",
+                "--triton-grpc-url", f"{local_address(grpc_host)}:{args.grpc_port}",
                 "--triton-http-url", f"http://127.0.0.1:{internal_http}",
                 "--triton-metrics-url", f"http://{near}:{args.metrics_port}/metrics",
                 "--host", args.host,
                 "--port", str(args.openai_port), "--http-port", str(args.http_port)]
     server = Supervised("tritonserver", start_server)
-    door = Supervised("front door", lambda: subprocess.Popen(door_cmd))
+    door = Supervised("front door", lambda: subprocess.Popen(door_cmd, env=door_env))
     children: list[Supervised] = []
 
     signalled: set[int] = set()  # pids sent SIGTERM: once each (tritonserver logs every one)
@@ -177,7 +215,8 @@ def _serve(args: argparse.Namespace) -> int:
                  120):
             print(f"ready: OpenAI API http://{near}:{args.openai_port}/v1  "
                   f"Triton HTTP http://{near}:{args.http_port}/v2  "
-                  f"Triton gRPC {near}:{args.grpc_port}  (bound to {args.host})", flush=True)
+                  f"Triton gRPC {local_address(grpc_host)}:{args.grpc_port}  "
+                  f"(bound to {args.host})", flush=True)
     # A child that dies is started again (supervisor.py's bounds); one out of restarts, or a
     # server that never became ready, ends make serve with status 1.
     given_up = len(children) < 2 and not stopping.is_set()

@@ -30,6 +30,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from pagedllm_triton.serving.control_plane import AdminKey
 from pagedllm_triton.serving.paths import backend_sources, cache_dir
 
 CACHE = cache_dir()
@@ -141,26 +142,33 @@ def installed_server_env() -> dict[str, str]:
 def server_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int,
                    log_verbose: int = 0, models: tuple[str, ...] = ("*",),
                    binary: Path | None = None, backend_dir: Path | None = None,
-                   host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+                   host: str = "127.0.0.1", admin: AdminKey | None = None,
+                   grpc_host: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The tritonserver argv and environment for a filled repository (installs what is missing).
 
     Explicit model control, `models` loaded at start: a model can then unload itself (the `llm`
-    model does when its engine dies) and the watchdog can load it again (watchdog.py).
+    model does when its engine dies) and the watchdog can load it again (watchdog.py). The
+    control plane (load/unload, repository index, shared memory, logging, trace) is
+    always behind `admin` (control_plane.py); None: a fresh key that nobody holds.
     `binary` and `backend_dir` default to the wheel's server and the assembled directory; a
     binary from elsewhere runs with installed_server_env(). gRPC and metrics bind `host`; the
-    HTTP API stays on 127.0.0.1 (it is internal: 2.51's HTTP server has no body limit).
+    HTTP API stays on 127.0.0.1 (it is internal: 2.51's HTTP server has no body limit);
+    `grpc_host`, when given, binds gRPC elsewhere than `host` (make serve: 127.0.0.1 when API
+    keys are set, since tritonserver's gRPC port cannot check them).
     """
+    admin = admin or AdminKey.new()
     backends = Path(backend_dir) if backend_dir else assemble_backends()
     binary = Path(binary) if binary else server_binary()
     argv = [str(binary), f"--model-repository={repo}",
             f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={http_port}",
-            f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+            f"--grpc-address={grpc_host or host}", f"--grpc-port={grpc_port}",
             f"--metrics-address={host}", f"--metrics-port={metrics_port}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-timeout-secs=3", f"--log-verbose={log_verbose}",
             "--model-config-name=host",  # configs/host.pbtxt where the repository has one
-            "--model-control-mode=explicit", *[f"--load-model={m}" for m in models]]
+            "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
+            *admin.server_flags()]
     wheel = binary.resolve().is_relative_to(SERVER_DIR.resolve())
     return argv, server_env() if wheel else installed_server_env()
 
@@ -173,13 +181,17 @@ def free_port() -> int:
 
 
 def launch(repo: Path, http_port: int, grpc_port: int, metrics_port: int, log: Path,
-           models: tuple[str, ...] = ("*",), timeout: float = 180.0) -> subprocess.Popen:
+           models: tuple[str, ...] = ("*",), timeout: float = 180.0,
+           admin: AdminKey | None = None) -> subprocess.Popen:
     """Starts tritonserver in the background (output to `log`); returns once it is ready.
+
+    `admin` opens its control plane (give the same key to a Watchdog); None: nobody can.
 
     Raises:
         RuntimeError: it exited or was not ready within `timeout` s (the log's tail says why).
     """
-    argv, env = server_command(repo, http_port, grpc_port, metrics_port, models=models)
+    argv, env = server_command(repo, http_port, grpc_port, metrics_port, models=models,
+                               admin=admin)
     process = subprocess.Popen(argv, env=env, stdout=log.open("w"),
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout

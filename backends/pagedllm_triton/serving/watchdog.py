@@ -15,6 +15,9 @@ Each model has its own backoff (1, 2, 4, ... 60 s between failed tries) and at m
 `max_restarts` restarts in `window` seconds; past that it is left down, logged, for a person.
 `llm` is loaded with its config and the parameter `engine_restarts` = its restarts so far, so
 the new instance's `pagedllm:engine_restarts_total` carries on counting.
+
+Loading and unloading are tritonserver's control plane, locked behind a secret header
+(control_plane.py): the watchdog is given the key and sends it with every POST.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+
+from pagedllm_triton.serving.control_plane import AdminKey
 
 logger = logging.getLogger("pagedllm.watchdog")
 
@@ -52,12 +57,14 @@ class Watchdog:
         interval: seconds between two looks.
         probe_every: seconds between two probe requests through the ensemble (0: never).
         max_restarts, window: at most this many restarts of one model in `window` seconds.
+        admin: the key of tritonserver's control plane (None: a server without the lock).
     """
 
     def __init__(self, http_url: str, models=("preprocessing", "postprocessing", "llm", "ensemble"),
                  interval: float = 0.5, probe_every: float = 5.0, max_restarts: int = 10,
-                 window: float = 3600.0) -> None:
+                 window: float = 3600.0, admin: AdminKey | None = None) -> None:
         self.url = f"http://{http_url}"
+        self._headers = admin.http_headers() if admin is not None else {}
         self.models = {m: ModelState(m) for m in models}
         self.interval, self.probe_every = interval, probe_every
         self.max_restarts, self.window = max_restarts, window
@@ -176,7 +183,8 @@ class Watchdog:
 
     def _post(self, path: str, body: dict, timeout: float = 120):
         request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  **self._headers})
         with urllib.request.urlopen(request, timeout=timeout) as r:
             data = r.read()
         return json.loads(data) if data else None

@@ -33,6 +33,7 @@ import numpy as np
 from pagedllm_tools import ROOT
 from pagedllm_tools.processes import descendants
 from pagedllm_triton.serving import repository, tritonserver
+from pagedllm_triton.serving.control_plane import AdminKey
 from pagedllm_triton.serving.watchdog import Watchdog
 
 MODEL = ROOT / "models" / "default"
@@ -222,8 +223,9 @@ def main() -> int:
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("1", "engine.json"))
     repository.build(MODEL, repo, ENGINE_ARGS)
     http, grpc, metrics = (tritonserver.free_port() for _ in range(3))
-    server = tritonserver.launch(repo, http, grpc, metrics, work / "tritonserver.log")
-    watchdog = Watchdog(f"127.0.0.1:{http}").start()
+    admin = AdminKey.new()
+    server = tritonserver.launch(repo, http, grpc, metrics, work / "tritonserver.log", admin=admin)
+    watchdog = Watchdog(f"127.0.0.1:{http}", admin=admin).start()
     door, door_port = _start_front_door(grpc, http, metrics, MODEL, work / "front_door.log")
     samples, counts = [], Counts()
     t0 = time.monotonic()
