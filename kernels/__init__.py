@@ -51,7 +51,7 @@ class KernelOps:
         backend: "triton" (CUDA kernels) or "reference" (torch).
         reshape_and_cache: (key, value, key_cache, value_cache, slot_mapping) -> None.
         paged_attention: (query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
-            scale, max_query_len, max_seq_len) -> [T, num_heads, head_dim].
+            scale, max_query_len, max_seq_len, window=None, softcap=None) -> [T, num_heads, head_dim].
         rms_norm: (x, weight, eps) -> normalised x.
         fused_add_rms_norm: (x, residual, weight, eps) -> (rms_norm(residual + x), residual + x).
         silu_and_mul: (gate_up [..., 2I]) -> silu(gate) * up [..., I].
@@ -82,9 +82,9 @@ class KernelOps:
 
 
 def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
-                         scale, max_query_len, max_seq_len):
+                         scale, max_query_len, max_seq_len, window=None, softcap=None):
     return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens,
-                               query_start_loc, scale)
+                               query_start_loc, scale, window, softcap)
 
 
 def _reference_rotary(q, k, rope):
@@ -209,7 +209,8 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                    scale: float, max_query_len: int, max_seq_len: int) -> torch.Tensor:
+                    scale: float, max_query_len: int, max_seq_len: int, window: int | None = None,
+                    softcap: float | None = None) -> torch.Tensor:
     """Attention of each sequence's new queries over its paged context (causal at the end).
 
     Sequence i's queries (rows qsl[i]:qsl[i+1]) are the last positions of its seq_lens[i]
@@ -225,6 +226,9 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         scale: Softmax scale, usually head_dim ** -0.5.
         max_query_len, max_seq_len: Maxima over the batch (the GPU kernels pick tile sizes and
             split-KV with them, never correctness; the reference ignores them).
+        window: Sliding window (Mistral, Gemma's local layers): the query at position p sees
+            keys p - window + 1 .. p; blocks before every query's window are not read. None: all.
+        softcap: Attention logit soft-capping (Gemma 2): softcap * tanh(scores / softcap).
 
     Returns:
         [T, num_heads, head_dim] in query's dtype.
@@ -235,7 +239,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     if select_ops(query.device, query.dtype).backend == "triton":
         from pagedllm.kernels import triton_paged_attention
         return triton_paged_attention.paged_attention(query, key_cache, value_cache, block_tables, seq_lens,
-                                                      query_start_loc, scale, max_query_len, max_seq_len)
+                                                      query_start_loc, scale, max_query_len, max_seq_len,
+                                                      window=window, softcap=softcap)
     _check_cache(key_cache, value_cache)
     if query.dim() != 3 or query.shape[2] != key_cache.shape[3]:
         raise ValueError(f"query: expected [T, num_heads, {key_cache.shape[3]}], got {list(query.shape)}")
@@ -246,7 +251,10 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         raise ValueError(f"block_tables: expected [{num_seqs}, max_blocks], got {list(block_tables.shape)}")
     if query_start_loc.shape != (num_seqs + 1,):
         raise ValueError(f"query_start_loc: expected shape [{num_seqs + 1}], got {list(query_start_loc.shape)}")
-    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
+    if window is not None and window < 1:
+        raise ValueError(f"window: must be a positive number of tokens or None, got {window}")
+    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+                               window, softcap)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

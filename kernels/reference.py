@@ -48,11 +48,13 @@ def paged_attention_ref(
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
     scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its cached context.
 
-    Follows Hugging Face's eager op order (scores in the input dtype, softmax in float32)
-    so model outputs match transformers closely.
+    Follows Hugging Face's eager op order (scores in the input dtype, soft-capped, masked,
+    softmax in float32) so model outputs match transformers closely.
 
     Args:
         query: [T, num_heads, head_dim].
@@ -62,6 +64,11 @@ def paged_attention_ref(
         seq_lens: [S] int, context length of each sequence (cached + new).
         query_start_loc: [S+1] int, sequence i's queries are rows qsl[i]:qsl[i+1].
         scale: Multiplier of q.k, usually head_dim ** -0.5.
+        window: Sliding window: the query at position p sees keys p - window + 1 .. p only
+            (transformers' `kv_idx > q_idx - sliding_window`); blocks wholly before the first
+            query's window are not read. None: every key up to p.
+        softcap: Gemma 2's attention soft-capping: scores become softcap * tanh(scores / softcap)
+            before the mask. None: no capping.
 
     Returns:
         [T, num_heads, head_dim] in query's dtype; rows beyond qsl[S] (padding) are zero.
@@ -76,17 +83,25 @@ def paged_attention_ref(
         n = q_end - q_start
         if n == 0:
             continue
-        blocks = block_tables[i, : (seq_len + block_size - 1) // block_size].long()
-        k = key_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
-        v = value_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
+        # The first key any of the n queries can see; its block is the first one read.
+        first_block = 0 if window is None else max(0, seq_len - n - window + 1) // block_size
+        start = first_block * block_size
+        blocks = block_tables[i, first_block : (seq_len + block_size - 1) // block_size].long()
+        k = key_cache[blocks].reshape(-1, num_kv_heads, head_dim)[: seq_len - start]
+        v = value_cache[blocks].reshape(-1, num_kv_heads, head_dim)[: seq_len - start]
         # GQA: query head h reads kv head h // group (HF's repeat_kv order).
         k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, L, D]
         v = v.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, L, D]
         q = query[q_start:q_end].transpose(0, 1)  # [H, n, D]
-        scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [H, n, L]
+        scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [H, n, L - start]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         q_pos = torch.arange(seq_len - n, seq_len, device=query.device)
-        k_pos = torch.arange(seq_len, device=query.device)
-        scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+        k_pos = torch.arange(start, seq_len, device=query.device)
+        hidden = k_pos[None, :] > q_pos[:, None]
+        if window is not None:
+            hidden |= k_pos[None, :] <= q_pos[:, None] - window
+        scores = scores.masked_fill(hidden, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         out[q_start:q_end] = torch.matmul(probs, v).transpose(0, 1)
     return out
