@@ -1,5 +1,6 @@
-"""Pure-torch references for the kernels: paged attention, the KV-cache write and the model's
-elementwise ops (RMSNorm, residual add + RMSNorm, silu * up, rotary embedding).
+"""Pure-torch references for the kernels: paged attention, the KV-cache write, the model's
+elementwise ops (RMSNorm, residual add + RMSNorm, silu * up, rotary embedding) and the
+mixture-of-experts feed-forward.
 
 They are the oracle for the Triton kernels and the implementation used on CPU. Clarity
 beats speed here: attention loops over sequences and gathers each one's blocks. The
@@ -151,3 +152,33 @@ def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_ca
     """q [T, Hq, D] and k [T, Hk, D] rotated by position: the oracle of the rotary kernel."""
     cos, sin = rope_ref(positions, cos_cache, sin_cache, q.dtype)
     return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+
+
+def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+                  topk_ids: torch.Tensor) -> torch.Tensor:
+    """A mixture-of-experts feed-forward, transformers' way: expert by expert, in id order.
+
+    Each expert e takes the tokens routed to it, computes down(silu(gate) * up) with its own
+    weights, scales each token's row by that token's routing weight for e, and adds it into the
+    output (`index_add_`); a token's output is so the sum of its top-k experts' rows.
+
+    Args:
+        x: [T, hidden] tokens.
+        w13: [E, 2 * I, hidden] each expert's gate (rows :I) and up (rows I:) projections.
+        w2: [E, hidden, I] each expert's down projection.
+        topk_weights: [T, K] routing weights (float32, or x's dtype: the product takes the
+            wider type and is rounded to x's dtype, as transformers does for each family).
+        topk_ids: [T, K] int expert ids, distinct within a row.
+
+    Returns:
+        [T, hidden] in x's dtype.
+    """
+    out = torch.zeros_like(x)
+    inter = w2.shape[2]
+    for expert in torch.unique(topk_ids).tolist():
+        tokens, slots = torch.where(topk_ids == expert)
+        gate_up = torch.nn.functional.linear(x[tokens], w13[expert])
+        h = torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+        h = torch.nn.functional.linear(h, w2[expert]) * topk_weights[tokens, slots, None]
+        out.index_add_(0, tokens, h.to(out.dtype))
+    return out
