@@ -23,7 +23,7 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
-from pagedllm_tools.family_models import FAMILY_ARCHS, PHI3_ORIGINAL_MAX_POSITIONS, make_family_checkpoint
+from pagedllm_tools.family_models import FAMILY_ARCHS, PHI3_ORIGINAL_MAX_POSITIONS
 from pagedllm_tools.reference_models import hf_greedy
 
 from kv_invariants import check_kv_invariants
@@ -41,12 +41,6 @@ SETTINGS = {
     "prefix": dict(num_kv_blocks=256),
     "async": dict(num_kv_blocks=12, max_num_batched_tokens=16, async_scheduling=True),
 }
-
-
-@pytest.fixture(scope="module")
-def family_checkpoints(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("family_checkpoints")
-    return {arch: make_family_checkpoint(arch, root / arch) for arch in FAMILY_ARCHS}
 
 
 def prompts_for(arch: str, vocab: int) -> list[list[int]]:
