@@ -63,7 +63,7 @@ _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_p
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a Llama-family model, independent of transformers.
+    """Shape and numerics of a supported model, independent of transformers.
 
     Attributes:
         architecture: One of SUPPORTED_ARCHITECTURES.
@@ -75,7 +75,8 @@ class ModelConfig:
             `attention_factor`. Gemma 3: of the global layers.
         eos_token_ids: Ids that end generation; generation_config.json wins over config.json.
         torch_dtype: The checkpoint's declared dtype name, e.g. "bfloat16" (informational).
-        attention_out_bias: Whether o_proj has a bias (Llama/Qwen3 `attention_bias`, never Qwen2).
+        attention_out_bias: Whether o_proj has a bias (`attention_bias` of Llama, Qwen3, Qwen3-MoE
+            and Gemma; never Qwen2's).
         sliding_windows: Per layer, its sliding window in tokens, None for full attention
             (empty: no layer slides). The paged cache still holds every token of a sequence.
         gemma: Gemma 2 / 3 numerics; None for the other families.

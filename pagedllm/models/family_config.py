@@ -142,11 +142,14 @@ def moe_options(raw: dict[str, Any], arch: str, num_layers: int) -> MoeOptions |
     """The MoE options of Qwen3-MoE and Mixtral (None for the dense families)."""
     if arch not in MOE_ARCHITECTURES:
         return None
-    num_experts = raw.get("num_experts", raw.get("num_local_experts"))
+    # Qwen3-MoE's config.json says num_experts (transformers 5 saves num_local_experts), Mixtral's
+    # num_local_experts.
+    experts_key = "num_experts" if "num_experts" in raw else "num_local_experts"
+    num_experts = raw.get(experts_key)
     top_k = raw.get("num_experts_per_tok")
     size_key = "moe_intermediate_size" if arch == "Qwen3MoeForCausalLM" else "intermediate_size"
     size = raw.get(size_key)
-    for key, value in (("num_experts", num_experts), ("num_experts_per_tok", top_k), (size_key, size)):
+    for key, value in ((experts_key, num_experts), ("num_experts_per_tok", top_k), (size_key, size)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"config.json: {key} must be a positive integer, got {value!r}")
     if top_k > num_experts:
