@@ -64,6 +64,7 @@ def test_gemma3_rope_per_layer_type(family_checkpoints):
     assert (config.rope_theta, config.rope_scaling) == (1e6, {"rope_type": "linear", "factor": 4.0})
     assert (config.gemma.local_rope_theta, config.gemma.local_rope_scaling) == (1e4, None)
     assert config.sliding_windows == (16, 16, None, 16)
+    assert config.gemma.local_layers == (True, True, False, True)
 
 
 def test_gemma3_older_config_style(family_checkpoints):

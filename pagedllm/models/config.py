@@ -160,7 +160,7 @@ class ModelConfig:
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
             attention_out_bias=bias and arch != "Qwen2ForCausalLM",
             sliding_windows=sliding_windows(raw, arch, layers),
-            gemma=gemma_options(raw, arch, local_rope),
+            gemma=gemma_options(raw, arch, layers, local_rope),
             moe=moe_options(raw, arch, layers),
         )
 

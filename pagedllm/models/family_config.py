@@ -33,6 +33,8 @@ class GemmaOptions:
         local_rope_theta: rope_theta of the sliding-window layers (Gemma 3's `sliding_attention`
             rope parameters); the global layers use ModelConfig.rope_theta / rope_scaling.
         local_rope_scaling: their rope scaling (normalized like ModelConfig.rope_scaling), or None.
+        local_layers: per layer, whether its type is `sliding_attention` (it takes the local
+            rotary, and the window when config.json sets one).
     """
 
     query_pre_attn_scalar: float
@@ -40,6 +42,7 @@ class GemmaOptions:
     final_logit_softcapping: float | None
     local_rope_theta: float
     local_rope_scaling: dict | None
+    local_layers: tuple[bool, ...]
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def _gemma_layer_types(raw: dict[str, Any], arch: str, num_layers: int) -> list[
     return list(types)
 
 
-def gemma_options(raw: dict[str, Any], arch: str, local_rope: tuple[float, dict | None]) -> GemmaOptions | None:
+def gemma_options(raw: dict[str, Any], arch: str, num_layers: int,
+                  local_rope: tuple[float, dict | None]) -> GemmaOptions | None:
     """Gemma's options (None for the other families); `local_rope` = the sliding layers' rope."""
     if arch not in GEMMA_ARCHITECTURES:
         return None
@@ -135,6 +139,7 @@ def gemma_options(raw: dict[str, Any], arch: str, local_rope: tuple[float, dict 
         final_logit_softcapping=None if final_cap is None else float(final_cap),
         local_rope_theta=local_rope[0],
         local_rope_scaling=local_rope[1],
+        local_layers=tuple(t == "sliding_attention" for t in _gemma_layer_types(raw, arch, num_layers)),
     )
 
 

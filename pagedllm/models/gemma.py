@@ -143,7 +143,7 @@ class GemmaModel(nn.Module):
         self.local_rotary_emb = None
         if local != (config.rope_theta, config.rope_scaling):  # Gemma 3: the sliding layers' own
             self.local_rotary_emb = RotaryEmbedding(config.head_dim, max_pos, *local, ops)
-        self.sliding = [config.window(i) is not None for i in range(config.num_hidden_layers)]
+        self.local_layers = gemma.local_layers
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
@@ -151,8 +151,8 @@ class GemmaModel(nn.Module):
         h = self.embed_tokens(input_ids) * self.normalizer
         rope = self.rotary_emb(positions, h.dtype)
         local = rope if self.local_rotary_emb is None else self.local_rotary_emb(positions, h.dtype)
-        for layer, sliding, kv_cache in zip(self.layers, self.sliding, kv_caches):
-            h = layer(local if sliding else rope, h, kv_cache, attn_metadata)
+        for layer, is_local, kv_cache in zip(self.layers, self.local_layers, kv_caches):
+            h = layer(local if is_local else rope, h, kv_cache, attn_metadata)
         return self.norm(h)
 
 
