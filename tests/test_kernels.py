@@ -259,6 +259,62 @@ def test_the_checked_entry_points_reject_a_bad_cache_on_cpu():
 
 
 # ------------------------------------------------------------------------------------------
+# Sliding window and soft-capping (Mistral, Gemma): both devices, small sizes.
+
+
+def check_window_attention(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype,
+                           window=None, softcap=None, **kwargs):
+    """The kernel against the reference with a window / soft cap; the K/V slots before each
+    sequence's window are then filled with NaN, so a kernel that reads one of them fails."""
+    batch = make_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    expected = paged_attention_ref(
+        batch["query"].float(), batch["key_cache"].float(), batch["value_cache"].float(),
+        batch["block_tables"], batch["seq_lens"], batch["query_start_loc"], batch["scale"], window, softcap)
+    if window is not None:
+        for i, (seq_len, n) in enumerate(zip(seq_lens, query_lens)):
+            pos = torch.arange(max(0, seq_len - n - window + 1), device=DEVICE)  # keys no query sees
+            blocks = batch["block_tables"][i, pos // block_size].long()
+            batch["key_cache"][blocks, pos % block_size] = float("nan")
+            batch["value_cache"][blocks, pos % block_size] = float("nan")
+    out = paged_attention(**batch, window=window, softcap=softcap, **kwargs)
+    assert_matches(out, expected, dtype, batch["query_start_loc"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("window", [1, 7, 16, 40])
+def test_sliding_window_matches_reference(case, window):
+    check_window_attention(*CASES[case], 8, 2, 64, 16, torch.float32, window=window)
+
+
+def test_sliding_window_long_prefill_skips_the_tiles_before_it():
+    # 200 new tokens after 100 cached ones, a 33-token window: most key tiles are skipped.
+    check_window_attention([300, 64], [200, 1], 4, 2, 64, 16, torch.float32, window=33)
+
+
+@pytest.mark.parametrize("num_splits", [2, 4])
+def test_sliding_window_with_split_kv(num_splits):
+    check_window_attention(*CASES["decode"], 8, 2, 64, 16, torch.float32, window=20, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("case", ["decode", "mixed", "chunked"])
+@pytest.mark.parametrize("window", [None, 12])
+def test_softcap_matches_reference(case, window):
+    # A cap of 2 bends every score of these random inputs: a kernel without it fails.
+    check_window_attention(*CASES[case], 8, 2, 64, 16, torch.float32, window=window, softcap=2.0)
+
+
+def test_sliding_window_float16():
+    check_window_attention(*CASES["mixed"], 8, 2, 64, 16, torch.float16, window=9, softcap=30.0)
+
+
+@pytest.mark.parametrize("window, softcap, match", [(0, None, "window"), (None, 0.0, "softcap")])
+def test_window_and_softcap_are_checked(window, softcap, match):
+    batch = make_batch([10], [3], 4, 2, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match=match):
+        paged_attention(**batch, window=window, softcap=softcap)
+
+
+# ------------------------------------------------------------------------------------------
 # GPU only: the compiled kernels at long, ragged contexts in every dtype.
 
 GPU_SEQ_LENS = [1, 17, 1000, 4096, 16384]
@@ -292,6 +348,15 @@ def test_gpu_attention_float32(mode, block_size):
 def test_gpu_decode_with_and_without_split_kv(num_splits):
     check_attention(GPU_SEQ_LENS, GPU_QUERY_LENS["decode"], 32, 8, 64, 16, torch.bfloat16,
                     num_splits=num_splits, pad_tokens=3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", sorted(GPU_QUERY_LENS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("window, softcap", [(4096, None), (1000, 50.0), (None, 30.0)])
+def test_gpu_sliding_window_and_softcap(mode, dtype, window, softcap):
+    check_window_attention(GPU_SEQ_LENS, GPU_QUERY_LENS[mode], 8, 2, 128, 16, dtype, window=window,
+                           softcap=softcap)
 
 
 @needs_cuda

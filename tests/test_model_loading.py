@@ -101,13 +101,18 @@ def test_registry_covers_exactly_the_supported_architectures():
     assert set(MODEL_CLASSES) == set(SUPPORTED_ARCHITECTURES)
 
 
-def test_mistral_sliding_window_is_rejected_unless_it_covers_the_context(tiny_checkpoints, tmp_path):
+def test_mistral_sliding_window_applies_to_every_layer(tiny_checkpoints, tmp_path):
     ckpt = _copy_checkpoint(tiny_checkpoints["mistral"], tmp_path / "ckpt")
     _edit_config(ckpt, sliding_window=64, max_position_embeddings=256)
-    with pytest.raises(ValueError, match="sliding window attention is unsupported"):
+    config = ModelConfig.from_dir(str(ckpt))
+    assert config.sliding_windows == (64, 64) and config.window(1) == 64
+    raw = json.loads((ckpt / "config.json").read_text())
+    del raw["sliding_window"]  # MistralConfig's default window
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    assert ModelConfig.from_dir(str(ckpt)).sliding_windows == (4096, 4096)
+    _edit_config(ckpt, sliding_window=0)
+    with pytest.raises(ValueError, match="sliding_window"):
         ModelConfig.from_dir(str(ckpt))
-    _edit_config(ckpt, sliding_window=256)  # a window as long as the context is plain causal attention
-    assert ModelConfig.from_dir(str(ckpt)).architecture == "MistralForCausalLM"
 
 
 def test_qwen2_sliding_layers_are_rejected(tiny_checkpoints, tmp_path):

@@ -16,8 +16,12 @@ import pagedllm_kernels as kernels
 HEAD_DIM = 16
 
 
-def _naive_attention(q, k, v, scale):
-    """q [n, H, D] = the last n positions of a context with k, v [L, KV, D]; float64."""
+def _naive_attention(q, k, v, scale, window=None, softcap=None):
+    """q [n, H, D] = the last n positions of a context with k, v [L, KV, D]; float64.
+
+    With `window`, query j sees only the `window` keys ending at its own position; with
+    `softcap`, scores are softcap * tanh(scores / softcap).
+    """
     n, num_heads, _ = q.shape
     seq_len, num_kv_heads, _ = k.shape
     group = num_heads // num_kv_heads
@@ -25,9 +29,12 @@ def _naive_attention(q, k, v, scale):
     for h in range(num_heads):
         kh, vh = k[:, h // group].double(), v[:, h // group].double()
         scores = q[:, h].double() @ kh.T * scale  # [n, L]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         for j in range(n):
             visible = seq_len - n + j + 1
-            out[j, h] = torch.softmax(scores[j, :visible], dim=-1) @ vh[:visible]
+            first = 0 if window is None else max(0, visible - window)
+            out[j, h] = torch.softmax(scores[j, first:visible], dim=-1) @ vh[first:visible]
     return out
 
 
@@ -85,6 +92,26 @@ def test_paged_attention_matches_dense_causal(case, block_size, num_heads, num_k
         torch.testing.assert_close(out[qsl[i] : qsl[i + 1]].double(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("window", [1, 5, 16, 23])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_sliding_window_and_softcap_match_dense(case, block_size, window, softcap):
+    seq_lens, query_lens = CASES[case]
+    q, ks, vs, key_cache, value_cache, meta = _paged_case(seq_lens, query_lens, 4, 2, block_size)
+    # Blocks wholly before a sequence's window are not read: NaN there must not reach the output.
+    for i, (seq_len, n) in enumerate(zip(seq_lens, query_lens)):
+        for b in range(max(0, seq_len - n - window + 1) // block_size):
+            key_cache[meta["block_tables"][i, b]] = float("nan")
+            value_cache[meta["block_tables"][i, b]] = float("nan")
+    scale = HEAD_DIM**-0.5
+    out = kernels.paged_attention(q, key_cache, value_cache, scale=scale, window=window, softcap=softcap, **meta)
+    qsl = meta["query_start_loc"].tolist()
+    for i, (k, v) in enumerate(zip(ks, vs)):
+        expected = _naive_attention(q[qsl[i] : qsl[i + 1]], k, v, scale, window, softcap)
+        torch.testing.assert_close(out[qsl[i] : qsl[i + 1]].double(), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_paged_attention_bfloat16_is_close():
     q, ks, vs, key_cache, value_cache, meta = _paged_case([30, 9], [4, 9], 8, 2, 16, dtype=torch.bfloat16)
     out = kernels.paged_attention(q, key_cache, value_cache, scale=HEAD_DIM**-0.5, **meta)
@@ -130,6 +157,7 @@ def test_reshape_and_cache_writes_through_a_layer_cache_view():
     (dict(block_tables=torch.zeros(2, 2, dtype=torch.int32)), "block_tables"),
     (dict(query_start_loc=torch.tensor([0, 1, 3], dtype=torch.int32)), "query_start_loc"),
     (dict(value_cache=torch.zeros(5, 8, 4, HEAD_DIM)), "value_cache"),
+    (dict(window=0), "window"),
 ])
 def test_paged_attention_rejects_mismatched_arguments(bad, match):
     q, _, _, key_cache, value_cache, meta = _paged_case([10], [3], 4, 2, 8)

@@ -9,8 +9,8 @@ Two ways in:
   its model (`KernelOps`). The model calls those without checks on its hot path: the engine checks
   its KV cache once (`check_kv_cache`) and builds every per-step tensor itself, with the dtypes
   and layouts the kernels want (see `pagedllm.input_buffers`).
-- `paged_attention`, `reshape_and_cache`, `rms_norm`, `fused_add_rms_norm`, `silu_and_mul` and
-  `rotary` below are the checked entry points for everyone else: they validate their arguments
+- `paged_attention`, `reshape_and_cache`, `rms_norm`, `fused_add_rms_norm`, `silu_and_mul`,
+  `rotary` and `fused_moe` below are the checked entry points for everyone else: they validate their arguments
   (ValueError naming the argument; the reference paths check only the attention's), then
   dispatch on the tensors' device and dtype as `select_ops` does.
 
@@ -20,6 +20,8 @@ silu_and_mul and the rotary embedding. Where the rotary takes its kernel, that k
 the step's keys and values into the cache (`PAGEDLLM_ROTARY_INTO_CACHE=separate`: the rotary,
 then `reshape_and_cache`), and Qwen3-style models (q/k norms) fold their norms in too
 (triton_qk_norm_rotary.py; `PAGEDLLM_QK_NORM_ROTARY=separate`: the norms apart, A/B checks).
+The mixture-of-experts feed-forward takes its kernel (triton_fused_moe.py) in every dtype on
+CUDA: the reference loops over experts with data-dependent shapes, which a CUDA graph cannot hold.
 All are read by `select_ops`.
 
 NOTE: the Triton files are named `triton_*.py`, not `paged_attention.py`: importing a submodule
@@ -35,12 +37,12 @@ from typing import Callable
 
 import torch
 
-from pagedllm_kernels.reference import (apply_rotary_ref, fused_add_rms_norm_ref, paged_attention_ref,
-                                       reshape_and_cache_ref, rms_norm_ref, rope_ref, rotary_ref,
-                                       silu_and_mul_ref)
+from pagedllm_kernels.reference import (apply_rotary_ref, fused_add_rms_norm_ref, fused_moe_ref,
+                                       paged_attention_ref, reshape_and_cache_ref, rms_norm_ref, rope_ref,
+                                       rotary_ref, silu_and_mul_ref)
 
 __all__ = ["KernelOps", "REFERENCE_OPS", "select_ops", "check_kv_cache", "reshape_and_cache", "paged_attention",
-           "rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary", "decode_num_splits"]
+           "rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary", "fused_moe", "decode_num_splits"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class KernelOps:
         backend: "triton" (CUDA kernels) or "reference" (torch).
         reshape_and_cache: (key, value, key_cache, value_cache, slot_mapping) -> None.
         paged_attention: (query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
-            scale, max_query_len, max_seq_len) -> [T, num_heads, head_dim].
+            scale, max_query_len, max_seq_len, window=None, softcap=None) -> [T, num_heads, head_dim].
         rms_norm: (x, weight, eps) -> normalised x.
         fused_add_rms_norm: (x, residual, weight, eps) -> (rms_norm(residual + x), residual + x).
         silu_and_mul: (gate_up [..., 2I]) -> silu(gate) * up [..., I].
@@ -63,6 +65,8 @@ class KernelOps:
         qk_norm_rotary: (q, k, v, q_weight, k_weight, eps, rope, key_cache, value_cache,
             slot_mapping) -> q: as `rotary_into_cache`, each head of q and k RMS-normalised first,
             in one kernel; None: the model runs rms_norm twice, then the rotary.
+        fused_moe: (x, w13, w2, topk_weights, topk_ids) -> the mixture-of-experts feed-forward
+            [T, hidden] (`reference.fused_moe_ref`'s contract).
 
     `rope` and `rotary` come as a pair: the reference gathers (cos, sin) once per step and each
     layer's `rotary` applies them (as transformers does); the kernel reads the float32 tables at
@@ -79,12 +83,13 @@ class KernelOps:
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rotary_into_cache: Callable[..., torch.Tensor] | None = None
     qk_norm_rotary: Callable[..., torch.Tensor] | None = None
+    fused_moe: Callable[..., torch.Tensor] = fused_moe_ref
 
 
 def _reference_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
-                         scale, max_query_len, max_seq_len):
+                         scale, max_query_len, max_seq_len, window=None, softcap=None):
     return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens,
-                               query_start_loc, scale)
+                               query_start_loc, scale, window, softcap)
 
 
 def _reference_rotary(q, k, rope):
@@ -107,7 +112,7 @@ def _load_triton_ops() -> KernelOps | None:
     global _triton_ops, _triton_import_error
     if _triton_ops is None and _triton_import_error is None:
         try:
-            from pagedllm_kernels import (triton_fused_add_rms_norm, triton_paged_attention,
+            from pagedllm_kernels import (triton_fused_add_rms_norm, triton_fused_moe, triton_paged_attention,
                                           triton_qk_norm_rotary, triton_reshape_and_cache,
                                           triton_rms_norm, triton_rotary, triton_silu_and_mul)
         except ImportError as e:  # no triton in this environment: the reference still works
@@ -129,7 +134,7 @@ def _load_triton_ops() -> KernelOps | None:
             _triton_ops = KernelOps("triton", triton_reshape_and_cache.launch, triton_paged_attention.launch,
                                     triton_rms_norm.launch, triton_fused_add_rms_norm.launch,
                                     triton_silu_and_mul.launch, _tables_rope, rotary, rotary_into_cache,
-                                    qk_norm_rotary)
+                                    qk_norm_rotary, triton_fused_moe.launch)
     return _triton_ops
 
 
@@ -158,7 +163,8 @@ def select_ops(device: torch.device | str, dtype: torch.dtype) -> KernelOps:
                      t.rope if elementwise else r.rope,
                      t.rotary if elementwise else r.rotary,
                      t.rotary_into_cache if into_cache else None,
-                     t.qk_norm_rotary if fused_qk else None)
+                     t.qk_norm_rotary if fused_qk else None,
+                     t.fused_moe)
 
 
 def _env(name: str) -> str:
@@ -209,7 +215,8 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                    scale: float, max_query_len: int, max_seq_len: int) -> torch.Tensor:
+                    scale: float, max_query_len: int, max_seq_len: int, window: int | None = None,
+                    softcap: float | None = None) -> torch.Tensor:
     """Attention of each sequence's new queries over its paged context (causal at the end).
 
     Sequence i's queries (rows qsl[i]:qsl[i+1]) are the last positions of its seq_lens[i]
@@ -225,6 +232,9 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         scale: Softmax scale, usually head_dim ** -0.5.
         max_query_len, max_seq_len: Maxima over the batch (the GPU kernels pick tile sizes and
             split-KV with them, never correctness; the reference ignores them).
+        window: Sliding window (Mistral, Gemma's local layers): the query at position p sees
+            keys p - window + 1 .. p; blocks before every query's window are not read. None: all.
+        softcap: Attention logit soft-capping (Gemma 2): softcap * tanh(scores / softcap).
 
     Returns:
         [T, num_heads, head_dim] in query's dtype.
@@ -235,7 +245,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     if select_ops(query.device, query.dtype).backend == "triton":
         from pagedllm_kernels import triton_paged_attention
         return triton_paged_attention.paged_attention(query, key_cache, value_cache, block_tables, seq_lens,
-                                                      query_start_loc, scale, max_query_len, max_seq_len)
+                                                      query_start_loc, scale, max_query_len, max_seq_len,
+                                                      window=window, softcap=softcap)
     _check_cache(key_cache, value_cache)
     if query.dim() != 3 or query.shape[2] != key_cache.shape[3]:
         raise ValueError(f"query: expected [T, num_heads, {key_cache.shape[3]}], got {list(query.shape)}")
@@ -246,7 +257,10 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         raise ValueError(f"block_tables: expected [{num_seqs}, max_blocks], got {list(block_tables.shape)}")
     if query_start_loc.shape != (num_seqs + 1,):
         raise ValueError(f"query_start_loc: expected shape [{num_seqs + 1}], got {list(query_start_loc.shape)}")
-    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale)
+    if window is not None and window < 1:
+        raise ValueError(f"window: must be a positive number of tokens or None, got {window}")
+    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+                               window, softcap)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -291,6 +305,33 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache:
         from pagedllm_kernels import triton_rotary
         return triton_rotary.rotary(q, k, positions, cos_cache, sin_cache)
     return rotary_ref(q, k, positions, cos_cache, sin_cache)
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """Mixture-of-experts feed-forward: each token's top-k experts' down(silu(gate) * up), weighted.
+
+    Args:
+        x: [T, hidden]; w13: [E, 2I, hidden] (gate rows, then up rows); w2: [E, hidden, I];
+        topk_weights: [T, K] routing weights; topk_ids: [T, K] distinct expert ids per row.
+
+    Returns [T, hidden] in x's dtype: the Triton kernels for CUDA tensors, the reference else.
+
+    Raises:
+        ValueError: shapes, dtypes or devices disagree (names the argument).
+    """
+    if select_ops(x.device, x.dtype).backend == "triton":
+        from pagedllm_kernels import triton_fused_moe
+        return triton_fused_moe.fused_moe(x, w13, w2, topk_weights, topk_ids)
+    num_experts = w13.shape[0]
+    if w13.dim() != 3 or w2.dim() != 3 or w2.shape[:2] != (num_experts, x.shape[-1]) \
+            or w13.shape[1:] != (2 * w2.shape[2], x.shape[-1]):
+        raise ValueError(f"w13/w2: expected [E, 2I, hidden] and [E, hidden, I] with hidden={x.shape[-1]}, got "
+                         f"{list(w13.shape)} and {list(w2.shape)}")
+    if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"topk_ids/topk_weights: expected [{x.shape[0]}, K] each, got {list(topk_ids.shape)} "
+                         f"and {list(topk_weights.shape)}")
+    return fused_moe_ref(x, w13, w2, topk_weights, topk_ids)
 
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, ops: KernelOps,

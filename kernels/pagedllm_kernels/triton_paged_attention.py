@@ -21,6 +21,16 @@ Query tiles of sequence i are numbered from qsl[i] // BLOCK_Q + i, so the grid s
 T // BLOCK_Q + S is known without reading the lengths back from the GPU; programs past
 their sequence's last tile exit at once.
 
+Sliding window (`window`): the query at position p sees keys p - window + 1 .. p. A program
+starts at the key tile holding the first key its first row can see: key tiles wholly before the
+window are skipped, and the masked loads of the edge tile do not read the keys before it either.
+The tiles that hold the window's lower edge for some row take the masked path:
+
+    keys     | not read | window-masked | full tiles: no mask | causal-masked tiles |
+
+Soft-capping (`softcap`, Gemma 2): each score becomes softcap * tanh(score / softcap) before
+the mask, as transformers computes it.
+
 Split-KV (flash-decoding): with NUM_SPLITS > 1, program (.., .., s) takes the s-th slice of
 the key tiles and writes an unnormalised partial (max, sum, acc); `_reduce_splits_kernel`
 combines them. The launcher picks it for pure-decode batches too small to fill the GPU.
@@ -34,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from pagedllm_kernels.triton_reshape_and_cache import _check_device
 
@@ -43,6 +54,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 _MIN_KEYS_PER_SPLIT = 512  # a split must stream enough keys to pay for its partial write + reduce
 _MAX_SPLITS = 32
+_NO_WINDOW = 1 << 30  # `window` for full attention: further back than any context
 
 
 @triton.jit
@@ -63,15 +75,30 @@ def _find_seq(query_start_loc_ptr, num_seqs, q_tile, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _tanh(x, PRECISE: tl.constexpr):
+    """tanh: libdevice's on CUDA; the CPU interpreter has no libdevice (2 * sigmoid(2x) - 1)."""
+    if PRECISE:
+        return libdevice.tanh(x)
+    else:
+        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
 def _attend_tile(
-    acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, start_n, num_keys, q_abs,
-    scale_log2, offs_d, cache_stride_b, cache_stride_s,
+    acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, start_n, first_key,
+    num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b, cache_stride_s,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, PRECISE_TANH: tl.constexpr,
 ):
-    """One online-softmax step over keys start_n .. start_n + BLOCK_N - 1."""
+    """One online-softmax step over keys start_n .. start_n + BLOCK_N - 1.
+
+    MASKED tiles hide keys past each row's position and before its window, and do not read keys
+    outside [first_key, num_keys); `cap_log2` is the soft cap in the scores' log2 units
+    (softcap * log2(e)).
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if MASKED:
-        in_seq = offs_n < num_keys
+        in_seq = (offs_n < num_keys) & (offs_n >= first_key)
         block_ids = tl.load(block_table_ptr + offs_n // BLOCK_SIZE, mask=in_seq, other=0)
     else:
         block_ids = tl.load(block_table_ptr + offs_n // BLOCK_SIZE)
@@ -89,8 +116,11 @@ def _attend_tile(
         v = tl.load(v_ptrs)
     # S: (BLOCK_M, BLOCK_N), in log2 units
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2
+    if SOFTCAP:
+        s = cap_log2 * _tanh(s / cap_log2, PRECISE_TANH)
     if MASKED:
-        s = tl.where(offs_n[None, :] <= q_abs[:, None], s, float("-inf"))
+        visible = (offs_n[None, :] <= q_abs[:, None]) & (offs_n[None, :] > q_abs[:, None] - window)
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
@@ -110,6 +140,8 @@ def _paged_attention_body(
     seq_lens_ptr,
     query_start_loc_ptr,
     scale_log2,
+    window,  # sliding window in tokens; _NO_WINDOW for full attention
+    cap_log2,  # softcap * log2(e); read only when SOFTCAP
     num_seqs,
     num_tokens,
     num_kv_heads,
@@ -124,6 +156,8 @@ def _paged_attention_body(
     BLOCK_N: tl.constexpr,  # keys per inner step
     NUM_SPLITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    PRECISE_TANH: tl.constexpr,
 ):
     q_tile_global = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -155,8 +189,13 @@ def _paged_attention_body(
     num_keys = last_pos + 1
     num_tiles = tl.cdiv(num_keys, BLOCK_N)
     num_full = (first_pos + 1) // BLOCK_N
-    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
-    tile_lo = split * tiles_per_split
+    # The window: no row sees a key before first_pos - window + 1 (those tiles are not read);
+    # tiles before the one holding last_pos - window + 1 hide keys from some rows (masked).
+    first_key = tl.maximum(first_pos - window + 1, 0)
+    tile_first = first_key // BLOCK_N
+    num_windowed = tl.cdiv(tl.maximum(last_pos - window + 1, 0), BLOCK_N)
+    tiles_per_split = tl.cdiv(num_tiles - tile_first, NUM_SPLITS)
+    tile_lo = tile_first + split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, num_tiles)
 
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
@@ -169,16 +208,21 @@ def _paged_attention_body(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    for t in range(tile_lo, tl.minimum(tile_hi, num_full)):
+    for t in range(tile_lo, tl.minimum(tile_hi, num_windowed)):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
-            num_keys, q_abs, scale_log2, offs_d, cache_stride_b, cache_stride_s,
-            BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION)
-    for t in range(tl.maximum(tile_lo, num_full), tile_hi):
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            cache_stride_s, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
+    for t in range(tl.maximum(tile_lo, num_windowed), tl.minimum(tile_hi, num_full)):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
-            num_keys, q_abs, scale_log2, offs_d, cache_stride_b, cache_stride_s,
-            BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION)
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            cache_stride_s, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
+    for t in range(tl.maximum(tile_lo, tl.maximum(num_windowed, num_full)), tile_hi):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            cache_stride_s, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
 
     num_heads = num_kv_heads * GROUP
     if NUM_SPLITS == 1:
@@ -295,12 +339,15 @@ def paged_attention(
     max_seq_len: int,
     num_splits: int | None = None,
     config: LaunchConfig | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its paged context.
 
-    Same contract as `pagedllm_kernels.paged_attention`. `num_splits` forces the number of KV
-    splits (a power of 2; 1 = no split-KV); None picks it with `choose_num_splits`. `config`
-    forces the launch knobs; None picks them with `launch_config`.
+    Same contract as `pagedllm_kernels.paged_attention` (`window` and `softcap` included).
+    `num_splits` forces the number of KV splits (a power of 2; 1 = no split-KV); None picks it
+    with `choose_num_splits`. `config` forces the launch knobs; None picks them with
+    `launch_config`.
 
     Returns:
         [T, num_heads, head_dim] in query's dtype; rows beyond qsl[S] (padding) are zero.
@@ -311,8 +358,12 @@ def paged_attention(
     check_args(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
     if num_splits is not None and (num_splits < 1 or num_splits & (num_splits - 1)):
         raise ValueError(f"num_splits: must be a power of 2 >= 1, got {num_splits}")
+    if window is not None and not 1 <= window < _NO_WINDOW:
+        raise ValueError(f"window: must be in [1, {_NO_WINDOW}) tokens or None, got {window}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap: must be positive or None, got {softcap}")
     return launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
-                  max_query_len, max_seq_len, num_splits, config)
+                  max_query_len, max_seq_len, num_splits, config, window, softcap)
 
 
 def launch(
@@ -327,6 +378,8 @@ def launch(
     max_seq_len: int,
     num_splits: int | None = None,
     config: LaunchConfig | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """`paged_attention` without the argument checks: the engine's hot path.
 
@@ -356,6 +409,8 @@ def launch(
     kernel[grid](
         out, part_acc, part_ml, query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
         scale_log2=scale * _LOG2E,
+        window=_NO_WINDOW if window is None else window,
+        cap_log2=1.0 if softcap is None else softcap * _LOG2E,
         num_seqs=num_seqs,
         num_tokens=num_tokens,
         num_kv_heads=num_kv_heads,
@@ -370,6 +425,8 @@ def launch(
         BLOCK_N=config.block_n,
         NUM_SPLITS=num_splits,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        SOFTCAP=softcap is not None,
+        PRECISE_TANH=query.is_cuda,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

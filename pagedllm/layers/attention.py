@@ -34,21 +34,28 @@ class Attention(nn.Module):
         num_heads: Query heads.
         num_kv_heads: Key/value heads (num_heads must be a multiple: GQA).
         head_dim: Size of each head.
-        scale: Softmax scale (head_dim ** -0.5 for every supported model).
+        scale: Softmax scale (head_dim ** -0.5, Gemma's query_pre_attn_scalar ** -0.5).
         ops: the kernels to call (`pagedllm_kernels.select_ops`), unchecked: the runner checked
             the cache layout once (`pagedllm_kernels.check_kv_cache`).
+        window: This layer's sliding window in tokens (each query sees itself and the
+            window - 1 keys before it), or None for full causal attention.
+        softcap: Attention logit soft-capping (Gemma 2), or None.
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 ops: KernelOps) -> None:
+                 ops: KernelOps, window: int | None = None, softcap: float | None = None) -> None:
         super().__init__()
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        if window is not None and window < 1:
+            raise ValueError(f"window: must be a positive number of tokens or None, got {window}")
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
         self.ops = ops
+        self.window = window
+        self.softcap = softcap
 
     def write(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
               attn_metadata: AttentionMetadata) -> None:
@@ -84,5 +91,7 @@ class Attention(nn.Module):
             self.scale,
             attn_metadata.max_query_len,
             attn_metadata.max_seq_len,
+            window=self.window,
+            softcap=self.softcap,
         )
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)

@@ -15,17 +15,20 @@ from pagedllm_kernels import REFERENCE_OPS, KernelOps
 
 
 def inverse_frequencies(head_dim: int, base: float, rope_scaling: dict | None) -> torch.Tensor:
-    """Returns the [head_dim // 2] float32 inverse frequencies, llama3-scaled if asked.
+    """Returns the [head_dim // 2] float32 inverse frequencies, llama3- or linear-scaled if asked.
 
     Args:
         head_dim: Rotated dimension (the full head dim for every supported model).
         base: rope_theta.
-        rope_scaling: None, or a ModelConfig.rope_scaling dict with rope_type "llama3".
+        rope_scaling: None, or a ModelConfig.rope_scaling dict with rope_type "llama3" or
+            "linear" (Gemma 3's global layers; LongRoPE has its own tables: long_rope.py).
     """
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").to(torch.float32) / head_dim
     inv_freq = 1.0 / (base**exponents)
     if rope_scaling is None:
         return inv_freq
+    if rope_scaling.get("rope_type") == "linear":
+        return inv_freq / rope_scaling["factor"]
     if rope_scaling.get("rope_type") != "llama3":
         raise ValueError(f"rope_scaling: unsupported rope_type {rope_scaling.get('rope_type')!r}")
     factor = rope_scaling["factor"]

@@ -2,21 +2,32 @@
 
 Read straight from `config.json` (+ `generation_config.json`) so the engine never imports
 `transformers`. Both config styles are accepted: the older `rope_theta` + `rope_scaling` keys
-and the transformers-5 `rope_parameters` dict.
+and the transformers-5 `rope_parameters` dict (Gemma 3's nested per layer type too). What only
+some families have (sliding windows, Gemma's numerics, experts) is read by family_config.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm.models.family_config import (GEMMA_ARCHITECTURES, GemmaOptions, MoeOptions, check_activation,
+                                           gemma_options, moe_options, sliding_windows)
+
+# The architectures (config.json's `architectures[0]`) that load; anything else fails at start-up.
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "MistralForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "MixtralForCausalLM",
 )
 
 # `model_type` -> architecture, for configs written without an `architectures` list.
@@ -25,6 +36,11 @@ _MODEL_TYPES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "mistral": "MistralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
 
 # transformers' per-class defaults for keys an older config.json may leave out.
@@ -33,23 +49,38 @@ _DEFAULT_MAX_POSITIONS = {
     "Qwen2ForCausalLM": 32768,
     "Qwen3ForCausalLM": 32768,
     "MistralForCausalLM": 131072,
+    "Gemma2ForCausalLM": 8192,
+    "Gemma3ForCausalLM": 131072,
+    "Phi3ForCausalLM": 4096,
+    "Qwen3MoeForCausalLM": 32768,
+    "MixtralForCausalLM": 131072,
 }
+_DEFAULT_HEAD_DIM = {"Qwen3ForCausalLM": 128, "Gemma2ForCausalLM": 256, "Gemma3ForCausalLM": 256}
+_DEFAULT_EPS = {"Phi3ForCausalLM": 1e-5, "MixtralForCausalLM": 1e-5}
+_DEFAULT_THETA = {"MixtralForCausalLM": 1e6, "Gemma3ForCausalLM": 1e6}
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a Llama-family model, independent of transformers.
+    """Shape and numerics of a supported model, independent of transformers.
 
     Attributes:
         architecture: One of SUPPORTED_ARCHITECTURES.
         attention_bias: Whether q/k/v projections have a bias (always true for Qwen2).
-        qk_norm: Whether q and k get a per-head RMSNorm before rotary (Qwen3).
-        rope_scaling: None for plain RoPE, else a normalized dict with `rope_type` "llama3"
-            and its four parameters.
+        qk_norm: Whether q and k get a per-head RMSNorm before rotary (Qwen3, Qwen3-MoE, Gemma 3).
+        rope_scaling: None for plain RoPE, else a normalized dict: `rope_type` "llama3" and its
+            four parameters, "linear" and its `factor`, or "longrope" (Phi-3) with its
+            `short_factor`, `long_factor` (tuples), `original_max_position_embeddings` and
+            `attention_factor`. Gemma 3: of the global layers.
         eos_token_ids: Ids that end generation; generation_config.json wins over config.json.
         torch_dtype: The checkpoint's declared dtype name, e.g. "bfloat16" (informational).
-        attention_out_bias: Whether o_proj has a bias (Llama/Qwen3 `attention_bias`, never Qwen2).
+        attention_out_bias: Whether o_proj has a bias (`attention_bias` of Llama, Qwen3, Qwen3-MoE
+            and Gemma; never Qwen2's).
+        sliding_windows: Per layer, its sliding window in tokens, None for full attention
+            (empty: no layer slides). The paged cache still holds every token of a sequence.
+        gemma: Gemma 2 / 3 numerics; None for the other families.
+        moe: The mixture-of-experts options (Qwen3-MoE, Mixtral); None for dense models.
     """
 
     architecture: str
@@ -71,6 +102,13 @@ class ModelConfig:
     bos_token_id: int | None
     torch_dtype: str | None
     attention_out_bias: bool = False
+    sliding_windows: tuple[int | None, ...] = ()
+    gemma: GemmaOptions | None = None
+    moe: MoeOptions | None = None
+
+    def window(self, layer: int) -> int | None:
+        """Layer `layer`'s sliding window, or None when it attends to its whole context."""
+        return self.sliding_windows[layer] if self.sliding_windows else None
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelConfig:
@@ -78,7 +116,7 @@ class ModelConfig:
 
         Raises:
             ValueError: the config is missing or unreadable, or describes a model we cannot
-                run (architecture, rope type, sliding window, activation), naming the culprit.
+                run (architecture, rope type, activation, ...), naming the culprit.
         """
         raw = _read_json(os.path.join(model_dir, "config.json"), required=True)
         gen = _read_json(os.path.join(model_dir, "generation_config.json"), required=False) or {}
@@ -91,11 +129,12 @@ class ModelConfig:
         arch = _architecture(raw)
         hidden = _required_int(raw, "hidden_size")
         heads = _required_int(raw, "num_attention_heads")
+        layers = _required_int(raw, "num_hidden_layers")
         max_pos = int(raw.get("max_position_embeddings") or _DEFAULT_MAX_POSITIONS[arch])
-        _check_supported_features(raw, arch, max_pos)
-        rope_theta, rope_scaling = _rope(raw)
-        default_head_dim = 128 if arch == "Qwen3ForCausalLM" else hidden // heads
-        bias = bool(raw.get("attention_bias", False))
+        _check_supported_features(raw, arch)
+        head_dim = int(raw.get("head_dim") or _DEFAULT_HEAD_DIM.get(arch, hidden // heads))
+        (rope_theta, rope_scaling), local_rope = _rope_sets(raw, arch, max_pos, head_dim)
+        bias = bool(raw.get("attention_bias", False)) and arch in _BIAS_ARCHITECTURES
         eos = gen.get("eos_token_id")
         if eos is None:
             eos = raw.get("eos_token_id")
@@ -105,22 +144,31 @@ class ModelConfig:
             vocab_size=_required_int(raw, "vocab_size"),
             hidden_size=hidden,
             intermediate_size=_required_int(raw, "intermediate_size"),
-            num_hidden_layers=_required_int(raw, "num_hidden_layers"),
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or default_head_dim),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            head_dim=head_dim,
+            rms_norm_eps=float(raw.get("rms_norm_eps", _DEFAULT_EPS.get(arch, 1e-6))),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
             max_position_embeddings=max_pos,
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", arch in GEMMA_ARCHITECTURES)),
             attention_bias=True if arch == "Qwen2ForCausalLM" else bias,
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qk_norm=arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Gemma3ForCausalLM"),
             eos_token_ids=_int_tuple(eos, "eos_token_id"),
             bos_token_id=None if bos is None else int(bos),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
-            attention_out_bias=bias and arch in ("LlamaForCausalLM", "Qwen3ForCausalLM"),
+            attention_out_bias=bias and arch != "Qwen2ForCausalLM",
+            sliding_windows=sliding_windows(raw, arch, layers),
+            gemma=gemma_options(raw, arch, layers, local_rope),
+            moe=moe_options(raw, arch, layers),
         )
+
+
+# Families whose q/k/v (and o) projections have a bias when config.json sets `attention_bias`
+# (Qwen2's q/k/v always have one, its o_proj never); the others have none whatever it says.
+_BIAS_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
+                       *GEMMA_ARCHITECTURES)
 
 
 def _read_json(path: str, required: bool) -> dict[str, Any] | None:
@@ -167,54 +215,94 @@ def _int_tuple(value: Any, key: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _check_supported_features(raw: dict[str, Any], arch: str, max_pos: int) -> None:
-    """Rejects features the engine would silently get wrong (sliding window, other MLPs)."""
-    act = raw.get("hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"config.json: hidden_act {act!r} is not supported (only 'silu')")
+def _check_supported_features(raw: dict[str, Any], arch: str) -> None:
+    """Rejects features the engine would silently get wrong (other MLPs, partial rotary)."""
+    check_activation(raw, arch)
     if raw.get("mlp_bias", False):
         raise ValueError("config.json: mlp_bias=true is not supported")
-    if _has_sliding_window(raw, arch, max_pos):
-        raise ValueError(
-            f"config.json: sliding_window={raw.get('sliding_window')} < max_position_embeddings={max_pos}: "
-            "sliding window attention is unsupported"
-        )
+    params = raw.get("rope_parameters") if isinstance(raw.get("rope_parameters"), dict) else {}
+    partial = raw.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"config.json: partial_rotary_factor={partial} is not supported (only 1.0)")
 
 
-def _has_sliding_window(raw: dict[str, Any], arch: str, max_pos: int) -> bool:
-    # NOTE: MistralConfig defaults sliding_window to 4096 when the key is absent.
-    window = raw.get("sliding_window", 4096 if arch == "MistralForCausalLM" else None)
-    if window is None or window >= max_pos:
-        return False
-    if arch == "MistralForCausalLM":
-        return True
-    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and raw.get("use_sliding_window", False):
-        layer_types = raw.get("layer_types")
-        if layer_types is not None:
-            return "sliding_attention" in layer_types
-        return int(raw.get("max_window_layers", 28)) < int(raw.get("num_hidden_layers", 0))
-    return False
+def _rope_sets(raw: dict[str, Any], arch: str, max_pos: int,
+               head_dim: int) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
+    """((rope_theta, scaling) of the model, the same of Gemma 3's sliding layers).
+
+    Gemma 3 keeps two rotaries: `rope_parameters` nested by layer type (transformers 5), or the
+    older `rope_theta` (global) + `rope_local_base_freq` + `rope_scaling` (global only).
+    """
+    params = raw.get("rope_parameters")
+    if arch == "Gemma3ForCausalLM":
+        if isinstance(params, dict) and "full_attention" in params:
+            full = _rope_from(params.get("full_attention") or {}, raw, arch, max_pos, head_dim)
+            local = _rope_from(params.get("sliding_attention") or {"rope_theta": 10000.0}, raw, arch, max_pos,
+                               head_dim)
+            return full, local
+        full = _rope(raw, arch, max_pos, head_dim)
+        return full, (float(raw.get("rope_local_base_freq", 10000.0)), None)
+    rope = _rope(raw, arch, max_pos, head_dim)
+    return rope, rope
 
 
-def _rope(raw: dict[str, Any]) -> tuple[float, dict | None]:
+def _rope(raw: dict[str, Any], arch: str, max_pos: int, head_dim: int) -> tuple[float, dict | None]:
     """Returns (rope_theta, normalized rope_scaling or None) from either config style."""
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and ("rope_type" in params or "rope_theta" in params):
-        theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
-        scaling: dict | None = params
-    else:
-        theta = raw.get("rope_theta", 10000.0)
-        scaling = raw.get("rope_scaling")
+        return _rope_from(params, raw, arch, max_pos, head_dim)
+    scaling = raw.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise ValueError(f"config.json: rope_scaling must be an object or null, got {scaling!r}")
-    rope_type = "default" if scaling is None else scaling.get("rope_type", scaling.get("type", "default"))
+    return _rope_from({"rope_theta": raw.get("rope_theta"), **(scaling or {})}, raw, arch, max_pos, head_dim)
+
+
+def _rope_from(params: dict[str, Any], raw: dict[str, Any], arch: str, max_pos: int,
+               head_dim: int) -> tuple[float, dict | None]:
+    """(rope_theta, normalized scaling) of one rope parameter dict (rope_type + its keys)."""
+    theta = params.get("rope_theta")
+    theta = float(theta if theta is not None else raw.get("rope_theta") or _DEFAULT_THETA.get(arch, 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if arch == "Phi3ForCausalLM" and rope_type in ("su", "yarn"):  # transformers' Phi3Config renames both
+        rope_type = "longrope"
     if rope_type == "default":
-        return float(theta), None
+        return theta, None
+    if rope_type == "linear":
+        return theta, {"rope_type": "linear", "factor": _positive(params.get("factor"), "factor")}
+    if rope_type == "longrope":
+        return theta, _longrope(params, raw, max_pos, head_dim)
     if rope_type != "llama3":
-        raise ValueError(f"config.json: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
-    missing = [k for k in _LLAMA3_KEYS if scaling.get(k) is None]
+        raise ValueError(f"config.json: rope_type {rope_type!r} is not supported "
+                         "(only 'default', 'llama3', 'linear' and 'longrope')")
+    missing = [k for k in _LLAMA3_KEYS if params.get(k) is None]
     if missing:
         raise ValueError(f"config.json: llama3 rope scaling is missing {', '.join(missing)}")
-    normalized = {"rope_type": "llama3", **{k: float(scaling[k]) for k in _LLAMA3_KEYS}}
-    normalized["original_max_position_embeddings"] = int(scaling["original_max_position_embeddings"])
-    return float(theta), normalized
+    normalized = {"rope_type": "llama3", **{k: float(params[k]) for k in _LLAMA3_KEYS}}
+    normalized["original_max_position_embeddings"] = int(params["original_max_position_embeddings"])
+    return theta, normalized
+
+
+def _longrope(params: dict[str, Any], raw: dict[str, Any], max_pos: int, head_dim: int) -> dict:
+    """Phi-3's LongRoPE, with transformers' defaults: `original_max_position_embeddings` from the
+    top level first, `factor` = max / original, `attention_factor` = sqrt(1 + ln factor / ln original)."""
+    original = int(raw.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
+                   or max_pos)
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        value = params.get(key)
+        if not isinstance(value, (list, tuple)) or len(value) != head_dim // 2:
+            raise ValueError(f"config.json: longrope {key} must be a list of head_dim // 2 = {head_dim // 2} "
+                             f"numbers, got {value!r}")
+        factors[key] = tuple(float(v) for v in value)
+    factor = params.get("factor") or max_pos / original
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {"rope_type": "longrope", **factors, "original_max_position_embeddings": original,
+            "attention_factor": float(attention_factor)}
+
+
+def _positive(value: Any, key: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"config.json: rope scaling {key} must be a positive number, got {value!r}")
+    return float(value)

@@ -1,8 +1,10 @@
 """Llama-family decoder over a paged KV cache (Llama, Qwen2, Qwen3, Mistral).
 
 One class covers the family; ModelConfig flags switch the differences: q/k/v bias (Qwen2),
-per-head q/k RMSNorm (Qwen3), tied embeddings. q/k/v and gate/up are fused into one matmul
-each; `checkpoint_targets` tells the loader where each Hugging Face tensor lands.
+per-head q/k RMSNorm (Qwen3), tied embeddings, per-layer sliding windows (Mistral). q/k/v and
+gate/up are fused into one matmul each; `checkpoint_targets` tells the loader where each Hugging
+Face tensor lands. Phi-3 and the mixture-of-experts models (phi3.py, moe_llama.py) reuse these
+blocks with their own weight names, rotary and feed-forward.
 
 The elementwise work goes through `KernelOps` so the Triton path can fuse it (vLLM's layout):
 the residual add rides with the next norm (`h, residual = norm(h, residual)`), silu * up is one
@@ -14,6 +16,7 @@ Inputs are flattened: T tokens of all sequences in one dimension, no padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from torch import nn
 from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.linear import Embedding, Linear
+from pagedllm.layers.long_rope import LongRopeEmbedding
 from pagedllm.layers.norm import RMSNorm
 from pagedllm.layers.rotary import RotaryEmbedding
 from pagedllm.models.config import ModelConfig
@@ -33,18 +37,23 @@ Rope = tuple  # this step's `ops.rope(...)`: (cos, sin) for the reference, the t
 class WeightTarget:
     """Where one checkpoint tensor lands: rows [row_start, row_end) of a model parameter.
 
-    row_start/row_end are None when the tensor fills the whole parameter.
+    row_start/row_end are None when the tensor fills the whole parameter. `index` picks one
+    slice of a stacked parameter first (expert `index` of a MoE layer's [experts, ...] weights).
     """
 
     param_name: str
     row_start: int | None = None
     row_end: int | None = None
+    index: int | None = None
 
 
 class LlamaAttention(nn.Module):
-    """Self-attention block: fused qkv projection, optional q/k norm, RoPE, paged attention."""
+    """Self-attention block: fused qkv projection, optional q/k norm, RoPE, paged attention.
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
+    `layer` picks the layer's sliding window (ModelConfig.window).
+    """
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps, layer: int = 0) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -58,7 +67,8 @@ class LlamaAttention(nn.Module):
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops,
+                              window=config.window(layer))
         self._rotary = ops.rotary
         self._rotary_into_cache = ops.rotary_into_cache
         self._qk_norm_rotary = ops.qk_norm_rotary if config.qk_norm else None
@@ -106,12 +116,14 @@ class LlamaDecoderLayer(nn.Module):
 
     It returns its MLP output and the residual stream apart; the next layer's input norm (or the
     final norm) adds them, the sum rounded to the dtype as transformers' `residual + h` is.
+    `mlp` replaces the SwiGLU feed-forward (a mixture of experts: pagedllm/layers/moe.py).
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps, layer: int = 0,
+                 mlp: nn.Module | None = None) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, dtype, ops)
-        self.mlp = LlamaMLP(config, dtype, ops)
+        self.self_attn = LlamaAttention(config, dtype, ops, layer)
+        self.mlp = mlp if mlp is not None else LlamaMLP(config, dtype, ops)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
 
@@ -133,14 +145,21 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
+    """Embedding, decoder layers and final norm (HF's `model.` prefix).
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps) -> None:
+    `mlp_factory(layer)` builds layer `layer`'s feed-forward (None: SwiGLU everywhere).
+    """
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps,
+                 mlp_factory: Callable[[int], nn.Module | None] | None = None) -> None:
         super().__init__()
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, ops) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, dtype, ops, i, mlp_factory(i) if mlp_factory else None)
+            for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
-        self.rotary_emb = RotaryEmbedding(
+        long_rope = config.rope_scaling is not None and config.rope_scaling["rope_type"] == "longrope"
+        self.rotary_emb = (LongRopeEmbedding if long_rope else RotaryEmbedding)(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling, ops
         )
 
@@ -168,16 +187,19 @@ class LlamaForCausalLM(nn.Module):
         dtype: Dtype of every weight and activation (the KV cache must match it).
         ops: the kernels every layer calls; None picks them for the default device
             (`torch.set_default_device` or `with torch.device(...)`) and dtype.
+        mlp_factory: builds each layer's feed-forward from its index (None: SwiGLU; a MoE block
+            where it returns one, see moe_llama.py).
 
     Parameters start uninitialized; `pagedllm.models.registry.load_model` fills them.
     """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
-                 ops: KernelOps | None = None) -> None:
+                 ops: KernelOps | None = None,
+                 mlp_factory: Callable[[int], nn.Module | None] | None = None) -> None:
         super().__init__()
         self.config = config
         self.ops = ops or select_ops(torch.get_default_device(), dtype)
-        self.model = LlamaModel(config, dtype, self.ops)
+        self.model = LlamaModel(config, dtype, self.ops, mlp_factory)
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -220,28 +242,33 @@ class LlamaForCausalLM(nn.Module):
         The key set is also the list of expected tensors: anything missing from the
         checkpoint is an error, anything extra is unexpected.
         """
-        c = self.config
-        q, kv, ffn = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size
-        targets = {
-            "model.embed_tokens.weight": WeightTarget("model.embed_tokens.weight"),
-            "model.norm.weight": WeightTarget("model.norm.weight"),
-        }
-        if not c.tie_word_embeddings:
-            targets["lm_head.weight"] = WeightTarget("lm_head.weight")
-        qkv_rows = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
-        for i in range(c.num_hidden_layers):
-            p = f"model.layers.{i}"
-            for name, (start, end) in qkv_rows.items():
-                targets[f"{p}.self_attn.{name}.weight"] = WeightTarget(f"{p}.self_attn.qkv_proj.weight", start, end)
-                if c.attention_bias:
-                    targets[f"{p}.self_attn.{name}.bias"] = WeightTarget(f"{p}.self_attn.qkv_proj.bias", start, end)
-            own = [f"{p}.self_attn.o_proj.weight", f"{p}.mlp.down_proj.weight"]
-            own += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
-            if c.attention_out_bias:
-                own.append(f"{p}.self_attn.o_proj.bias")
-            if c.qk_norm:
-                own += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
-            targets.update({name: WeightTarget(name) for name in own})
-            targets[f"{p}.mlp.gate_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", 0, ffn)
-            targets[f"{p}.mlp.up_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", ffn, 2 * ffn)
-        return targets
+        return llama_checkpoint_targets(self.config)
+
+
+def llama_checkpoint_targets(c: ModelConfig) -> dict[str, WeightTarget]:
+    """The Llama layout's tensors (q/k/v and gate/up split, one norm before each block) and
+    where each lands in the fused parameters; other families edit this map (gemma.py, phi3.py)."""
+    q, kv, ffn = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size
+    targets = {
+        "model.embed_tokens.weight": WeightTarget("model.embed_tokens.weight"),
+        "model.norm.weight": WeightTarget("model.norm.weight"),
+    }
+    if not c.tie_word_embeddings:
+        targets["lm_head.weight"] = WeightTarget("lm_head.weight")
+    qkv_rows = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}"
+        for name, (start, end) in qkv_rows.items():
+            targets[f"{p}.self_attn.{name}.weight"] = WeightTarget(f"{p}.self_attn.qkv_proj.weight", start, end)
+            if c.attention_bias:
+                targets[f"{p}.self_attn.{name}.bias"] = WeightTarget(f"{p}.self_attn.qkv_proj.bias", start, end)
+        own = [f"{p}.self_attn.o_proj.weight", f"{p}.mlp.down_proj.weight"]
+        own += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+        if c.attention_out_bias:
+            own.append(f"{p}.self_attn.o_proj.bias")
+        if c.qk_norm:
+            own += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
+        targets.update({name: WeightTarget(name) for name in own})
+        targets[f"{p}.mlp.gate_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", 0, ffn)
+        targets[f"{p}.mlp.up_proj.weight"] = WeightTarget(f"{p}.mlp.gate_up_proj.weight", ffn, 2 * ffn)
+    return targets

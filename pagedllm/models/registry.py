@@ -16,13 +16,23 @@ from torch import nn
 
 from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from pagedllm.models.gemma import GemmaForCausalLM
 from pagedllm.models.llama import LlamaForCausalLM, WeightTarget
+from pagedllm.models.mixtral import MixtralForCausalLM
+from pagedllm.models.phi3 import Phi3ForCausalLM
+from pagedllm.models.qwen3_moe import Qwen3MoeForCausalLM
 
+# Every architecture in SUPPORTED_ARCHITECTURES, and the class that runs it.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
+    "Gemma2ForCausalLM": GemmaForCausalLM,
+    "Gemma3ForCausalLM": GemmaForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
 }
 
 # Tensors some checkpoints carry that the model does not need (derived or duplicated).
@@ -95,7 +105,8 @@ def _ignorable(name: str, model: nn.Module) -> bool:
 
 
 def _copy(param: torch.Tensor, target: WeightTarget, tensor: torch.Tensor, name: str, dtype: torch.dtype) -> None:
-    dest = param.data if target.row_start is None else param.data[target.row_start : target.row_end]
+    dest = param.data if target.index is None else param.data[target.index]
+    dest = dest if target.row_start is None else dest[target.row_start : target.row_end]
     if tuple(tensor.shape) != tuple(dest.shape):
         raise ValueError(f"weight {name}: checkpoint shape {list(tensor.shape)}, model expects {list(dest.shape)}")
     dest.copy_(tensor.to(dtype))

@@ -69,10 +69,16 @@ def make_tiny_checkpoint(arch: str, out_dir) -> str:
     Norm weights (incl. Qwen3's q/k norms) and Qwen2's q/k/v biases are re-drawn at random
     so a mapping mistake (swapped norms, dropped bias) changes the logits.
     """
+    return save_random_checkpoint(tiny_hf_config(arch), out_dir)
+
+
+def save_random_checkpoint(hf_config, out_dir) -> str:
+    """Saves a random-weight model of transformers config `hf_config` (norms and biases re-drawn
+    as `make_tiny_checkpoint` says) with the default model's tokenizer; returns its path."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_hf_config(arch), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
