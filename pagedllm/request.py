@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # NOTE: types only: the scheduler and its tests import this w
 
     from pagedllm.detokenizer import DetokState
     from pagedllm.layers.sampler import SamplingRow
+    from pagedllm.structured_outputs import Matcher
 
 
 class RequestStatus(enum.Enum):
@@ -51,6 +52,9 @@ class OutputState:
         num_text_sent: how much of `text` the deltas have carried.
         logprobs: per output token, {token_id: logprob}, when the params ask for them.
         cumulative_logprob: the sum of the sampled tokens' logprobs.
+        matcher: where the sequence is in its grammar (structured outputs), else None. It has
+            accepted every token in all_token_ids past the prompt: preemption keeps the tokens,
+            so it keeps the matcher too.
     """
 
     group_id: str
@@ -65,6 +69,7 @@ class OutputState:
     num_text_sent: int = 0
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
+    matcher: Matcher | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from numbers import Integral, Real
 from typing import Any
 
+from pagedllm.structured_outputs_params import StructuredOutputsParams
+
 MAX_LOGPROBS = 20
 """Most top logprobs a request may ask for (vLLM's default `max_logprobs`)."""
 MAX_N = 64
@@ -52,6 +54,10 @@ class SamplingParams:
         min_tokens: EOS and stop_token_ids are forbidden until this many tokens were generated.
         logprobs: return the log-probabilities of this many top tokens (plus the sampled one).
         skip_special_tokens: leave special tokens out of the output text.
+        structured_outputs: the output must follow this JSON Schema, regex, choice or grammar
+            (a StructuredOutputsParams, or a dict of its fields); each step masks the tokens
+            that would break it, and the request stops when the grammar is complete. It cannot
+            be combined with min_tokens (the grammar decides where the output ends).
     """
 
     n: int = 1
@@ -70,6 +76,7 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -84,6 +91,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self.stop = _normalise_stop(self.stop)
         self.stop_token_ids = _normalise_stop_token_ids(self.stop_token_ids)
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.from_json(self.structured_outputs)
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -115,6 +124,9 @@ class SamplingParams:
                              f"got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.structured_outputs is not None and self.min_tokens:
+            raise ValueError("min_tokens cannot be combined with structured_outputs (the "
+                             "grammar decides where the output ends)")
 
     @property
     def is_greedy(self) -> bool:
@@ -143,6 +155,10 @@ class SamplingParams:
                 f"sampling parameters must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {}
+        if "guided_decoding" in data and "structured_outputs" not in data:
+            # (vLLM's name for structured_outputs before 0.10.2; its clients still send it)
+            data = {("structured_outputs" if k == "guided_decoding" else k): v
+                    for k, v in data.items()}
         for name, value in data.items():
             if name not in known:
                 raise ValueError(f"unknown sampling parameter {name!r}; known: {sorted(known)}")
@@ -191,6 +207,11 @@ def _coerce_json(name: str, value: Any) -> Any:
     """Turns a JSON value into the Python type of field `name`; leaves the rest to validation."""
     if value is None:
         return None
+    if name == "structured_outputs" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"structured_outputs is not a JSON object: {e}") from None
     if name in _INT_FIELDS or name == "stop_token_ids":
         if name == "stop_token_ids" and isinstance(value, list):
             return [_json_int(name, v) for v in value]
