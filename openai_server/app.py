@@ -32,6 +32,7 @@ from pagedllm_openai.limits import ClientLimiter
 from pagedllm_openai.schemas import ModelCard, ModelList
 from pagedllm_openai.service import Service, validation_error
 from pagedllm_openai.tokenizer import ModelTokenizer
+from pagedllm_openai.tool_parsers import parser_for_template
 from pagedllm_openai.triton_client import TritonClient
 
 logger = logging.getLogger("pagedllm.openai")
@@ -61,8 +62,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64))
+        parser = config.tool_call_parser or parser_for_template(
+            template.source if template is not None else None)
         service = Service(config, tokenizer, template, triton, http,
-                          ClientLimiter(config.max_concurrent_per_client))
+                          ClientLimiter(config.max_concurrent_per_client), tool_parser=parser)
         app.state.service = service
         app.state.readiness = health.Readiness(service)
         try:

@@ -34,6 +34,11 @@ class ServiceConfig:
             client is its API key (`Authorization: Bearer ...`) or else its peer address.
         request_timeout_s: longest a generation may run; then it is cancelled in the engine.
         ready_cache_s: how long a readiness probe's answer is reused.
+        tool_call_parser: how `tool_choice: auto` reads the model's tool calls ("hermes" or
+            "llama3_json"); None: from the chat template (llama3_json for Llama 3's, else
+            hermes).
+        allowed_origins: the origins a browser may call the API from (CORS); empty: none (no
+            CORS headers at all); ["*"]: any.
     """
 
     model_dir: Path
@@ -49,6 +54,8 @@ class ServiceConfig:
     max_concurrent_per_client: int = 64
     request_timeout_s: float = 600.0
     ready_cache_s: float = 1.0
+    tool_call_parser: str | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -57,6 +64,10 @@ class ServiceConfig:
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         self.triton_http_url = self.triton_http_url.rstrip("/")
+        if self.tool_call_parser not in (None, "hermes", "llama3_json"):
+            raise ValueError("tool_call_parser must be 'hermes' or 'llama3_json', got "
+                             f"{self.tool_call_parser!r}")
+        self.allowed_origins = tuple(self.allowed_origins)
         for name in ("max_body_bytes", "max_prompt_chars", "max_concurrent_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

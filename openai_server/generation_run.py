@@ -121,6 +121,18 @@ class Run:
         return EventStream(events, on_disconnect=self._gone, on_close=self.close)
 
 
+def stream_all(runs: list[Run], events: AsyncIterator[str]) -> EventStream:
+    """Run.stream for the runs of one request (several prompts): closing it closes them all."""
+    def gone() -> None:
+        for run in runs:
+            run._gone()
+
+    def close() -> None:
+        for run in runs:
+            run.close()
+    return EventStream(events, on_disconnect=gone, on_close=close)
+
+
 def stream_error(e: Exception) -> dict:
     """The error event of a stream that fails after it started (OpenAI's envelope)."""
     if not isinstance(e, OpenAIError):

@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
                    default=defaults.max_concurrent_per_client)
     p.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
     p.add_argument("--ready-cache-s", type=float, default=defaults.ready_cache_s)
+    p.add_argument("--tool-call-parser", choices=("hermes", "llama3_json"), default=None,
+                   help="how tool_choice auto reads the model's tool calls (default: from the "
+                        "chat template)")
+    p.add_argument("--allowed-origins", default="",
+                   help="comma-separated origins allowed to call the API from a browser (CORS; "
+                        "'*' for any; default: none)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--workers", type=int, default=int(env.get("OPENAI_WORKERS", 1)),
                    help="service processes sharing the sockets (env OPENAI_WORKERS, default 1)")
@@ -82,7 +88,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
             http_port=args.http_port, max_body_bytes=args.max_body_bytes,
             max_prompt_chars=args.max_prompt_chars,
             max_concurrent_per_client=args.max_concurrent_per_client,
-            request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s)
+            request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s,
+            tool_call_parser=args.tool_call_parser,
+            allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",")
+                                  if o.strip()))
     except ValueError as e:
         p.error(str(e))
     return config, args
