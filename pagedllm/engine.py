@@ -65,6 +65,7 @@ class LLMEngine:
                                  else on_cuda)
         self._in_flight: _Launched | None = None  # the launched step not read back yet
         self._grammars = None  # GrammarCompiler, made for the first constrained request
+        self._host_rows = False  # a request's sampling needs its last token on the host
         if on_cuda:
             # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
             # as the engine. Frozen, Python's full collections no longer walk it: the first of them
@@ -98,6 +99,7 @@ class LLMEngine:
             text = None
             prompt_ids = list(prompt)
         self._check_prompt(prompt_ids)
+        self._check_token_ids(params)
         room = self.max_model_len - len(prompt_ids)
         if self.config.strict_max_tokens and params.max_tokens is not None \
                 and params.max_tokens > room:
@@ -106,15 +108,17 @@ class LLMEngine:
                              f"at most {room} tokens can follow it")
         max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
         grammar = self._compile(params) if params.structured_outputs is not None else None
+        bad_words = self._bad_words_ids(params.bad_words) if params.bad_words else ()
         ids = [request_id] if params.n == 1 else [f"{request_id}{_SEP}{i}" for i in range(params.n)]
         self._groups[request_id] = _Group(ids, params.n, text)
         for index, child_id in enumerate(ids):
             self._add_sequence(request_id, index, child_id, prompt_ids, params, max_tokens,
-                               grammar)
+                               grammar, bad_words)
         self.num_prompt_tokens_total += len(prompt_ids)
 
     def _add_sequence(self, group_id: str, index: int, request_id: str, prompt_ids: list[int],
-                      params: SamplingParams, max_tokens: int, grammar=None) -> None:
+                      params: SamplingParams, max_tokens: int, grammar=None,
+                      bad_words: tuple[tuple[int, ...], ...] = ()) -> None:
         eos = self.model_config.eos_token_ids
         generator = None
         if params.seed is not None:  # sequence i of a seeded request draws with seed + i
@@ -124,13 +128,16 @@ class LLMEngine:
             index=index,
             sampling_row=SamplingRow(params=params, prompt_token_ids=prompt_ids,
                                      output_token_ids=(), generator=generator),
-            row_varies=_uses_penalties(params) or params.min_tokens > 0 or grammar is not None,
+            row_varies=(_uses_penalties(params) or params.min_tokens > 0 or grammar is not None
+                        or bool(bad_words)),
             detok=self.detokenizer.new_state(prompt_ids, params.skip_special_tokens),
             stop_ids=stop_checker.stopping_ids(params, eos),
             stop_holdback=stop_checker.holdback(params),
             generator=generator,
             logprobs=[] if params.logprobs is not None else None,
-            matcher=self._new_matcher(grammar) if grammar is not None else None)
+            matcher=self._new_matcher(grammar) if grammar is not None else None,
+            bad_words_ids=bad_words)
+        self._host_rows = self._host_rows or grammar is not None or bool(bad_words)
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
                           max_tokens=max_tokens, eos_token_ids=eos, state=state)
         self.requests[request_id] = request
@@ -143,6 +150,16 @@ class LLMEngine:
             self._grammars = GrammarCompiler(self.config.model, self.model_config.vocab_size,
                                              self.model_config.eos_token_ids)
         return self._grammars.compile(params.structured_outputs)
+
+    def _bad_words_ids(self, words: list[str]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word's tokens, alone and after a space (vLLM's rule)."""
+        out = set()
+        for word in words:
+            for text in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode_plain(text)
+                if ids:
+                    out.add(tuple(ids))
+        return tuple(sorted(out))
 
     def _new_matcher(self, grammar):
         from pagedllm.structured_outputs import Matcher
@@ -255,8 +272,8 @@ class LLMEngine:
                 # follows it, so it is not pending (the scheduler does not run the request again)
                 if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
                     r.num_pending += 1
-        constrained = self._grammars is not None and any(
-            r.state.matcher is not None for r in sampling)
+        constrained = self._host_rows and any(
+            r.state.matcher is not None or r.state.bad_words_ids for r in sampling)
         return _Launched(sampling, handle, constrained)
 
     def _sampling_row(self, r: Request) -> SamplingRow:
@@ -275,6 +292,11 @@ class LLMEngine:
             row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
         elif row.suppress_token_ids:
             row.suppress_token_ids = ()
+        if r.state.bad_words_ids:  # (step() reads such a row's last token back first)
+            out = r.all_token_ids[r.num_prompt_tokens:]
+            row.suppress_token_ids = tuple(row.suppress_token_ids) + tuple(
+                w[-1] for w in r.state.bad_words_ids
+                if len(w) == 1 or tuple(out[len(out) - len(w) + 1:]) == w[:-1])
         if r.state.matcher is not None:
             if r.num_pending:  # (step() reads a constrained row's token back before this)
                 raise RuntimeError(f"request {r.request_id}: a constrained row with a pending "
@@ -393,6 +415,14 @@ class LLMEngine:
                              f"{self.max_model_len}{capped} (prompt + at least one output token "
                              f"must fit)")
 
+    def _check_token_ids(self, p: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        for name, ids in (("allowed_token_ids", p.allowed_token_ids or ()),
+                          ("logit_bias", p.logit_bias or ())):
+            bad = [t for t in ids if t >= vocab]
+            if bad:
+                raise ValueError(f"{name} must name token ids in [0, {vocab}), got {bad[:5]}")
+
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix if no request holds KV blocks; returns whether it did."""
         return self.kv_cache.reset_prefix_cache()
@@ -422,7 +452,8 @@ class _Launched:
 
     requests: list[Request]
     handle: object  # SampleHandle: result() -> SamplerOutput
-    constrained: bool = False  # a row has a grammar (the next step reads this one back first)
+    constrained: bool = False  # a row needs its tokens on the host (the next step reads them
+    #                            back before it launches): a grammar, or bad words
 
 
 @dataclass(slots=True)

@@ -55,6 +55,9 @@ class OutputState:
         matcher: where the sequence is in its grammar (structured outputs), else None. It has
             accepted every token in all_token_ids past the prompt: preemption keeps the tokens,
             so it keeps the matcher too.
+        bad_words_ids: the token sequences of the params' bad_words (each word with and without
+            a leading space); the last token of one is forbidden where the output ends with the
+            rest.
     """
 
     group_id: str
@@ -70,6 +73,7 @@ class OutputState:
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
     matcher: Matcher | None = None
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(slots=True, eq=False)

@@ -180,3 +180,40 @@ def test_bitmask_masks_only_its_rows():
     finite = out[1].isfinite().nonzero().flatten().tolist()
     assert finite == sorted(allowed + [63])
     assert torch.equal(out[1, finite], logits[1, finite])
+
+
+# ---- vLLM's other sampling fields (the OpenAI service passes them through) -------------------
+
+def test_allowed_token_ids_logit_bias_bad_words_and_include_stop_str(llm):
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    base = llm.generate(["Hello"], plain)[0].outputs[0]
+    allowed = [7, 300, 1000]
+    out = llm.generate(["Hello"], SamplingParams(temperature=1.0, seed=1, max_tokens=12,
+                                                 ignore_eos=True, allowed_token_ids=allowed))
+    assert set(out[0].outputs[0].token_ids) <= set(allowed)
+    forced = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                                                    logit_bias={42: 100}))[0].outputs[0]
+    assert forced.token_ids == [42] * 6
+    tok = llm.get_tokenizer()
+    word = tok.decode(base.token_ids[2:3]).strip()
+    forms = [tok.encode_plain(w) for w in (word, " " + word)]
+    banned = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                    bad_words=[word]))[0].outputs[0].token_ids
+    assert not any(banned[i:i + len(f)] == f for f in forms for i in range(len(banned)))
+    assert banned != base.token_ids
+    stop = base.text[4:7]
+    kept = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                  stop=[stop], include_stop_str_in_output=True))
+    assert kept[0].outputs[0].text == base.text[:base.text.index(stop) + len(stop)]
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        llm.generate(["x"], SamplingParams(allowed_token_ids=[99999]))
+    with pytest.raises(ValueError, match="logit_bias"):
+        llm.generate(["x"], SamplingParams(logit_bias={99999: 1.0}))
+
+
+def test_bad_words_with_async_scheduling():
+    params = [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, bad_words=["the"]),
+              SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)]
+    sync, _ = _run(PROMPTS[:2], params)
+    async_, _ = _run(PROMPTS[:2], params, async_scheduling=True)
+    assert async_ == sync

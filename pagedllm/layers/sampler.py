@@ -1,7 +1,7 @@
 """Turns one step's logits into one token per request.
 
 The order follows vLLM: a constrained row's grammar bitmask first, then logprobs (from the logits
-as the grammar left them), forbidden tokens, penalties, and either argmax (greedy rows) or
+as the grammar left them), forbidden tokens, allowed_token_ids and logit_bias, penalties, and either argmax (greedy rows) or
 temperature -> top_k -> top_p -> min_p -> a random draw.
 
 Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
@@ -158,6 +158,7 @@ class Sampler:
         logprobs = _raw_logprobs(logits, rows)
         logits = logits.clone()
         _suppress(logits, rows)
+        _allow_and_bias(logits, rows)
         _apply_penalties(logits, rows, prev_tokens)
 
         token_ids = logits.argmax(dim=-1)
@@ -204,7 +205,8 @@ class Sampler:
 def _plain_greedy(row: SamplingRow) -> bool:
     p = row.params
     return (p.is_greedy and p.logprobs is None and not row.suppress_token_ids
-            and row.token_bitmask is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+            and row.token_bitmask is None and p.logit_bias is None
+            and p.allowed_token_ids is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
             and p.frequency_penalty == 0.0)
 
 
@@ -258,6 +260,24 @@ def _suppress(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
                 tok_idx.append(t)
     if row_idx:
         logits[row_idx, tok_idx] = float("-inf")
+
+
+def _allow_and_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """allowed_token_ids: every other token to -inf; logit_bias: added to its tokens' logits.
+    Ids outside the vocabulary are ignored (the engine refuses them on arrival)."""
+    vocab = logits.shape[1]
+    for i, r in enumerate(rows):
+        p = r.params
+        if p.allowed_token_ids is not None:
+            keep = torch.tensor([t for t in p.allowed_token_ids if t < vocab], dtype=torch.int64,
+                                device=logits.device)
+            kept = logits[i, keep]
+            logits[i] = float("-inf")
+            logits[i, keep] = kept
+        if p.logit_bias:
+            ids = [t for t in p.logit_bias if t < vocab]
+            logits[i, ids] += torch.tensor([p.logit_bias[t] for t in ids], dtype=logits.dtype,
+                                           device=logits.device)
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow],
