@@ -5,7 +5,11 @@
     POST /v1/chat/completions       chat.py
     GET  /v1/health/live|ready      health.py
     GET  /v1/metrics                health.py
+    POST /tokenize, /detokenize     tokenize.py (vLLM's)
+    GET  /version                   tokenize.py
     *    /v2, /v2/...               proxy.py (Triton's own HTTP API, guarded)
+
+X-Request-Id is echoed (request_id.py); CORS headers only for the configured allowed_origins.
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` with its status (on /v2,
 Triton's own shape `{"error": "<message>"}`): validation errors name the field, unexpected
@@ -24,11 +28,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pagedllm_openai import chat, completions, health, proxy
+from pagedllm_openai import chat, completions, health, proxy, tokenize
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
 from pagedllm_openai.errors import OpenAIError
 from pagedllm_openai.limits import ClientLimiter
+from pagedllm_openai.request_id import EchoRequestId
 from pagedllm_openai.schemas import ModelCard, ModelList
 from pagedllm_openai.service import Service, validation_error
 from pagedllm_openai.tokenizer import ModelTokenizer
@@ -79,6 +84,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
     _add_routes(app)
     _add_error_handlers(app)
     app.add_middleware(_CountRequests)
+    if config.allowed_origins:
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-Id"])
+    app.add_middleware(EchoRequestId)
     return app
 
 
@@ -96,6 +107,18 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
         return await chat.create_chat_completion(_service(request), request)
+
+    @app.post("/tokenize")
+    async def tokenize_(request: Request):
+        return await tokenize.tokenize(_service(request), request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return await tokenize.detokenize(_service(request), request)
+
+    @app.get("/version")
+    async def version():
+        return tokenize.version()
 
     @app.get("/v1/health/live")
     async def live():

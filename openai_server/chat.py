@@ -25,6 +25,7 @@ from pagedllm_openai.generation_run import Run, stream_error
 from pagedllm_openai.limits import check_prompt_chars
 from pagedllm_openai.logprobs import chat_logprobs
 from pagedllm_openai.replies import Reply
+from pagedllm_openai.request_id import request_id
 from pagedllm_openai.response_format import structured_outputs
 from pagedllm_openai.schemas import (AssistantMessage, ChatChoice, ChatChunkChoice,
                                      ChatCompletionChunk, ChatCompletionRequest,
@@ -78,7 +79,7 @@ async def create_chat_completion(service: Service, request: Request) -> Response
     function = req.tool_choice.function.name if mode == "named" else None
     answers = [ChoiceAnswer(mode, service.tool_parser, function) for _ in range(req.n)]
     run = Run(service, request, "chat", "messages", renames).start(
-        prompt, req.sampling(req.max_new_tokens(), top, so))
+        prompt, req.sampling(req.max_new_tokens(), top, so), request_id(request))
     model = service.config.served_model_name
     if not req.stream:
         collected = await run.collect(req.n)

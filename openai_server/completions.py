@@ -20,6 +20,7 @@ from pagedllm_openai.generation_run import Run, stream_all, stream_error
 from pagedllm_openai.limits import check_prompt_chars
 from pagedllm_openai.logprobs import completion_logprobs
 from pagedllm_openai.replies import Reply
+from pagedllm_openai.request_id import request_id
 from pagedllm_openai.response_format import structured_outputs
 from pagedllm_openai.schemas import (CompletionChoice, CompletionRequest, CompletionResponse,
                                      Usage, new_id)
@@ -38,11 +39,13 @@ async def create_completion(service: Service, request: Request) -> Response:
     sampling = req.sampling(req.max_tokens, req.logprobs, so)
     echoes = [(p if isinstance(p, str) else service.tokenizer.decode(p)) if req.echo else ""
               for p in prompts]
+    rid = request_id(request)
     runs: list[Run] = []
     try:
-        for prompt in prompts:
+        for p, prompt in enumerate(prompts):
+            own = rid if rid is None or len(prompts) == 1 else f"{rid}-{p}"
             runs.append(Run(service, request, "completions", "prompt", renames).start(
-                prompt, sampling))
+                prompt, sampling, own))
         if not req.stream:
             return await _whole(service, req, runs, echoes)
         firsts = []

@@ -52,11 +52,13 @@ class Run:
         self._closed = False
         self.generation = None
 
-    def start(self, prompt: str | Sequence[int], sampling: dict) -> Run:
-        """Takes the client's slot (429 when it has none left) and starts the generation."""
+    def start(self, prompt: str | Sequence[int], sampling: dict,
+              request_id: str | None = None) -> Run:
+        """Takes the client's slot (429 when it has none left) and starts the generation
+        (`request_id`: the client's X-Request-Id, or None)."""
         self.service.limiter.acquire(self._key)
         try:
-            self.generation = self.service.triton.generate(prompt, sampling)
+            self.generation = self.service.triton.generate(prompt, sampling, request_id)
         except BaseException:
             self.service.limiter.release(self._key)
             self._closed = True
