@@ -8,9 +8,10 @@
                                                        as it is (vLLM's names)
 
 The engine enforces the constraint whatever `strict` says (a strict: false schema is enforced
-too). Only the shape is checked here; the schema, regex or grammar itself is compiled by the
-engine before the request runs, and its error comes back naming `structured_outputs.<kind>`,
-which `renames` maps to the field this request used.
+too). Only the shape is checked here (this service imports nothing of the engine); the engine
+checks the rest, and compiles the schema, regex or grammar before the request runs: its error
+comes back naming `structured_outputs.<kind>`, which `renames` maps to the field this request
+used.
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pagedllm.structured_outputs_params import StructuredOutputsParams
 from pagedllm_openai.errors import bad_request
+
+# The engine's StructuredOutputsParams fields (pagedllm/structured_outputs_params.py).
+KINDS = ("json", "regex", "choice", "grammar", "json_object")
+OPTIONS = ("disable_any_whitespace",)
 
 
 class JsonSchemaFormat(BaseModel):
@@ -54,11 +58,15 @@ def structured_outputs(response_format: ResponseFormat | None,
         if response_format is not None and response_format.type != "text":
             raise bad_request("give either response_format or structured_outputs, not both",
                               "structured_outputs")
-        try:
-            params = StructuredOutputsParams.from_json(extra)
-        except (ValueError, TypeError) as e:
-            raise bad_request(str(e), "structured_outputs") from None
-        return params.to_json(), {f"structured_outputs.{params.kind}": "structured_outputs"}
+        unknown = sorted(set(extra) - set(KINDS) - set(OPTIONS))
+        if unknown:
+            raise bad_request(f"unknown structured_outputs field {unknown[0]!r}; known: "
+                              f"{', '.join(KINDS + OPTIONS)}", "structured_outputs")
+        given = [k for k in KINDS if extra.get(k) not in (None, False)]
+        if len(given) != 1:
+            raise bad_request(f"structured_outputs must set exactly one of {', '.join(KINDS)}; "
+                              f"got {given or 'none'}", "structured_outputs")
+        return dict(extra), {"structured_outputs": "structured_outputs"}
     if response_format is None or response_format.type == "text":
         return None, {}
     if response_format.type == "json_object":

@@ -323,3 +323,20 @@ def test_cors_origins_only_when_configured(triton, service, tmp_path):
                 assert f"access-control-allow-origin: {allowed}" in out
     finally:
         own.stop()
+
+
+# ---- Triton's own API: sampling_parameters with vLLM's names ------------------------------------
+
+def test_triton_sampling_parameters_carry_structured_outputs(triton):
+    from live_server import stream
+    params = {"max_tokens": 200, "temperature": 1.0, "seed": 5,
+              "structured_outputs": {"json": schema(7)}}
+    result = stream(triton.grpc_url, "Hello", params)
+    assert result.error is None and result.finish_reason == "stop"
+    jsonschema.validate(json.loads(result.text), schema(7))
+    old = stream(triton.grpc_url, "Hello", {"max_tokens": 8, "guided_decoding":
+                                            json.dumps({"choice": ["left", "right"]})},
+                 stream=False)
+    assert old.text in ("left", "right")
+    bad = stream(triton.grpc_url, "Hello", {"structured_outputs": {"regex": "(ab"}})
+    assert bad.error is not None and "structured_outputs.regex is not valid" in bad.error

@@ -167,3 +167,12 @@ def test_tools_and_tool_results_reach_the_template():
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
     text = template.render(messages, tools=TOOLS)
     assert text == "TOOLS:get_weather;add;user:weather?|assistant:Rome|tool:sunny|"
+
+
+def test_the_engine_request_id_is_tritons_unless_taken():
+    import fake_pb_utils
+    fake_pb_utils.install()
+    from pagedllm_backends.pagedllm.model import engine_request_id
+    assert engine_request_id("abc-42", "tok", {}) == "abc-42"
+    assert engine_request_id("abc-42", "tok", {"abc-42": object()}) == "tok"
+    assert engine_request_id("", "tok", {}) == "tok"
