@@ -77,7 +77,8 @@ async def create_chat_completion(service: Service, request: Request) -> Response
     if req.max_completion_tokens is not None:
         renames["max_tokens"] = "max_completion_tokens"
     function = req.tool_choice.function.name if mode == "named" else None
-    answers = [ChoiceAnswer(mode, service.tool_parser, function) for _ in range(req.n)]
+    answers = [ChoiceAnswer(mode, service.tool_parser, function, req.parallel_tool_calls)
+               for _ in range(req.n)]
     run = Run(service, request, "chat", "messages", renames).start(
         prompt, req.sampling(req.max_new_tokens(), top, so), request_id(request))
     model = service.config.served_model_name

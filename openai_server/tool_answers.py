@@ -9,7 +9,8 @@
                      "tool_calls" when it made calls
 
 A choice cut short (finish "length") keeps its text as content and its finish reason: its calls
-would be incomplete.
+would be incomplete. Without parallel tool calls, an "auto" answer keeps only its first call
+("required" is held to one call by its grammar).
 """
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ class ChoiceAnswer:
         mode: None, "auto", "required" or "named" (tools.mode).
         parser: the tool-call parser for "auto" (tool_parsers.PARSERS).
         function: the named function ("named").
+        parallel: whether several calls may be made (parallel_tool_calls).
     """
 
-    def __init__(self, mode: str | None, parser: str, function: str | None = None) -> None:
+    def __init__(self, mode: str | None, parser: str, function: str | None = None,
+                 parallel: bool = True) -> None:
         self.mode = mode
+        self.parallel = parallel
         self.parser = parser
         self.function = function
         self._stream = ToolCallStream(parser) if mode == "auto" else None
@@ -46,6 +50,7 @@ class ChoiceAnswer:
             calls = parse_required(text)
             return (None, calls, "tool_calls") if calls else (text, [], finish)
         content, calls = extract(self.parser, text)
+        calls = calls if self.parallel else calls[:1]
         return content, calls, ("tool_calls" if calls else finish)
 
     def feed(self, text: str) -> tuple[str, list[DeltaToolCall]]:
@@ -53,7 +58,7 @@ class ChoiceAnswer:
         if self.mode is None:
             return text, []
         if self.mode == "auto":
-            return self._stream.feed(text)
+            return self._first_only(*self._stream.feed(text))
         self._text += text
         if self.mode == "named" and text:
             if self._named is None:
@@ -64,12 +69,16 @@ class ChoiceAnswer:
             return "", [DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=text))]
         return "", []
 
+    def _first_only(self, content: str, calls: list[DeltaToolCall]
+                    ) -> tuple[str, list[DeltaToolCall]]:
+        return content, calls if self.parallel else [c for c in calls if c.index == 0]
+
     def end(self, finish: str | None) -> tuple[str, list[DeltaToolCall], str | None]:
         """(content, tool-call pieces, finish reason) at the end of the choice."""
         if self.mode is None:
             return "", [], finish
         if self.mode == "auto":
-            content, calls = self._stream.finish()
+            content, calls = self._first_only(*self._stream.finish())
             return content, calls, ("tool_calls" if self._stream.num_calls else finish)
         if self.mode == "named":
             return "", [], finish

@@ -90,6 +90,11 @@ def test_tool_modes_and_grammars():
 
 def test_choice_answers():
     args = '{"a": 1, "b": 2}'
+    content, calls, finish = ChoiceAnswer("auto", "hermes", parallel=False).whole(HERMES, None)
+    assert [c.function.name for c in calls] == ["get_weather"] and finish == "tool_calls"
+    one = ChoiceAnswer("auto", "hermes", parallel=False)
+    streamed = one.feed(HERMES)[1] + one.end("stop")[1]
+    assert [c.function.name for c in streamed] == ["get_weather"]
     content, calls, finish = ChoiceAnswer("named", "hermes", "add").whole(args, "stop")
     assert content is None and calls[0].function.arguments == args and finish == "stop"
     required = json.dumps([{"name": "add", "parameters": {"a": 1, "b": 2}}])
