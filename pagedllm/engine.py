@@ -332,7 +332,8 @@ class LLMEngine:
             if st.matcher is not None and st.matcher.advance(token):
                 # the grammar is complete (it ends by accepting EOS, which the output leaves out)
                 finishing[r.request_id] = RequestStatus.FINISHED_STOPPED
-            elif token in st.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
+            elif (token in st.stop_ids
+                  or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens):
                 status = stop_checker.check_token(r, token)
                 if status is not None:
                     finishing[r.request_id] = status

@@ -1,8 +1,8 @@
 """Turns one step's logits into one token per request.
 
 The order follows vLLM: a constrained row's grammar bitmask first, then logprobs (from the logits
-as the grammar left them), forbidden tokens, allowed_token_ids and logit_bias, penalties, and either argmax (greedy rows) or
-temperature -> top_k -> top_p -> min_p -> a random draw.
+as the grammar left them), forbidden tokens, allowed_token_ids and logit_bias, penalties, and
+either argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
 
 Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
 needs exactly `vocab` random numbers. A row with its own generator draws them from it alone:
@@ -206,8 +206,8 @@ def _plain_greedy(row: SamplingRow) -> bool:
     p = row.params
     return (p.is_greedy and p.logprobs is None and not row.suppress_token_ids
             and row.token_bitmask is None and p.logit_bias is None
-            and p.allowed_token_ids is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-            and p.frequency_penalty == 0.0)
+            and p.allowed_token_ids is None and p.repetition_penalty == 1.0
+            and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0)
 
 
 def _raw_logprobs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor | None:
