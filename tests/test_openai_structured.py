@@ -71,10 +71,11 @@ def test_100_json_schema_requests_validate_streamed_and_not(service):
     client = service.client()
 
     def ask(i: int) -> tuple[str, str | None]:
+        """Requests 0-99 whole, 100-199 streamed, each pair with schema i % 100."""
         kw = dict(model="default", messages=USER, max_tokens=256, seed=i,
                   temperature=0.0 if i % 3 == 0 else 1.0,
-                  response_format=_json_schema_format(i))
-        if i % 2:
+                  response_format=_json_schema_format(i % 100))
+        if i >= 100:
             chunks = list(client.chat.completions.create(stream=True, **kw))
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             return text, chunks[-1].choices[0].finish_reason
@@ -82,10 +83,10 @@ def test_100_json_schema_requests_validate_streamed_and_not(service):
         return r.choices[0].message.content, r.choices[0].finish_reason
 
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(ask, range(100)))
+        answers = list(pool.map(ask, range(200)))
     for i, (text, finish) in enumerate(answers):
         assert finish == "stop", (i, text)
-        jsonschema.validate(json.loads(text), schema(i))
+        jsonschema.validate(json.loads(text), schema(i % 100))
 
 
 def test_json_object_choice_regex_and_grammar(service):
@@ -266,6 +267,7 @@ def test_vllm_sampling_fields_equal_the_offline_engine(service, offline):
         {"logit_bias": {"42": 100}},
         {"allowed_token_ids": [7, 300, 1000]},
         {"bad_words": [offline.get_tokenizer().decode(plain.token_ids[2:3]).strip()]},
+        {"skip_special_tokens": False},
     ]
     for extra in cases:
         fields = {"temperature": 0, "max_tokens": 12, "ignore_eos": True, **extra}
