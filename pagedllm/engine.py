@@ -8,6 +8,10 @@ loop (engine_loop.py) wraps it in a thread for servers.
 A request asking for n > 1 completions (`SamplingParams.n`) runs as n sequences, each an engine
 request of its own (the scheduler and the KV cache see n requests); they share the caller's
 request id, and deltas and outputs carry each sequence's `index`.
+
+Structured outputs (`SamplingParams.structured_outputs`): the grammar is compiled (and cached) in
+add_request; each sequence has its own matcher, whose bitmask masks its row's logits at every
+sampling step and which accepts every token appended; the sequence stops when its grammar ends.
 """
 from __future__ import annotations
 
@@ -60,6 +64,8 @@ class LLMEngine:
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
                                  else on_cuda)
         self._in_flight: _Launched | None = None  # the launched step not read back yet
+        self._grammars = None  # GrammarCompiler, made for the first constrained request
+        self._host_rows = False  # a request's sampling needs its last token on the host
         if on_cuda:
             # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
             # as the engine. Frozen, Python's full collections no longer walk it: the first of them
@@ -93,6 +99,7 @@ class LLMEngine:
             text = None
             prompt_ids = list(prompt)
         self._check_prompt(prompt_ids)
+        self._check_token_ids(params)
         room = self.max_model_len - len(prompt_ids)
         if self.config.strict_max_tokens and params.max_tokens is not None \
                 and params.max_tokens > room:
@@ -100,14 +107,18 @@ class LLMEngine:
                              f"{len(prompt_ids)} tokens and max_model_len is {self.max_model_len}: "
                              f"at most {room} tokens can follow it")
         max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
+        grammar = self._compile(params) if params.structured_outputs is not None else None
+        bad_words = self._bad_words_ids(params.bad_words) if params.bad_words else ()
         ids = [request_id] if params.n == 1 else [f"{request_id}{_SEP}{i}" for i in range(params.n)]
         self._groups[request_id] = _Group(ids, params.n, text)
         for index, child_id in enumerate(ids):
-            self._add_sequence(request_id, index, child_id, prompt_ids, params, max_tokens)
+            self._add_sequence(request_id, index, child_id, prompt_ids, params, max_tokens,
+                               grammar, bad_words)
         self.num_prompt_tokens_total += len(prompt_ids)
 
     def _add_sequence(self, group_id: str, index: int, request_id: str, prompt_ids: list[int],
-                      params: SamplingParams, max_tokens: int) -> None:
+                      params: SamplingParams, max_tokens: int, grammar=None,
+                      bad_words: tuple[tuple[int, ...], ...] = ()) -> None:
         eos = self.model_config.eos_token_ids
         generator = None
         if params.seed is not None:  # sequence i of a seeded request draws with seed + i
@@ -117,16 +128,42 @@ class LLMEngine:
             index=index,
             sampling_row=SamplingRow(params=params, prompt_token_ids=prompt_ids,
                                      output_token_ids=(), generator=generator),
-            row_varies=_uses_penalties(params) or params.min_tokens > 0,
+            row_varies=(_uses_penalties(params) or params.min_tokens > 0 or grammar is not None
+                        or bool(bad_words)),
             detok=self.detokenizer.new_state(prompt_ids, params.skip_special_tokens),
             stop_ids=stop_checker.stopping_ids(params, eos),
             stop_holdback=stop_checker.holdback(params),
             generator=generator,
-            logprobs=[] if params.logprobs is not None else None)
+            logprobs=[] if params.logprobs is not None else None,
+            matcher=self._new_matcher(grammar) if grammar is not None else None,
+            bad_words_ids=bad_words)
+        self._host_rows = self._host_rows or grammar is not None or bool(bad_words)
         request = Request(request_id=request_id, prompt_token_ids=prompt_ids, sampling_params=params,
                           max_tokens=max_tokens, eos_token_ids=eos, state=state)
         self.requests[request_id] = request
         self.scheduler.add_request(request)
+
+    def _compile(self, params: SamplingParams):
+        """The request's compiled grammar (ValueError naming the field when it has none)."""
+        if self._grammars is None:
+            from pagedllm.structured_outputs import GrammarCompiler  # xgrammar: ~2 s to import
+            self._grammars = GrammarCompiler(self.config.model, self.model_config.vocab_size,
+                                             self.model_config.eos_token_ids)
+        return self._grammars.compile(params.structured_outputs)
+
+    def _bad_words_ids(self, words: list[str]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word's tokens, alone and after a space (vLLM's rule)."""
+        out = set()
+        for word in words:
+            for text in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode_plain(text)
+                if ids:
+                    out.add(tuple(ids))
+        return tuple(sorted(out))
+
+    def _new_matcher(self, grammar):
+        from pagedllm.structured_outputs import Matcher
+        return Matcher(grammar, self._grammars.vocab_size)
 
     def abort_request(self, request_id: str) -> list[StreamDelta]:
         """Abort a request in any state: the final delta of each of its unfinished sequences (the
@@ -179,13 +216,23 @@ class LLMEngine:
         With async scheduling the step launched here is not waited for: the deltas returned are
         those of the step launched by the previous call, read back while this one runs.
         """
-        out = self.scheduler.schedule()
         if not self.async_scheduling:
+            out = self.scheduler.schedule()
             if out.is_empty:
                 return []
             launched = self._launch(out)
             return self._process(launched)
         previous, self._in_flight = self._in_flight, None
+        if previous is not None and previous.constrained:
+            # NOTE: a constrained row's bitmask needs its matcher to have accepted the row's last
+            # token, so the step after one with a constrained row does not overlap: it reads that
+            # step's tokens back first, then schedules (as a synchronous step does).
+            deltas = self._process(previous)
+            out = self.scheduler.schedule()
+            if not out.is_empty:
+                self._in_flight = self._launch(out)
+            return deltas
+        out = self.scheduler.schedule()
         if not out.is_empty:
             self._in_flight = self._launch(out)
         return self._process(previous) if previous is not None else []
@@ -225,7 +272,9 @@ class LLMEngine:
                 # follows it, so it is not pending (the scheduler does not run the request again)
                 if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
                     r.num_pending += 1
-        return _Launched(sampling, handle)
+        constrained = self._host_rows and any(
+            r.state.matcher is not None or r.state.bad_words_ids for r in sampling)
+        return _Launched(sampling, handle, constrained)
 
     def _sampling_row(self, r: Request) -> SamplingRow:
         """Update the parts of a request's SamplingRow that change from step to step.
@@ -243,6 +292,16 @@ class LLMEngine:
             row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
         elif row.suppress_token_ids:
             row.suppress_token_ids = ()
+        if r.state.bad_words_ids:  # (step() reads such a row's last token back first)
+            out = r.all_token_ids[r.num_prompt_tokens:]
+            row.suppress_token_ids = tuple(row.suppress_token_ids) + tuple(
+                w[-1] for w in r.state.bad_words_ids
+                if len(w) == 1 or tuple(out[len(out) - len(w) + 1:]) == w[:-1])
+        if r.state.matcher is not None:
+            if r.num_pending:  # (step() reads a constrained row's token back before this)
+                raise RuntimeError(f"request {r.request_id}: a constrained row with a pending "
+                                   "token")
+            row.token_bitmask = r.state.matcher.fill_mask()
         return row
 
     def _process(self, launched: _Launched) -> list[StreamDelta]:
@@ -270,7 +329,11 @@ class LLMEngine:
             if lp is not None:
                 st.logprobs.append(lp)
                 st.cumulative_logprob += lp[token]
-            if token in st.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
+            if st.matcher is not None and st.matcher.advance(token):
+                # the grammar is complete (it ends by accepting EOS, which the output leaves out)
+                finishing[r.request_id] = RequestStatus.FINISHED_STOPPED
+            elif (token in st.stop_ids
+                  or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens):
                 status = stop_checker.check_token(r, token)
                 if status is not None:
                     finishing[r.request_id] = status
@@ -353,6 +416,14 @@ class LLMEngine:
                              f"{self.max_model_len}{capped} (prompt + at least one output token "
                              f"must fit)")
 
+    def _check_token_ids(self, p: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        for name, ids in (("allowed_token_ids", p.allowed_token_ids or ()),
+                          ("logit_bias", p.logit_bias or ())):
+            bad = [t for t in ids if t >= vocab]
+            if bad:
+                raise ValueError(f"{name} must name token ids in [0, {vocab}), got {bad[:5]}")
+
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix if no request holds KV blocks; returns whether it did."""
         return self.kv_cache.reset_prefix_cache()
@@ -382,6 +453,8 @@ class _Launched:
 
     requests: list[Request]
     handle: object  # SampleHandle: result() -> SamplerOutput
+    constrained: bool = False  # a row needs its tokens on the host (the next step reads them
+    #                            back before it launches): a grammar, or bad words
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # NOTE: types only: the scheduler and its tests import this w
 
     from pagedllm.detokenizer import DetokState
     from pagedllm.layers.sampler import SamplingRow
+    from pagedllm.structured_outputs import Matcher
 
 
 class RequestStatus(enum.Enum):
@@ -51,6 +52,12 @@ class OutputState:
         num_text_sent: how much of `text` the deltas have carried.
         logprobs: per output token, {token_id: logprob}, when the params ask for them.
         cumulative_logprob: the sum of the sampled tokens' logprobs.
+        matcher: where the sequence is in its grammar (structured outputs), else None. It has
+            accepted every token in all_token_ids past the prompt: preemption keeps the tokens,
+            so it keeps the matcher too.
+        bad_words_ids: the token sequences of the params' bad_words (each word with and without
+            a leading space); the last token of one is forbidden where the output ends with the
+            rest.
     """
 
     group_id: str
@@ -65,6 +72,8 @@ class OutputState:
     num_text_sent: int = 0
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
+    matcher: Matcher | None = None
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(slots=True, eq=False)

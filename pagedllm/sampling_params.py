@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from numbers import Integral, Real
 from typing import Any
 
+from pagedllm.structured_outputs_params import StructuredOutputsParams
+
 MAX_LOGPROBS = 20
 """Most top logprobs a request may ask for (vLLM's default `max_logprobs`)."""
 MAX_N = 64
@@ -28,7 +30,7 @@ _SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
 _INT_FIELDS = ("n", "max_tokens", "top_k", "min_tokens", "logprobs", "seed")
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty")
-_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
+_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output")
 _OPTIONAL_FIELDS = ("max_tokens", "seed", "stop", "stop_token_ids", "logprobs")
 
 
@@ -52,14 +54,24 @@ class SamplingParams:
         frequency_penalty: subtracted from a token's logit per time it appears in the output.
         seed: a per-request seed: the request samples the same tokens whatever else is batched
             (with n > 1, completion i draws with seed + i).
-        stop: strings that end the request when they appear in the output (not included in it);
-            at most MAX_STOP of them, each at most MAX_STOP_CHARS long.
+        stop: strings that end the request when they appear in the output (not included in it,
+            unless include_stop_str_in_output); at most MAX_STOP of them, each at most
+            MAX_STOP_CHARS long.
         stop_token_ids: token ids that end the request (in addition to EOS); at most
             MAX_STOP_TOKEN_IDS.
         ignore_eos: keep generating after EOS (benchmarks).
         min_tokens: EOS and stop_token_ids are forbidden until this many tokens were generated.
         logprobs: return the log-probabilities of this many top tokens (plus the sampled one).
         skip_special_tokens: leave special tokens out of the output text.
+        include_stop_str_in_output: keep the stop string that ended the request in its text.
+        logit_bias: {token id: bias}, added to those tokens' logits (OpenAI's [-100, 100]).
+        allowed_token_ids: only these tokens may be sampled.
+        bad_words: words never generated: the last token of each word's tokens (with and
+            without a leading space) is forbidden wherever the output ends with the rest.
+        structured_outputs: the output must follow this JSON Schema, regex, choice or grammar
+            (a StructuredOutputsParams, or a dict of its fields); each step masks the tokens
+            that would break it, and the request stops when the grammar is complete. It cannot
+            be combined with min_tokens (the grammar decides where the output ends).
     """
 
     n: int = 1
@@ -78,6 +90,11 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -92,6 +109,19 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self.stop = _normalise_stop(self.stop)
         self.stop_token_ids = _normalise_stop_token_ids(self.stop_token_ids)
+        self.logit_bias = _normalise_logit_bias(self.logit_bias)
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids)
+            if not self.allowed_token_ids:
+                raise ValueError("allowed_token_ids must not be empty (or None: every token)")
+        if self.bad_words is not None:
+            if (not isinstance(self.bad_words, (list, tuple))
+                    or not all(isinstance(w, str) and w for w in self.bad_words)):
+                raise ValueError(f"bad_words must be a list of non-empty strings, "
+                                 f"got {self.bad_words!r}")
+            self.bad_words = list(self.bad_words)
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.from_json(self.structured_outputs)
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -123,6 +153,9 @@ class SamplingParams:
                              f"got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.structured_outputs is not None and self.min_tokens:
+            raise ValueError("min_tokens cannot be combined with structured_outputs (the "
+                             "grammar decides where the output ends)")
 
     @property
     def is_greedy(self) -> bool:
@@ -151,6 +184,10 @@ class SamplingParams:
                 f"sampling parameters must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {}
+        if "guided_decoding" in data and "structured_outputs" not in data:
+            # (vLLM's name for structured_outputs before 0.10.2; its clients still send it)
+            data = {("structured_outputs" if k == "guided_decoding" else k): v
+                    for k, v in data.items()}
         for name, value in data.items():
             if name not in known:
                 raise ValueError(f"unknown sampling parameter {name!r}; known: {sorted(known)}")
@@ -189,27 +226,59 @@ def _normalise_stop(stop: object) -> list[str]:
 
 
 def _normalise_stop_token_ids(ids: object) -> list[int]:
-    if ids is None:
-        return []
+    return [] if ids is None else _token_ids("stop_token_ids", ids)
+
+
+def _token_ids(name: str, ids: object) -> list[int]:
     if not isinstance(ids, (list, tuple)):
-        raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
-    if len(ids) > MAX_STOP_TOKEN_IDS:
-        raise ValueError(f"stop_token_ids must hold at most {MAX_STOP_TOKEN_IDS} ids, got "
+        raise ValueError(f"{name} must be a list of ints, got {ids!r}")
+    if name == "stop_token_ids" and len(ids) > MAX_STOP_TOKEN_IDS:
+        raise ValueError(f"{name} must hold at most {MAX_STOP_TOKEN_IDS} ids, got "
                          f"{len(ids)}")
     out = []
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, Integral) or i < 0:
-            raise ValueError(f"stop_token_ids must be non-negative ints, got {i!r}")
+            raise ValueError(f"{name} must be non-negative ints, got {i!r}")
         out.append(int(i))
     return out
+
+
+def _normalise_logit_bias(bias: object) -> dict[int, float] | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a {{token id: bias}} object, got {bias!r}")
+    out = {}
+    for key, value in bias.items():
+        try:
+            token = int(key) if not isinstance(key, bool) else -1
+        except (TypeError, ValueError):
+            token = -1
+        if token < 0 or (isinstance(key, float) and not key.is_integer()):
+            raise ValueError(f"logit_bias keys must be token ids (ints >= 0), got {key!r}")
+        if isinstance(value, str):  # (as vllm_backend clients send numbers)
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        value = _as_float("logit_bias", value)
+        if not -100 <= value <= 100:
+            raise ValueError(f"logit_bias values must be in [-100, 100], got {value}")
+        out[token] = value
+    return out or None
 
 
 def _coerce_json(name: str, value: Any) -> Any:
     """Turns a JSON value into the Python type of field `name`; leaves the rest to validation."""
     if value is None:
         return None
-    if name in _INT_FIELDS or name == "stop_token_ids":
-        if name == "stop_token_ids" and isinstance(value, list):
+    if name == "structured_outputs" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"structured_outputs is not a JSON object: {e}") from None
+    if name in _INT_FIELDS or name in ("stop_token_ids", "allowed_token_ids"):
+        if name in ("stop_token_ids", "allowed_token_ids") and isinstance(value, list):
             return [_json_int(name, v) for v in value]
         return _json_int(name, value)
     if name in _FLOAT_FIELDS and isinstance(value, str):

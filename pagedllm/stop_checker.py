@@ -1,7 +1,8 @@
 """When does a request stop? EOS, stop token ids, max_tokens, and stop strings.
 
 Stop strings are never emitted, not even partly: the streamed text holds back the last
-`max(len(stop)) - 1` characters until it is known that no stop string starts there.
+`max(len(stop)) - 1` characters until it is known that no stop string starts there. With
+`include_stop_str_in_output` the stop string ends the text instead (nothing is held back).
 """
 from __future__ import annotations
 
@@ -43,11 +44,14 @@ def find_stop_string(r: Request, num_new_chars: int) -> bool:
             best = (i, s)
     if best is None:
         return False
-    r.state.text = text[:best[0]]
+    end = best[0] + len(best[1]) if r.sampling_params.include_stop_str_in_output else best[0]
+    r.state.text = text[:end]
     r.stop_reason = best[1]
     return True
 
 
 def holdback(p: SamplingParams) -> int:
     """Characters at the end of a text that may still turn out to begin one of p's stop strings."""
-    return max(map(len, p.stop)) - 1 if p.stop else 0
+    if not p.stop or p.include_stop_str_in_output:
+        return 0
+    return max(map(len, p.stop)) - 1

@@ -50,6 +50,10 @@ class Tokenizer:
         """Token ids of `text`, with the special tokens the tokenizer adds itself."""
         return self._tok.encode(text, add_special_tokens=True).ids
 
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` alone, without the tokenizer's special tokens (bad_words)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` of each text, in one call to the Rust side."""
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]

@@ -140,12 +140,13 @@ def test_chat_request_validation_names_the_field(body, param):
 
 
 def test_completion_request_prompt_forms():
-    assert CompletionRequest(prompt="hi").prompt == "hi"
-    assert CompletionRequest(prompt=["hi"]).prompt == "hi"
-    assert CompletionRequest(prompt=[1, 2, 3]).prompt == [1, 2, 3]
-    assert CompletionRequest(prompt=[[1, 2]]).prompt == [1, 2]
+    assert CompletionRequest(prompt="hi").prompts() == ["hi"]
+    assert CompletionRequest(prompt=["hi"]).prompts() == ["hi"]
+    assert CompletionRequest(prompt=[1, 2, 3]).prompts() == [[1, 2, 3]]
+    assert CompletionRequest(prompt=[[1, 2]]).prompts() == [[1, 2]]
+    assert CompletionRequest(prompt=["a", "b"]).prompts() == ["a", "b"]
     assert CompletionRequest(prompt="hi").max_tokens == 16  # OpenAI's and vLLM's default
-    for bad in ("", [], ["a", "b"], [-1]):
+    for bad in ("", [], ["a", ""], [-1], [[1], [-1]]):
         with pytest.raises(ValueError):
             CompletionRequest(prompt=bad)
     sampling = CompletionRequest(prompt="x", temperature=0, stop="\n", seed=3, ignore_eos=True,

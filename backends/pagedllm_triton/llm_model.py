@@ -29,6 +29,10 @@ forwarding our responses), so a client cancels by token: every response of a req
 `cancel_token`, a random token this model issued for it, and a request whose input `cancel`
 holds that token aborts it. Only whoever reads the request's responses knows its token: no
 client can cancel another's request (Triton's request ids are chosen by clients, and guessable).
+
+The engine's request id is Triton's request id (the OpenAI service's X-Request-Id), so that logs
+and traces name requests as their clients do; a request without one, or whose id a live request
+already has, runs under its cancel token instead.
 """
 from __future__ import annotations
 
@@ -92,6 +96,7 @@ class _Live:
     arrival: float
     last_token_time: float | None = None
     cancelled: bool = False
+    cancel_token: str = ""
 
 
 class TritonPythonModel:
@@ -119,8 +124,9 @@ class TritonPythonModel:
         if int(restarts.get("string_value", "0") or 0):
             self.metrics.engine_restarts.increment(int(restarts["string_value"]))
         self._deltas: queue.SimpleQueue = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}  # by cancel_token, which is also the engine's request id
-        self._live_lock = threading.Lock()  # _live: added by execute(), removed by the sender
+        self._live: dict[str, _Live] = {}  # by the engine's request id
+        self._tokens: dict[str, str] = {}  # cancel_token -> the engine's request id
+        self._live_lock = threading.Lock()  # both: added by execute(), removed by the sender
         self._sender = threading.Thread(target=self._send_loop, name="pagedllm-sender",
                                         daemon=True)
         self._sender.start()
@@ -180,7 +186,7 @@ class TritonPythonModel:
         if inputs.cancel:
             self._cancel(sender, inputs.cancel_token)
             return
-        # NOTE: the token is the engine's request id too: unique, and never the client's choice.
+        # NOTE: the cancel token is never the client's choice (the engine's id may be).
         token = secrets.token_urlsafe(16)
         params = inputs.params
         text_ids = self.text_ids[params.skip_special_tokens]
@@ -190,19 +196,22 @@ class TritonPythonModel:
             want_logprobs=params.logprobs is not None, prompt_ids=prompt,
             num_input_tokens=len(inputs.prompt_token_ids), cancel_token=token)
         with self._live_lock:
-            self._live[token] = _Live(sender, responses, time.monotonic())
-        self.loop.submit(token, inputs.prompt_token_ids, params, sink=self._deltas.put)
+            engine_id = engine_request_id(request.request_id(), token, self._live)
+            self._live[engine_id] = _Live(sender, responses, time.monotonic(), cancel_token=token)
+            self._tokens[token] = engine_id
+        self.loop.submit(engine_id, inputs.prompt_token_ids, params, sink=self._deltas.put)
 
     def _cancel(self, sender, token: str) -> None:
         """Aborts the live request `token` names; the reply is this cancel request's only one."""
         with self._live_lock:
-            live = token in self._live
+            engine_id = self._tokens.get(token)
+            live = engine_id is not None and engine_id in self._live
         if not live:
             _send_error(sender, "input 'cancel' names no live request (it finished, or the "
                                 "token is not a cancel_token this server issued)",
                         "invalid_argument")
             return
-        self.loop.abort(token)
+        self.loop.abort(engine_id)
         responses = RequestResponses(
             text_ids=self.text_ids[True], names=self.text_ids[False], stream=True, n=1,
             want_logprobs=False, prompt_ids=[], num_input_tokens=0, cancel_token=token)
@@ -251,6 +260,7 @@ class TritonPythonModel:
             live = self._live.get(request_id)
             if live is not None and finished:
                 del self._live[request_id]
+                self._tokens.pop(live.cancel_token, None)
         if live is None:
             return
         self._observe(live, deltas, finished)
@@ -274,6 +284,8 @@ class TritonPythonModel:
         """Ends a request whose response could not be built: an error, its engine work aborted."""
         with self._live_lock:
             live = self._live.pop(request_id, None)
+            if live is not None:
+                self._tokens.pop(live.cancel_token, None)
         if live is not None:
             self.loop.abort(request_id)
             _send_error(live.sender, message, "internal")
@@ -296,6 +308,14 @@ class TritonPythonModel:
             if not live.cancelled and live.sender.is_cancelled():
                 live.cancelled = True
                 self.loop.abort(request_id)
+
+
+def engine_request_id(client_id: str, token: str, live: dict) -> str:
+    """The engine's id for a request: Triton's request id when it has one that no live request
+    has, else its cancel token (unique)."""
+    if client_id and client_id not in live:
+        return client_id
+    return token
 
 
 def _response(arrays: dict[str, np.ndarray]):

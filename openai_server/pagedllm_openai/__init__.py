@@ -19,6 +19,12 @@ files, one job each:
     generation_run.py  one request's run: slot, stream, disconnects, cleanup (both endpoints)
     completions.py     /v1/completions: request -> Triton, responses -> OpenAI objects
     chat.py            /v1/chat/completions, the same for chat
+    response_format.py response_format / structured_outputs -> the engine's constraint
+    tools.py           tools and tool_choice: modes, the grammars of required / named choices
+    tool_parsers.py    the model's tool-call syntax (hermes, llama3_json), whole or streamed
+    tool_answers.py    what one chat choice's text becomes: content, tool calls or both
+    tokenize.py        /tokenize, /detokenize, /version (vLLM's)
+    request_id.py      X-Request-Id: echoed, and the request's id downstream
     logprobs.py        Triton's logprobs JSON -> OpenAI's two logprobs shapes
     sse.py             server-sent events that cancel their generation when the client goes
     proxy.py           /v2/...: Triton's own HTTP API, behind the body-size guard

@@ -5,9 +5,12 @@
     POST /v1/chat/completions       chat.py
     GET  /v1/health/live|ready      health.py
     GET  /v1/metrics                health.py
+    POST /tokenize, /detokenize     tokenize.py (vLLM's)
+    GET  /version                   tokenize.py
     *    /v2, /v2/...               proxy.py (Triton's own HTTP API, guarded)
 
 With API keys configured, every route but health and metrics needs one (api_keys.py: 401).
+X-Request-Id is echoed (request_id.py); CORS headers only for the configured allowed_origins.
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` with its status (on /v2,
 Triton's own shape `{"error": "<message>"}`): validation errors name the field, unexpected
@@ -26,15 +29,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pagedllm_openai import chat, completions, health, proxy
+from pagedllm_openai import chat, completions, health, proxy, tokenize
 from pagedllm_openai.api_keys import ApiKeys, RequireApiKey
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
 from pagedllm_openai.errors import OpenAIError
 from pagedllm_openai.limits import ClientLimiter
+from pagedllm_openai.request_id import EchoRequestId
 from pagedllm_openai.schemas import ModelCard, ModelList
 from pagedllm_openai.service import Service, validation_error
 from pagedllm_openai.tokenizer import ModelTokenizer
+from pagedllm_openai.tool_parsers import parser_for_template
 from pagedllm_openai.triton_client import TritonClient
 
 logger = logging.getLogger("pagedllm.openai")
@@ -64,8 +69,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64))
+        parser = config.tool_call_parser or parser_for_template(
+            template.source if template is not None else None)
         service = Service(config, tokenizer, template, triton, http,
-                          ClientLimiter(config.max_concurrent_per_client))
+                          ClientLimiter(config.max_concurrent_per_client), tool_parser=parser)
         app.state.service = service
         app.state.readiness = health.Readiness(service)
         try:
@@ -79,7 +86,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     _add_routes(app)
     _add_error_handlers(app)
     app.add_middleware(RequireApiKey, keys=ApiKeys.of(config.api_keys))
-    app.add_middleware(_CountRequests)  # (outermost: the 401s are counted too)
+    app.add_middleware(_CountRequests)
+    if config.allowed_origins:
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-Id"])
+    app.add_middleware(EchoRequestId)
     return app
 
 
@@ -97,6 +110,18 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
         return await chat.create_chat_completion(_service(request), request)
+
+    @app.post("/tokenize")
+    async def tokenize_(request: Request):
+        return await tokenize.tokenize(_service(request), request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return await tokenize.detokenize(_service(request), request)
+
+    @app.get("/version")
+    async def version():
+        return tokenize.version()
 
     @app.get("/v1/health/live")
     async def live():

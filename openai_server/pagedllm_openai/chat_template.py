@@ -6,8 +6,8 @@ The template is the checkpoint's own: `chat_template.jinja` in the model directo
 ImmutableSandboxedEnvironment(trim_blocks, lstrip_blocks, loopcontrols), `raise_exception` and
 `strftime_now` globals, a `tojson` filter that does not escape HTML or non-ASCII, and a
 `{% generation %}` block that renders its body unchanged. The variables are transformers' too:
-`messages`, `add_generation_prompt`, `tools`/`documents` (None here) and the special tokens that
-are set (bos_token, eos_token, ...), then the request's `chat_template_kwargs`.
+`messages`, `add_generation_prompt`, `tools` (the request's, as OpenAI sends them, or None),
+`documents` (None) and the special tokens that are set (bos_token, eos_token, ...), then the request's `chat_template_kwargs`.
 
 A template that raises (its `raise_exception`, or any error on these messages) is the request's
 fault: a 400 naming `messages`.
@@ -96,6 +96,7 @@ class ChatTemplate:
                 from None
         self.special_tokens = dict(special_tokens)
         self.strip_bos = strip_bos
+        self.source = source
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, tokenizer: ModelTokenizer) -> ChatTemplate | None:
@@ -108,7 +109,7 @@ class ChatTemplate:
         return cls(source, special, strip)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True,
-               extra: dict | None = None) -> str:
+               extra: dict | None = None, tools: list[dict] | None = None) -> str:
         """The prompt text for `messages`.
 
         When the tokenizer adds a BOS itself (Llama's post-processor) and the template also
@@ -125,7 +126,7 @@ class ChatTemplate:
         variables = {**self.special_tokens,
                      **{k: v for k, v in (extra or {}).items() if k not in reserved}}
         try:
-            text = self._template.render(messages=messages, tools=None, documents=None,
+            text = self._template.render(messages=messages, tools=tools, documents=None,
                                          add_generation_prompt=add_generation_prompt,
                                          **variables)
         except jinja2.TemplateError as e:

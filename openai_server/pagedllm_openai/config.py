@@ -41,6 +41,11 @@ class ServiceConfig:
         ready_cache_s: how long a readiness probe's answer is reused.
         api_keys: the keys a client must present (api_keys.py); empty: none required. Left out
             of the repr, so a logged config shows no key.
+        tool_call_parser: how `tool_choice: auto` reads the model's tool calls ("hermes" or
+            "llama3_json"); None: from the chat template (llama3_json for Llama 3's, else
+            hermes).
+        allowed_origins: the origins a browser may call the API from (CORS); empty: none (no
+            CORS headers at all); ["*"]: any.
     """
 
     model_dir: Path
@@ -62,6 +67,8 @@ class ServiceConfig:
     request_timeout_s: float = 600.0
     ready_cache_s: float = 1.0
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    tool_call_parser: str | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -71,6 +78,10 @@ class ServiceConfig:
             raise ValueError("served_model_name must not be empty")
         self.triton_http_url = self.triton_http_url.rstrip("/")
         self.api_keys = tuple(self.api_keys)
+        if self.tool_call_parser not in (None, "hermes", "llama3_json"):
+            raise ValueError("tool_call_parser must be 'hermes' or 'llama3_json', got "
+                             f"{self.tool_call_parser!r}")
+        self.allowed_origins = tuple(self.allowed_origins)
         for name in ("max_body_bytes", "max_prompt_chars", "max_concurrent_per_client",
                      "max_stop_chars", "max_n"):
             if getattr(self, name) < 1:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pagedllm_openai.schemas import ErrorInfo, ErrorResponse
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           403: "invalid_request_error", 404: "invalid_request_error",
@@ -38,6 +37,8 @@ class OpenAIError(Exception):
         return self.message
 
     def body(self) -> dict:
+        # (imported here: schemas imports the request models, which raise these errors)
+        from pagedllm_openai.schemas import ErrorInfo, ErrorResponse
         info = ErrorInfo(message=self.message, type=_TYPES.get(self.status, "error"),
                          param=self.param, code=self.code)
         return ErrorResponse(error=info).model_dump()
@@ -56,9 +57,12 @@ _INTERNAL = ("engine step failed",)
 # SamplingParams fields a message may name, as "<field> must ..." or "<field> is ...".
 _FIELDS = ("max_tokens", "min_tokens", "n", "temperature", "top_p", "top_k", "min_p",
            "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop",
-           "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens")
+           "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens", "logit_bias",
+           "allowed_token_ids", "bad_words", "include_stop_str_in_output")
 _FIELD_RE = re.compile(r"\b(" + "|".join(_FIELDS) + r")\b (?:must|is)\b")
 _UNKNOWN_RE = re.compile(r"unknown sampling parameter '(\w+)'")
+# The engine names a structured-output constraint it cannot compile "structured_outputs.<kind>".
+_STRUCTURED_RE = re.compile(r"\bstructured_outputs(\.\w+)?")
 _INPUT_RE = re.compile(r"input '(\w+)'")
 # Triton prefixes the errors of an ensemble's steps with this; the rest is the step's message.
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
@@ -87,6 +91,10 @@ def from_triton(message: str, prompt_param: str = "prompt",
 
 def _guess_param(text: str, prompt_param: str, renames: dict[str, str]) -> str | None:
     """The request field a message is about, where it names one."""
+    structured = _STRUCTURED_RE.search(text)
+    if structured:
+        name = structured.group(0)
+        return renames.get(name, renames.get("structured_outputs", name))
     unknown = _UNKNOWN_RE.search(text)
     if unknown:
         return renames.get(unknown.group(1), unknown.group(1))

@@ -52,11 +52,13 @@ class Run:
         self._closed = False
         self.generation = None
 
-    def start(self, prompt: str | Sequence[int], sampling: dict) -> Run:
-        """Takes the client's slot (429 when it has none left) and starts the generation."""
+    def start(self, prompt: str | Sequence[int], sampling: dict,
+              request_id: str | None = None) -> Run:
+        """Takes the client's slot (429 when it has none left) and starts the generation
+        (`request_id`: the client's X-Request-Id, or None)."""
         self.service.limiter.acquire(self._key)
         try:
-            self.generation = self.service.triton.generate(prompt, sampling)
+            self.generation = self.service.triton.generate(prompt, sampling, request_id)
         except BaseException:
             self.service.limiter.release(self._key)
             self._closed = True
@@ -119,6 +121,18 @@ class Run:
     def stream(self, events: AsyncIterator[str]) -> EventStream:
         """The SSE response for `events`; closing it (or the client leaving) closes the run."""
         return EventStream(events, on_disconnect=self._gone, on_close=self.close)
+
+
+def stream_all(runs: list[Run], events: AsyncIterator[str]) -> EventStream:
+    """Run.stream for the runs of one request (several prompts): closing it closes them all."""
+    def gone() -> None:
+        for run in runs:
+            run._gone()
+
+    def close() -> None:
+        for run in runs:
+            run.close()
+    return EventStream(events, on_disconnect=gone, on_close=close)
 
 
 def stream_error(e: Exception) -> dict:

@@ -2,9 +2,8 @@
 
 Shapes follow vLLM's OpenAI server (vllm/entrypoints/openai/protocol.py), which follows OpenAI's.
 Requests are validated here, so a bad value is a 400 naming its field before anything reaches
-Triton. Unknown request fields are ignored, as vLLM and OpenAI do; fields that would change the
-result but that this server cannot honour (tools, logit_bias, best_of > 1, ...) are refused by
-name rather than silently dropped.
+Triton. No field is silently dropped: an unknown field is a 400 naming it (vLLM and OpenAI
+ignore those), and fields this server cannot honour (best_of > 1, suffix) are refused by name.
 """
 from __future__ import annotations
 
@@ -14,10 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from pagedllm_openai.response_format import ResponseFormat
+from pagedllm_openai.tools import DeltaToolCall, Tool, ToolCall, ToolChoice
+
 MAX_N = 64            # the engine's limit (pagedllm.sampling_params.MAX_N)
 MAX_LOGPROBS = 20     # the engine's limit (pagedllm.sampling_params.MAX_LOGPROBS)
 MAX_STOP = 16         # the engine's limit (pagedllm.sampling_params.MAX_STOP)
 MAX_STOP_CHARS = 256  # the engine's limit (pagedllm.sampling_params.MAX_STOP_CHARS)
+MAX_PROMPTS = 64      # prompts in one /v1/completions request (each a generation of its own)
 
 
 def _refuse(name: str, value: Any, allowed: tuple = (None,)) -> Any:
@@ -31,13 +34,15 @@ def _refuse(name: str, value: Any, allowed: tuple = (None,)) -> Any:
 class StreamOptions(BaseModel):
     """`stream_options`: a last chunk with the usage (choices []) only when include_usage."""
 
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
 class _SamplingRequest(BaseModel):
-    """Fields common to completions and chat: the SamplingParams they map to, with its ranges."""
+    """Fields common to completions and chat: the SamplingParams they map to, with its ranges
+    (vLLM's extra sampling fields included)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     n: int = Field(1, ge=1, le=MAX_N)
@@ -53,13 +58,18 @@ class _SamplingRequest(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # Accepted only at their no-op values (refused by name otherwise).
-    logit_bias: dict | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+    # Accepted only at its no-op value (refused by name otherwise).
     best_of: int | None = None
-    response_format: dict | None = None
 
     @field_validator("stop")
     @classmethod
@@ -71,20 +81,17 @@ class _SamplingRequest(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, value):
-        return _refuse("logit_bias", value)
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
+        return value
 
     @field_validator("best_of")
     @classmethod
     def _best_of(cls, value):
         return _refuse("best_of > 1", value, (None, 1))
-
-    @field_validator("response_format")
-    @classmethod
-    def _response_format(cls, value):
-        if value is not None and value.get("type") not in (None, "text"):
-            raise ValueError("response_format other than {\"type\": \"text\"} is not supported "
-                             "by this server")
-        return value
 
     @field_validator("stream_options")
     @classmethod
@@ -96,25 +103,35 @@ class _SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int | None, logprobs: int | None) -> dict:
+    def sampling(self, max_tokens: int | None, logprobs: int | None,
+                 structured_outputs: dict | None = None) -> dict:
         """The `sampling_parameters` JSON object for Triton (SamplingParams names)."""
         out: dict[str, Any] = {"n": self.n, "max_tokens": max_tokens}
         for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                     "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids"):
+                     "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
+                     "allowed_token_ids", "bad_words"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
-        if self.ignore_eos:
-            out["ignore_eos"] = True
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if getattr(self, name):
+                out[name] = True
+        if not self.skip_special_tokens:
+            out["skip_special_tokens"] = False
+        if self.logit_bias:
+            out["logit_bias"] = {int(k): v for k, v in self.logit_bias.items()}
         if self.min_tokens:
             out["min_tokens"] = self.min_tokens
         if logprobs is not None:
             out["logprobs"] = logprobs
+        if structured_outputs is not None:
+            out["structured_outputs"] = structured_outputs
         return out
 
 
 class CompletionRequest(_SamplingRequest):
-    """POST /v1/completions. One prompt: a string, a list of one string, or token ids."""
+    """POST /v1/completions. Prompts: a string, a list of strings, token ids, or a list of
+    token-id lists; each prompt's n choices are numbered prompt * n + i (OpenAI's order)."""
 
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int = Field(16, ge=1)
@@ -124,19 +141,22 @@ class CompletionRequest(_SamplingRequest):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt):
-        if isinstance(prompt, list):
-            if prompt and isinstance(prompt[0], (str, list)):
-                if len(prompt) != 1:
-                    raise ValueError(f"give one prompt per request, got a list of {len(prompt)}")
-                prompt = prompt[0]
-            if isinstance(prompt, list) and not prompt:
+    def _prompts(cls, prompt):
+        prompts = prompt if isinstance(prompt, list) and prompt and isinstance(
+            prompt[0], (str, list)) else [prompt]
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
+        for p in prompts:
+            if p == "" or p == []:
                 raise ValueError("the prompt is empty")
-            if isinstance(prompt, list) and any(t < 0 for t in prompt):
+            if isinstance(p, list) and any(t < 0 for t in p):
                 raise ValueError("token ids must be >= 0")
-        if prompt == "":
-            raise ValueError("the prompt is empty")
         return prompt
+
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts, one or more."""
+        p = self.prompt
+        return list(p) if isinstance(p, list) and p and isinstance(p[0], (str, list)) else [p]
 
     @field_validator("suffix")
     @classmethod
@@ -185,18 +205,9 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list | None = None
-    tool_choice: Any = None
-
-    @field_validator("tools")
-    @classmethod
-    def _tools(cls, value):
-        return _refuse("tools", value)
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _tool_choice(cls, value):
-        return _refuse("tool_choice", value, (None, "none"))
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @field_validator("top_logprobs")
     @classmethod
@@ -268,6 +279,7 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
@@ -289,6 +301,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

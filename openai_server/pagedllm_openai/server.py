@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
                         "repeatable; env PAGEDLLM_API_KEY (comma-separated)")
     p.add_argument("--api-key-file", type=Path, default=env.get("PAGEDLLM_API_KEY_FILE") or None,
                    help="a file of keys, one a line (env PAGEDLLM_API_KEY_FILE)")
+    p.add_argument("--tool-call-parser", choices=("hermes", "llama3_json"), default=None,
+                   help="how tool_choice auto reads the model's tool calls (default: from the "
+                        "chat template)")
+    p.add_argument("--allowed-origins", default="",
+                   help="comma-separated origins allowed to call the API from a browser (CORS; "
+                        "'*' for any; default: none)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--workers", type=int, default=int(env.get("OPENAI_WORKERS", 1)),
                    help="service processes sharing the sockets (env OPENAI_WORKERS, default 1)")
@@ -99,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServiceConfig, argparse.N
             max_n=args.max_n, max_logprobs=args.max_logprobs,
             max_prompt_tokens=args.max_prompt_tokens,
             request_timeout_s=args.request_timeout_s, ready_cache_s=args.ready_cache_s,
-            api_keys=keys)
+            api_keys=keys, tool_call_parser=args.tool_call_parser,
+            allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",")
+                                  if o.strip()))
     except ValueError as e:
         p.error(str(e))
     return config, args

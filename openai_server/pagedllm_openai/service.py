@@ -36,6 +36,7 @@ class Service:
     limiter: ClientLimiter
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     model_inputs: InputsCache = field(default_factory=InputsCache)  # for /v2 generate bodies
+    tool_parser: str = "hermes"        # how tool_choice auto reads tool calls (tool_parsers.py)
 
     def check_model(self, model: str | None) -> None:
         """404 unless `model` is the served model's name (None: the served model)."""
@@ -59,6 +60,8 @@ def validation_error(error: ValidationError | list[dict]) -> OpenAIError:
     param = loc_param(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid request")
     message = message.removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field: this server does not support it"
     return bad_request(f"{param}: {message}" if param else message, param)
 
 

@@ -71,9 +71,9 @@ class ModelTokenizer:
             return False
         return self._tok.encode("x", add_special_tokens=True).ids[:1] == [bos_id]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Ids of `text` with the tokenizer's own special tokens (the ensemble's encoding)."""
-        return self._tok.encode(text, add_special_tokens=True).ids
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens skipped (as the ensemble's detokenizer does)."""

@@ -91,10 +91,10 @@ class Generation:
     """
 
     def __init__(self, client: TritonClient, model: str, inputs: list, timeout_s: float,
-                 decode: Callable[[Sequence[int]], str] | None):
+                 decode: Callable[[Sequence[int]], str] | None, request_id: str | None = None):
         self._client = client
         self.model = model
-        self.request_id = f"openai-{uuid.uuid4().hex[:16]}"
+        self.request_id = request_id or f"openai-{uuid.uuid4().hex[:16]}"
         self.cancel_token = ""
         self._decode = decode
         self._timeout_s = timeout_s
@@ -263,11 +263,13 @@ class TritonClient:
         self.cancels_sent = 0
         self._closed = False
 
-    def generate(self, prompt: str | Sequence[int], sampling: dict) -> Generation:
-        """Starts one streamed generation (text prompts through the ensemble, ids on llm)."""
+    def generate(self, prompt: str | Sequence[int], sampling: dict,
+                 request_id: str | None = None) -> Generation:
+        """Starts one streamed generation (text prompts through the ensemble, ids on llm);
+        `request_id` is Triton's id for it (None: one of the service's own)."""
         model, inputs = generate_inputs(prompt, sampling)
         decode = self._decode if model == LLM else None
-        generation = Generation(self, model, inputs, self._timeout_s, decode)
+        generation = Generation(self, model, inputs, self._timeout_s, decode, request_id)
         self._live.add(generation)
         return generation
 

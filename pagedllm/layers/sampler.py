@@ -1,7 +1,8 @@
 """Turns one step's logits into one token per request.
 
-The order follows vLLM: logprobs from the raw logits, then forbidden tokens, penalties, and either
-argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
+The order follows vLLM: a constrained row's grammar bitmask first, then logprobs (from the logits
+as the grammar left them), forbidden tokens, allowed_token_ids and logit_bias, penalties, and
+either argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
 
 Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
 needs exactly `vocab` random numbers. A row with its own generator draws them from it alone:
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedllm.layers.token_bitmask import apply_token_bitmasks
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -32,6 +34,8 @@ class SamplingRow:
         pending_source: with async scheduling, the last output token may still be on the device:
             its index in the previous launch's sampled tokens (the penalties read it there); -1
             when output_token_ids holds every output token.
+        token_bitmask: the tokens the request's grammar allows this step (structured outputs:
+            int32 [ceil(vocab / 32)], see token_bitmask.py), else None.
     """
 
     params: SamplingParams
@@ -40,6 +44,7 @@ class SamplingRow:
     generator: torch.Generator | None = None
     suppress_token_ids: Sequence[int] = ()
     pending_source: int = -1
+    token_bitmask: torch.Tensor | None = None
 
 
 @dataclass
@@ -148,9 +153,12 @@ class Sampler:
             return SampleHandle(tokens, self._to_host(tokens), len(rows))
 
         logits = logits.float()
+        if any(r.token_bitmask is not None for r in rows):
+            logits = apply_token_bitmasks(logits, [r.token_bitmask for r in rows])
         logprobs = _raw_logprobs(logits, rows)
         logits = logits.clone()
         _suppress(logits, rows)
+        _allow_and_bias(logits, rows)
         _apply_penalties(logits, rows, prev_tokens)
 
         token_ids = logits.argmax(dim=-1)
@@ -197,8 +205,9 @@ class Sampler:
 def _plain_greedy(row: SamplingRow) -> bool:
     p = row.params
     return (p.is_greedy and p.logprobs is None and not row.suppress_token_ids
-            and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-            and p.frequency_penalty == 0.0)
+            and row.token_bitmask is None and p.logit_bias is None
+            and p.allowed_token_ids is None and p.repetition_penalty == 1.0
+            and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0)
 
 
 def _raw_logprobs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor | None:
@@ -251,6 +260,24 @@ def _suppress(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
                 tok_idx.append(t)
     if row_idx:
         logits[row_idx, tok_idx] = float("-inf")
+
+
+def _allow_and_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """allowed_token_ids: every other token to -inf; logit_bias: added to its tokens' logits.
+    Ids outside the vocabulary are ignored (the engine refuses them on arrival)."""
+    vocab = logits.shape[1]
+    for i, r in enumerate(rows):
+        p = r.params
+        if p.allowed_token_ids is not None:
+            keep = torch.tensor([t for t in p.allowed_token_ids if t < vocab], dtype=torch.int64,
+                                device=logits.device)
+            kept = logits[i, keep]
+            logits[i] = float("-inf")
+            logits[i, keep] = kept
+        if p.logit_bias:
+            ids = [t for t in p.logit_bias if t < vocab]
+            logits[i, ids] += torch.tensor([p.logit_bias[t] for t in ids], dtype=logits.dtype,
+                                           device=logits.device)
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow],
