@@ -21,6 +21,7 @@ files, one job each:
     proxy.py           /v2/...: Triton's own HTTP API, behind the body-size guard
     health.py          /v1/health/live, /v1/health/ready (a real tiny generation), /v1/metrics
     metrics.py         the service's own Prometheus counters
+    vllm_routes.py     vLLM's /health and /metrics on the same port
     app.py             the FastAPI app: routes, exception handlers, lifespan
     server.py          `pagedllm-openai`: argparse + uvicorn on one or two sockets, N workers
 """

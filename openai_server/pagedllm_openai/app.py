@@ -5,6 +5,7 @@
     POST /v1/chat/completions       chat.py
     GET  /v1/health/live|ready      health.py
     GET  /v1/metrics                health.py
+    GET  /health, /metrics          vllm_routes.py (vLLM's paths for the same two)
     *    /v2, /v2/...               proxy.py (Triton's own HTTP API, guarded)
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` with its status (on /v2,
@@ -24,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pagedllm_openai import chat, completions, health, proxy
+from pagedllm_openai import chat, completions, health, proxy, vllm_routes
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
 from pagedllm_openai.errors import OpenAIError
@@ -74,6 +75,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="pagedllm OpenAI-compatible API", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     _add_routes(app)
+    vllm_routes.add_routes(app)
     _add_error_handlers(app)
     app.add_middleware(_CountRequests)
     return app
