@@ -10,6 +10,8 @@ import pytest
 
 from pagedllm_triton.serving import serve, tritonserver
 
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
 NGC_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 NGC_BACKENDS = Path("/opt/tritonserver/backends")
 ENV = ("HOST", "TRITONSERVER", "TRITON_BACKEND_DIR", "ENGINE_ARGS", "PAGEDLLM_PYTHON")
@@ -38,7 +40,7 @@ def test_environment_gives_the_defaults_and_flags_win(monkeypatch):
     args = serve.parse_args([])
     assert (args.host, args.tritonserver, args.backend_directory) == \
         ("0.0.0.0", NGC_BINARY, NGC_BACKENDS)
-    assert args.engine_args == "{}"
+    assert args.engine_args == {}
     args = serve.parse_args(["--host", "::", "--tritonserver", "/x/tritonserver",
                              "--backend-directory", "/x/backends"])
     assert (args.host, args.tritonserver, args.backend_directory) == \
@@ -84,6 +86,8 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
         seen.update(kwargs)
         raise SystemExit(0)
 
+    monkeypatch.setattr(serve.validate, "preflight",
+                        lambda options: serve.Checked(DEFAULT_MODEL, "default"))
     monkeypatch.setattr(serve.repository, "build", lambda *a: None)
     monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
     with pytest.raises(SystemExit):
