@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pagedllm_triton.serving import serve, tritonserver
+from pagedllm_triton.serving import repository, serve, tritonserver
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 
@@ -88,7 +88,7 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
 
     monkeypatch.setattr(serve.validate, "preflight",
                         lambda options: serve.Checked(DEFAULT_MODEL, "default"))
-    monkeypatch.setattr(serve.repository, "build", lambda *a: None)
+    monkeypatch.setattr(repository, "build", lambda *a: None)
     monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
     with pytest.raises(SystemExit):
         serve.main(["--tritonserver", str(NGC_BINARY), "--backend-directory", str(NGC_BACKENDS),

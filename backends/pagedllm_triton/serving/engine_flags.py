@@ -2,9 +2,9 @@
 
 The flag is the field's name with dashes (`max_num_seqs` -> `--max-num-seqs`: vLLM's spelling,
 since EngineConfig follows vLLM's names); its help is the field's entry in EngineConfig's
-docstring; the default it shows is what a server runs with (repository.SERVER_DEFAULTS over
-EngineConfig's own). Booleans get `--name/--no-name`. A flag left out is left out of the engine
-settings, so ENGINE_ARGS (JSON) can still set that field; a flag given wins over ENGINE_ARGS.
+docstring; the default it shows is what a server runs with (engine_defaults.SERVER_DEFAULTS
+over EngineConfig's own). Booleans get `--name/--no-name`. A flag left out is left out of the
+engine settings, so ENGINE_ARGS (JSON) can still set that field; a flag given wins over it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import EngineConfig
-from pagedllm_triton.serving.repository import SERVER_DEFAULTS
+from pagedllm_triton.serving.engine_defaults import SERVER_DEFAULTS
 
 # vLLM's flags whose field has another name here (their flag -> our field).
 VLLM_ALIASES = {"num_kv_blocks": ("--num-gpu-blocks-override",)}

@@ -36,7 +36,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pagedllm_triton.serving import cli, repository, shm_regions, tritonserver, validate
+from pagedllm_triton.serving import cli, shm_regions, tritonserver, validate
 from pagedllm_triton.serving.cli import ServeOptions
 from pagedllm_triton.serving.errors import SettingError
 from pagedllm_triton.serving.run_dir import open_run_dir
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None, prog: str = "pagedllm-serve") -> int:
     except SettingError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    from pagedllm_triton.serving import repository  # NOTE: here: onnx is slow to import
+
     try:
         try:
             repository.build(checked.model_dir, run.repository, options.engine_args)

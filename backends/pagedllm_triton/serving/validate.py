@@ -22,7 +22,7 @@ from pagedllm.models.config import ModelConfig
 from pagedllm_triton.serving import engine_flags, model_source
 from pagedllm_triton.serving.cli import ServeOptions
 from pagedllm_triton.serving.errors import SettingError
-from pagedllm_triton.serving.repository import SERVER_DEFAULTS
+from pagedllm_triton.serving.engine_defaults import SERVER_DEFAULTS
 
 
 @dataclass(frozen=True)
