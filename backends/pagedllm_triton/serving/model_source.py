@@ -37,6 +37,11 @@ def looks_like_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and ".." not in spec and not spec.endswith(".")
 
 
+def needs_fetch(spec: str) -> bool:
+    """Whether resolve() would ask the hub: no such path here, and it reads as a hub id."""
+    return not Path(spec).expanduser().exists() and looks_like_hub_id(spec)
+
+
 def resolve(spec: str) -> ModelSource:
     """The checkpoint directory MODEL names: itself, or the hub's copy in the local cache.
 

@@ -136,7 +136,8 @@ def _serve(args: ServeOptions, checked: Checked, repo: Path) -> int:
         removed = shm_regions.remove_orphans(before=time.time())
         if removed:
             logging.getLogger("pagedllm.serve").warning(
-                "removed %d /dev/shm regions a dead tritonserver left", len(removed))
+                "removed %d stale /dev/shm regions (left by a tritonserver killed earlier)",
+                len(removed))
         process = subprocess.Popen(cmd, env=server_env)
         if _wait(ready_url, [process], stopping):
             watchdogs.append(Watchdog(f"127.0.0.1:{internal_http}").start())

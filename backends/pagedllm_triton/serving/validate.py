@@ -6,8 +6,8 @@ check raises a SettingError: one line naming the setting (the flag, or the envir
 it came from), which serve.py prints before exiting with status 2. Nothing here imports torch or
 reads weights, so a failure takes well under 2 s (a hub id being fetched aside).
 
-Order: engine settings and ports first (cheap, and a busy port should not wait for a download),
-then the model (model_source.py may fetch it), then what depends on the model.
+Order: engine settings; the model when it is a local directory (or no hub id); the ports; the
+model when it is a Hugging Face id still to fetch (a busy port should not wait for a download).
 """
 from __future__ import annotations
 
@@ -36,15 +36,24 @@ class Checked:
 def preflight(options: ServeOptions) -> Checked:
     """Every check, in order; the first failure raises SettingError."""
     check_engine_settings(options)
-    check_ports(options)
     check_server_paths(options)
-    source = model_source.resolve(options.model)
-    check_model_dir(source.path)
-    check_against_model(options, source.path)
+    fetch = model_source.needs_fetch(options.model)
+    if not fetch:  # a local model is checked before the ports: its error is the likelier one
+        source = _checked_model(options)
+    check_ports(options)
+    if fetch:  # NOTE: after the ports: a busy port should not wait for a download
+        source = _checked_model(options)
     name = options.served_model_name or source.name
     if not name.strip():
         raise SettingError("--served-model-name must not be empty")
     return Checked(source.path, name)
+
+
+def _checked_model(options: ServeOptions) -> model_source.ModelSource:
+    source = model_source.resolve(options.model)
+    check_model_dir(source.path)
+    check_against_model(options, source.path)
+    return source
 
 
 def check_engine_settings(options: ServeOptions) -> None:
