@@ -25,10 +25,12 @@ install: $(STAMP)
 model: $(STAMP)
 	$(PY) -m pagedllm_tools.default_model --out models/default
 
-# A real tritonserver (from the nvidia-pytriton wheel) in the foreground on 127.0.0.1.
-# MODEL=/path/to/hf_dir, HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002), ENGINE_ARGS='{"max_num_seqs": 64}'.
+# `pagedllm serve` in the foreground on 127.0.0.1 (a real tritonserver, the nvidia-pytriton wheel's):
+# make serve MODEL=/path/to/hf_dir ARGS='--port 8010 --max-model-len 4096'
+# (`.venv/bin/pagedllm serve --help` lists every flag; MODEL, ENGINE_ARGS, OPENAI_PORT, HTTP_PORT,
+# GRPC_PORT, METRICS_PORT and HOST in the environment still give the defaults).
 serve: $(STAMP)
-	$(PY) -m pagedllm_triton.serving.serve
+	$(PY) -m pagedllm_triton.serving.cli serve $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

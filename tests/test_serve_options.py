@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pagedllm_triton.serving import serve, tritonserver
+from pagedllm_triton.serving import repository, serve, tritonserver
 from pagedllm_triton.serving.control_plane import AdminKey
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 
 NGC_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 NGC_BACKENDS = Path("/opt/tritonserver/backends")
@@ -40,7 +42,7 @@ def test_environment_gives_the_defaults_and_flags_win(monkeypatch):
     args = serve.parse_args([])
     assert (args.host, args.tritonserver, args.backend_directory) == \
         ("0.0.0.0", NGC_BINARY, NGC_BACKENDS)
-    assert args.engine_args == "{}"
+    assert args.engine_args == {}
     args = serve.parse_args(["--host", "::", "--tritonserver", "/x/tritonserver",
                              "--backend-directory", "/x/backends"])
     assert (args.host, args.tritonserver, args.backend_directory) == \
@@ -91,7 +93,9 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(serve.repository, "build", lambda *a: None)
+    monkeypatch.setattr(serve.validate, "preflight",
+                        lambda options: serve.Checked(DEFAULT_MODEL, "default"))
+    monkeypatch.setattr(repository, "build", lambda *a: None)
     monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
     with pytest.raises(SystemExit):
         serve.main(["--tritonserver", str(NGC_BINARY), "--backend-directory", str(NGC_BACKENDS),
@@ -102,42 +106,33 @@ def test_main_hands_the_options_to_the_server_command(monkeypatch):
                     "grpc_host": None}
 
 
+@pytest.mark.parametrize("host, reached", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
+                                           ("::", "127.0.0.1"), ("::1", "[::1]"),
+                                           ("192.0.2.1", "192.0.2.1")])
+def test_local_address(host, reached):
+    assert serve.local_address(host) == reached
+
+
 @pytest.mark.parametrize("argv, env, keys_set", [
     ([], {}, False),
     (["--api-key", "k1"], {}, True),
     ([], {"PAGEDLLM_API_KEY": "k2,k3"}, True),
     ([], {"PAGEDLLM_API_KEY_FILE": "keys.txt"}, True),
 ])
-def test_api_keys_reach_the_front_door_by_environment_and_close_grpc(monkeypatch, argv, env,
-                                                                      keys_set):
-    """Keys go to the front door in its environment (not on its command line), and with keys
-    tritonserver's gRPC port, which cannot check them, binds 127.0.0.1 only."""
+def test_api_keys_reach_the_front_door_by_environment(monkeypatch, argv, env, keys_set):
+    """Keys go to the front door in its environment (not on its command line); with keys,
+    tritonserver's gRPC port, which cannot check them, is reached on 127.0.0.1 only."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    args = serve.parse_args(["--host", "0.0.0.0", *argv])
-    door_env, found = serve.door_environment(args)
-    assert found == keys_set
-    assert door_env.get("PAGEDLLM_API_KEY", "") == ",".join(
-        env.get("PAGEDLLM_API_KEY", "").split(",") + argv[1:]).strip(",")
-    seen = {}
-
-    def server_command(*args, **kwargs):
-        seen.update(kwargs)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(serve.repository, "build", lambda *a: None)
-    monkeypatch.setattr(serve.tritonserver, "server_command", server_command)
-    with pytest.raises(SystemExit):
-        serve.main(["--host", "0.0.0.0", *argv])
-    assert seen["host"] == "0.0.0.0"
-    assert seen["grpc_host"] == ("127.0.0.1" if keys_set else None)
-
-
-@pytest.mark.parametrize("host, reached", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
-                                           ("::", "127.0.0.1"), ("::1", "[::1]"),
-                                           ("192.0.2.1", "192.0.2.1")])
-def test_local_address(host, reached):
-    assert serve.local_address(host) == reached
+    options = serve.parse_args([str(DEFAULT_MODEL), "--host", "0.0.0.0", *argv])
+    assert serve.keys_required(options) == keys_set
+    checked = serve.Checked(DEFAULT_MODEL, "default")
+    grpc_host = "127.0.0.1" if keys_set else "0.0.0.0"
+    door_argv, door_env = serve.door_command(options, checked, 1, grpc_host)
+    assert not any("k1" in a or "k2" in a for a in door_argv)
+    if argv:
+        assert door_env["PAGEDLLM_API_KEY"] == "k1"
+    assert door_argv[door_argv.index("--triton-grpc-url") + 1].startswith("127.0.0.1:")
 
 
 def test_the_control_plane_is_locked_whatever_the_caller_says(monkeypatch, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +66,7 @@ def test_a_stop_while_waiting_starts_nothing():
 pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
 
-from live_server import DEFAULT_MODEL, ENGINE_ARGS, ROOT  # noqa: E402
+from live_server import DEFAULT_MODEL, ENGINE_ARGS  # noqa: E402
 from pagedllm_triton.serving.tritonserver import free_port  # noqa: E402
 
 
@@ -77,14 +76,11 @@ def _servers(serve: subprocess.Popen) -> list[int]:
 
 
 def test_make_serve_starts_a_dead_tritonserver_again(tmp_path):
-    repo = tmp_path / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo,
-                    ignore=shutil.ignore_patterns("1", "engine.json"))
     ports = {flag: free_port() for flag in ("--http-port", "--grpc-port", "--metrics-port",
                                             "--openai-port", "--triton-http-port")}
     log = tmp_path / "serve.log"
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pagedllm_triton.serving.serve", "--repo", str(repo),
+        [sys.executable, "-m", "pagedllm_triton.serving.serve", str(DEFAULT_MODEL),
          "--engine-args", json.dumps(ENGINE_ARGS),
          *[str(x) for kv in ports.items() for x in kv]],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,6 +12,7 @@ client can cancel another's request). The `llm` model aborts the request and ans
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 
@@ -54,10 +55,16 @@ def cancel_request(url: str, cancel_token: str, model: str = "ensemble",
         client.close()
 
 
+def default_grpc_url() -> str:
+    """localhost on GRPC_PORT (8001): the port `pagedllm serve` read from the same variable."""
+    return f"localhost:{os.environ.get('GRPC_PORT') or 8001}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cancel_token", help="the cancel_token output of the request's responses")
-    parser.add_argument("--url", default="localhost:8001")
+    parser.add_argument("--url", default=default_grpc_url(),
+                        help="Triton gRPC HOST:PORT (default %(default)s; env GRPC_PORT)")
     parser.add_argument("--model", default="ensemble", choices=["ensemble", "llm"])
     args = parser.parse_args()
     cancel_request(args.url, args.cancel_token, args.model)

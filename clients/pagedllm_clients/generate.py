@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("clients/pagedllm_clients/generate.py needs tritonclient[grpc]: pip install -r requirements-dev.txt")
 
-from pagedllm_clients.cancel import cancel_request
+from pagedllm_clients.cancel import cancel_request, default_grpc_url
 
 
 @dataclass
@@ -192,7 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="the prompt text")
-    p.add_argument("--url", default="localhost:8001", help="Triton gRPC HOST:PORT (default %(default)s)")
+    p.add_argument("--url", default=default_grpc_url(),
+                   help="Triton gRPC HOST:PORT (default %(default)s; env GRPC_PORT)")
     p.add_argument("--model", default="ensemble", help="model name (default %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="one response with the whole text")
     p.add_argument("--max-tokens", type=int, default=128, help="default %(default)s")

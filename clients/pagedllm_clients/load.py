@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from pagedllm_clients.cancel import default_grpc_url
 from pagedllm_clients.generate import build_inputs
 from pagedllm_clients.workloads import (SERVE_CONCURRENCIES, Workload, make_workload,
                                         poisson_arrivals)
@@ -378,8 +379,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--url", default=None,
-                   help="Triton gRPC HOST:PORT (default localhost:8001), or with --api openai the "
-                        "service's base URL (default http://localhost:9000)")
+                   help="Triton gRPC HOST:PORT (default localhost:8001, or GRPC_PORT), or with "
+                        "--api openai the service's base URL (default http://localhost:9000, "
+                        "or OPENAI_PORT)")
     p.add_argument("--api", choices=("triton", "openai"), default="triton",
                    help="triton: gRPC streams to --model; openai: /v1/completions")
     p.add_argument("--model", default=None,
@@ -413,7 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     openai = args.api == "openai"
-    args.url = args.url or ("http://localhost:9000" if openai else "localhost:8001")
+    args.url = args.url or (f"http://localhost:{os.environ.get('OPENAI_PORT') or 9000}" if openai
+                            else default_grpc_url())
     args.model = args.model or ("default" if openai else "ensemble")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")

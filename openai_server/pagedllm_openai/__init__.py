@@ -32,6 +32,7 @@ files, one job each:
     generate_inputs.py a /v2 generate body checked against the model's declared inputs
     health.py          /v1/health/live, /v1/health/ready (a real tiny generation), /v1/metrics
     metrics.py         the service's own Prometheus counters
+    vllm_routes.py     vLLM's /health and /metrics on the same port
     app.py             the FastAPI app: routes, exception handlers, lifespan
     server.py          `pagedllm-openai`: argparse + uvicorn on one or two sockets, N workers
 """

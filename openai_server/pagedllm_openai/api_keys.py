@@ -12,8 +12,8 @@ nothing. Keys are kept as SHA-256 digests and compared in constant time (hmac.co
 against every configured key, with no early exit).
 
 Open without a key: /v1/health/live, /v1/health/ready, /v2/health/live, /v2/health/ready (load
-balancers and container health checks probe them) and /v1/metrics (the same numbers as Triton's
-own metrics port).
+balancers and container health checks probe them), vLLM's /health, and /v1/metrics and /metrics
+(the same numbers as Triton's own metrics port).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pagedllm_openai.errors import OpenAIError
 from pagedllm_openai.limits import CLIENT_SCOPE
 
 OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live",
-                        "/v2/health/ready", "/v1/metrics"})
+                        "/v2/health/ready", "/v1/metrics", "/health", "/metrics"})
 
 
 def _digest(key: str) -> bytes:

@@ -7,6 +7,7 @@
     GET  /v1/metrics                health.py
     POST /tokenize, /detokenize     tokenize.py (vLLM's)
     GET  /version                   tokenize.py
+    GET  /health, /metrics          vllm_routes.py (vLLM's paths for the same two)
     *    /v2, /v2/...               proxy.py (Triton's own HTTP API, guarded)
 
 With API keys configured, every route but health and metrics needs one (api_keys.py: 401).
@@ -29,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pagedllm_openai import chat, completions, health, proxy, tokenize
+from pagedllm_openai import chat, completions, health, proxy, tokenize, vllm_routes
 from pagedllm_openai.api_keys import ApiKeys, RequireApiKey
 from pagedllm_openai.chat_template import ChatTemplate
 from pagedllm_openai.config import ServiceConfig
@@ -84,6 +85,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="pagedllm OpenAI-compatible API", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     _add_routes(app)
+    vllm_routes.add_routes(app)
     _add_error_handlers(app)
     app.add_middleware(RequireApiKey, keys=ApiKeys.of(config.api_keys))
     app.add_middleware(_CountRequests)

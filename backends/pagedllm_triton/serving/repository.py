@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from pagedllm_triton.serving import tokenizer_onnx
+from pagedllm_triton.serving.engine_defaults import SERVER_DEFAULTS
 from pagedllm_triton.serving.model_configs import write_host_configs
 from pagedllm_triton.serving.paths import template_repository
 
@@ -47,16 +48,6 @@ PASS_THROUGH = (("finish_reason", TensorProto.STRING, True),
                 ("num_input_tokens", TensorProto.UINT32, False),
                 ("num_output_tokens", TensorProto.UINT32, True),
                 ("cancel_token", TensorProto.STRING, False))
-
-
-# What a server's engine.json holds unless ENGINE_ARGS says otherwise:
-# - cpu_threads 1: on CPU the engine shares the machine with Triton's front end and the
-#   tokenizer steps; one torch thread left them a core (2-core machine, concurrency 32: 412 vs
-#   366 output tok/s through the ensemble). Ignored on CUDA.
-# - strict_max_tokens: a max_tokens that cannot fit is an error naming it, not a silent cap.
-# - max_queue_len 256: beyond it a request is refused at once ("overloaded, retry later").
-SERVER_DEFAULTS = {"device": "auto", "cpu_threads": 1, "strict_max_tokens": True,
-                   "max_queue_len": 256}
 
 
 def add_pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
