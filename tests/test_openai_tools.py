@@ -177,7 +177,7 @@ def test_tools_and_tool_results_reach_the_template():
 def test_the_engine_request_id_is_tritons_unless_taken():
     import fake_pb_utils
     fake_pb_utils.install()
-    from pagedllm_backends.pagedllm.model import engine_request_id
+    from pagedllm_triton.llm_model import engine_request_id
     assert engine_request_id("abc-42", "tok", {}) == "abc-42"
     assert engine_request_id("abc-42", "tok", {"abc-42": object()}) == "tok"
     assert engine_request_id("", "tok", {}) == "tok"
