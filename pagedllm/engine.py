@@ -21,7 +21,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.detokenizer import IncrementalDetokenizer
 from pagedllm.errors import OverloadedError
 from pagedllm.kv_cache_manager import KVCacheManager
-from pagedllm.layers.sampler import SamplingRow
+from pagedllm.sampler import SamplingRow
 from pagedllm.model_runner import ModelRunner
 from pagedllm.models.config import ModelConfig
 from pagedllm.outputs import CompletionOutput, RequestOutput, StreamDelta

@@ -16,7 +16,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
 from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
-from pagedllm.layers.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
+from pagedllm.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
 from pagedllm.sampling_params import SamplingParams

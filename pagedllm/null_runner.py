@@ -5,7 +5,7 @@ repeat exactly, and it never touches a tensor.
 """
 from __future__ import annotations
 
-from pagedllm.layers.sampler import SamplerOutput, SamplingRow
+from pagedllm.sampler import SamplerOutput, SamplingRow
 
 
 class _Done:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.layers.sampler import SamplingRow
+from pagedllm.sampler import SamplingRow
 from pagedllm_tools import ROOT
 from pagedllm_tools.bench.kernels_gpu import bench_case, copy_bandwidth_gbps, time_us_graph
 from pagedllm_clients.workloads import nano_prompts
