@@ -114,6 +114,21 @@ class EngineConfig:
         return dataclasses.replace(self, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_max_model_len(config: EngineConfig, max_position_embeddings: int, num_kv_blocks: int) -> int:
+    """The longest prompt + output the engine takes: `config.max_model_len`, else the model's.
+
+    NOTE: never longer than the KV cache, so a request alone can always run to its end (the
+    engine's prompt check and the runner's block tables both rely on it).
+
+    Raises:
+        ValueError: config.max_model_len exceeds the model's max_position_embeddings.
+    """
+    if config.max_model_len is not None and config.max_model_len > max_position_embeddings:
+        raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
+                         f"max_position_embeddings {max_position_embeddings}")
+    return min(config.max_model_len or max_position_embeddings, num_kv_blocks * config.block_size)
+
+
 def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, resolve_max_model_len
 from pagedllm.detokenizer import IncrementalDetokenizer
 from pagedllm.errors import OverloadedError
 from pagedllm.kv_cache_manager import KVCacheManager
@@ -46,12 +46,8 @@ class LLMEngine:
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens)
         self.detokenizer = IncrementalDetokenizer(self.tokenizer)
-        model_len = self.model_config.max_position_embeddings
-        if config.max_model_len is not None and config.max_model_len > model_len:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
-                             f"max_position_embeddings {model_len}")
-        # NOTE: never longer than the cache, so a request alone can always run to its end.
-        self.max_model_len = min(config.max_model_len or model_len, num_blocks * config.block_size)
+        self.max_model_len = resolve_max_model_len(
+            config, self.model_config.max_position_embeddings, num_blocks)
         self.requests: dict[str, Request] = {}      # engine requests (sequences), by their id
         self._groups: dict[str, _Group] = {}        # callers' requests, by the caller's id
         self.num_prompt_tokens_total = 0

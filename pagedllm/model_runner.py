@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import pagedllm_kernels as kernels
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, resolve_max_model_len
 from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
 from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
@@ -50,9 +50,8 @@ class ModelRunner:
         kernels.check_kv_cache(self.kv_caches[0], self.model.ops)  # once: the layers do not check
         self.sampler = Sampler(seed=config.seed, device=self.device)
         self._last_tokens: torch.Tensor | None = None  # the last launch's sampled ids (device)
-        # NOTE: the engine's own max_model_len rule: no request outgrows this many blocks.
-        self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
-                                 self.num_kv_blocks * self.block_size)
+        self.max_model_len = resolve_max_model_len(config, model_config.max_position_embeddings,
+                                                   self.num_kv_blocks)
         self.buffers = InputBuffers(
             max_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),
             max_seqs=config.max_num_seqs,
