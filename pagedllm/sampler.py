@@ -1,4 +1,4 @@
-"""Turns one step's logits into one token per request.
+"""Turns one step's logits into one token per request, and brings the tokens to the host.
 
 The order follows vLLM: logprobs from the raw logits, then forbidden tokens, penalties, and either
 argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
@@ -6,15 +6,24 @@ argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a random draw.
 Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
 needs exactly `vocab` random numbers. A row with its own generator draws them from it alone:
 a seeded request samples the same tokens whatever else is in the batch and wherever it sits.
+
+With async scheduling the sampled tokens stay on the device for the next step's inputs, and go
+to the host through two pinned buffers in turn (`SampleHandle`): the engine reads step N's
+tokens while step N+1's copy runs. A row whose last output token is still on the device reads
+it there for its penalties (`SamplingRow.pending_source`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from pagedllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.request import Request
 
 
 @dataclass
@@ -27,7 +36,7 @@ class SamplingRow:
         output_token_ids: tokens generated so far (all three penalties look at them).
         generator: the request's own generator when params.seed is set (on the sampler's device;
             see Sampler.make_generator), else None to use the sampler's shared one.
-        suppress_token_ids: ids forbidden this step (the engine passes EOS + stop_token_ids while
+        suppress_token_ids: ids forbidden this step (`sampling_rows` sets EOS + stop_token_ids while
             fewer than min_tokens were generated). Ids outside the vocabulary are ignored.
         pending_source: with async scheduling, the last output token may still be on the device:
             its index in the previous launch's sampled tokens (the penalties read it there); -1
@@ -40,6 +49,35 @@ class SamplingRow:
     generator: torch.Generator | None = None
     suppress_token_ids: Sequence[int] = ()
     pending_source: int = -1
+
+
+def sampling_rows(requests: list[Request]) -> list[SamplingRow]:
+    """The SamplingRow of each request that samples this step, brought up to date.
+
+    Penalties and min_tokens look at the tokens generated so far. With async scheduling a
+    request's last output token may still be on the device (`num_pending`): the penalties read
+    it there (`pending_source`: its row in the previous launch's tokens), and it counts towards
+    min_tokens. Call before the scheduler's `update_after_step`, which moves both.
+    """
+    return [_refresh(r) if r.state.row_varies else r.state.sampling_row for r in requests]
+
+
+def _refresh(r: Request) -> SamplingRow:
+    row = r.state.sampling_row
+    p = r.sampling_params
+    if uses_penalties(p):
+        row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
+        row.pending_source = r.sample_row if r.num_pending else -1
+    if r.num_output_tokens + r.num_pending < p.min_tokens:
+        row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
+    elif row.suppress_token_ids:
+        row.suppress_token_ids = ()
+    return row
+
+
+def uses_penalties(p: SamplingParams) -> bool:
+    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0)
 
 
 @dataclass

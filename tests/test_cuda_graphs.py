@@ -103,10 +103,11 @@ def _padded_step_states(model_dir, ops, pad_to, device):
     and from buffers padded the way MixedGraphs pads them (the model run over all pad_to tokens
     and max_seqs sequences, as the graph runs). Returns both step's states and caches, and the
     caches from before the step."""
-    from pagedllm.input_buffers import InputBuffers
+    from pagedllm.input_buffers import InputBuffers, Padding
     from pagedllm.layers.attention import AttentionMetadata
     from pagedllm.models.config import ModelConfig
     from pagedllm.models.registry import load_model
+    from pagedllm.scheduler import SchedulerOutput
 
     config = ModelConfig.from_dir(model_dir)
     model = load_model(model_dir, config, torch.float32, torch.device(device), ops=ops)
@@ -117,22 +118,29 @@ def _padded_step_states(model_dir, ops, pad_to, device):
     rng = random.Random(5)
     seqs = [[rng.randrange(4000) for _ in range(n)] for n in (40, 23, 70)]
     tables = [[3, 7, 1], [5, 2], [9, 0, 11, 4, 6]]
+
+    def as_step(**lists) -> SchedulerOutput:
+        return SchedulerOutput(total_tokens=sum(lists["num_tokens"]), **lists)
+
     with torch.inference_mode():
         # the two decoding sequences' contexts, then the step: one token each + a 30-token chunk
-        first = buffers.prepare(seqs[:2], [0, 0], [39, 22], tables[:2], [False, False])
+        first = buffers.prepare(as_step(token_ids=seqs[:2], num_computed=[0, 0], num_tokens=[39, 22],
+                                        block_tables=tables[:2], sample=[False, False]))
         model(first.input_ids, first.positions, caches, first.attn_metadata)
         before = [c.clone() for c in caches]
-        step = dict(token_ids=seqs, num_computed=[39, 22, 0], num_tokens=[1, 1, 30],
-                    block_tables=tables, sample=[True, True, False])
-        eager = buffers.prepare(**step)
+        step = as_step(token_ids=seqs, num_computed=[39, 22, 0], num_tokens=[1, 1, 30],
+                       block_tables=tables, sample=[True, True, False])
+        eager = buffers.prepare(step)
         want = model(eager.input_ids, eager.positions, caches, eager.attn_metadata).clone()
         want_caches, caches = caches, [c.clone() for c in before]
-        padded = buffers.prepare(**step, pad_to=pad_to)
+        padded = buffers.prepare(step, padding=Padding(pad_to, decode=False))
         s = buffers.max_seqs
-        graph_table = torch.zeros(s, buffers.max_blocks_per_seq, dtype=torch.int32, device=device)
-        graph_table[:3, :padded.attn_metadata.block_tables.shape[1]] = padded.attn_metadata.block_tables
-        meta = AttentionMetadata(slot_mapping=buffers.slot_mapping(pad_to), block_tables=graph_table,
-                                 seq_lens=buffers.seq_lens(s), query_start_loc=buffers.i32[s:2 * s + 1],
+        # what the graph reads: the padded buffers, and the block table copied into its own
+        for i, table in enumerate(tables):
+            assert buffers.graph_block_table[i, :len(table)].tolist() == table
+        meta = AttentionMetadata(slot_mapping=buffers.slot_mapping(pad_to),
+                                 block_tables=buffers.graph_block_table,
+                                 seq_lens=buffers.seq_lens(s), query_start_loc=buffers.query_start_loc(s),
                                  max_query_len=2, max_seq_len=96)
         got = model(buffers.input_ids(pad_to), buffers.positions(pad_to), caches, meta)
     assert torch.equal(padded.logits_indices, eager.logits_indices)
