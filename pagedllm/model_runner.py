@@ -47,7 +47,8 @@ class ModelRunner:
             torch.set_num_threads(config.cpu_threads)
         self.dtype = _TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
-        self.model = load_model(config.model, model_config, self.dtype, self.device)
+        ops = kernels.select_ops(self.device, self.dtype, config.kernel_backend)
+        self.model = load_model(config.model, model_config, self.dtype, self.device, ops)
         self.memory_profile: dict[str, int] = {}
         self.num_kv_blocks = config.num_kv_blocks or self._auto_num_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)

@@ -59,9 +59,8 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops)
-        self._rotary = ops.rotary
         self._rotary_into_cache = ops.rotary_into_cache
-        self._qk_norm_rotary = ops.qk_norm_rotary if config.qk_norm else None
+        self._qk_norm_rotary = ops.qk_norm_rotary
 
     def forward(
         self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
@@ -72,18 +71,13 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        # The step's K/V go into the cache here, rotated (one kernel on the Triton bf16 path).
         slots = attn_metadata.slot_mapping
-        if self._qk_norm_rotary is not None:  # one kernel: both norms, the rotation, the cache write
+        if self.qk_norm:
             q = self._qk_norm_rotary(q, k, v, self.q_norm.weight, self.k_norm.weight,
                                      self.q_norm.eps, rope, kv_cache[0], kv_cache[1], slots)
         else:
-            if self.qk_norm:
-                q, k = self.q_norm(q), self.k_norm(k)
-            if self._rotary_into_cache is not None:  # one kernel: the rotation and the cache write
-                q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], slots)
-            else:
-                q, k = self._rotary(q, k, rope)
-                self.attn.write(k, v, kv_cache, attn_metadata)
+            q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], slots)
         return self.o_proj(self.attn(q, kv_cache, attn_metadata))
 
 
