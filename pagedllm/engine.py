@@ -60,9 +60,9 @@ class LLMEngine:
         if on_cuda:
             # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
             # as the engine. Frozen, Python's full collections no longer walk it: the first of them
-            # under traffic took 0.12-0.15 s (one per 256-request nano run on an H200, the first
-            # run after start-up; bench/peer.py counts them). vLLM freezes after start-up too. The
-            # engine's objects hold no reference cycles, so a dropped engine is still freed.
+            # under traffic stopped the loop for a long pause (docs/engine.md; bench/peer.py counts
+            # them). vLLM freezes after start-up too. The engine's objects hold no reference
+            # cycles, so a dropped engine is still freed.
             gc.collect()
             gc.freeze()
 

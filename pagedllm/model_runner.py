@@ -80,8 +80,8 @@ class ModelRunner:
         """Runs one step of each kind the engine launches, so that nothing compiles under traffic.
 
         OpenAI Triton compiles a kernel the first time it meets a new specialisation, which took
-        seconds inside the first real prefill steps (the first nano run was 28-38 % slower than
-        the second on an H200). The graphs' capture compiles every decode variant; this compiles
+        seconds inside the first real prefill steps (the first run after start-up was much slower
+        than the second: docs/benchmarks.md). The graphs' capture compiles every decode variant; this compiles
         the rest: a prefill step at the full token budget over several sequences, a mixed step
         (a prompt chunk beside decodes) and sampling of each kind (greedy, random with top-k,
         top-p and min-p, logprobs). The K/V it writes land in blocks no request owns yet; any
