@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 httpx = pytest.importorskip("httpx")
 
-from live_server import ENGINE_ARGS, ROOT, stream  # noqa: E402
+from live_server import ENGINE_ARGS, stream  # noqa: E402
 from polling import wait_until  # noqa: E402
 from pagedllm_tools.processes import descendants  # noqa: E402
 from pagedllm_triton.serving.tritonserver import free_port  # noqa: E402
@@ -88,14 +87,13 @@ class Served:
 
 
 def make_serve(workdir: Path, env: dict[str, str] | None = None) -> Served:
-    repo = workdir / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo,
-                    ignore=shutil.ignore_patterns("1", "engine.json"))
+    repo = workdir / "run" / "model_repository"
     ports = {flag: free_port() for flag in ("--http-port", "--grpc-port", "--metrics-port",
                                             "--openai-port", "--triton-http-port")}
     log = workdir / "serve.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pagedllm_triton.serving.serve", "--repo", str(repo),
+        [sys.executable, "-m", "pagedllm_triton.serving.serve",
+         "--run-dir", str(workdir / "run"),
          "--engine-args", json.dumps(SERVE_ENGINE_ARGS),
          *[str(x) for kv in ports.items() for x in kv]],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
