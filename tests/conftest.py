@@ -34,3 +34,35 @@ def family_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Every tiny family variant beyond Llama (pagedllm_tools.family_models), built once per session."""
     root = tmp_path_factory.mktemp("family_checkpoints")
     return {arch: make_family_checkpoint(arch, root / arch) for arch in FAMILY_ARCHS}
+
+
+# ---- live servers: module-scoped, so each test file that asks gets a server of its own ----------
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """A real tritonserver serving the ensemble with the default model (tests/live_server.py)."""
+    from live_server import start_server
+
+    s = start_server(tmp_path_factory.mktemp("triton"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def service(triton, tmp_path_factory):
+    """The OpenAI service in front of this module's `triton` (tests/live_service.py)."""
+    from live_service import start_service
+
+    s = start_service(triton, tmp_path_factory.mktemp("openai"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """The offline engine with the live server's model and engine arguments: the oracle."""
+    from live_server import DEFAULT_MODEL, ENGINE_ARGS
+    from pagedllm import LLM
+
+    return LLM(model=str(DEFAULT_MODEL), **ENGINE_ARGS)

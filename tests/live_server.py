@@ -39,12 +39,7 @@ class Server:
         return f"127.0.0.1:{self.grpc}"
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready",
-                                        timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return self._answers_200("/v2/health/ready")
 
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
@@ -54,9 +49,11 @@ class Server:
         raise KeyError(name)
 
     def model_ready(self, name: str) -> bool:
+        return self._answers_200(f"/v2/models/{name}/ready")
+
+    def _answers_200(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{name}/ready",
-                                        timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -24,7 +24,7 @@ from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
 from pagedllm_tools.family_models import FAMILY_ARCHS, PHI3_ORIGINAL_MAX_POSITIONS
-from pagedllm_tools.reference_models import hf_greedy
+from pagedllm_tools.reference_models import greedy_references
 
 from kv_invariants import check_kv_invariants
 
@@ -54,19 +54,6 @@ def prompts_for(arch: str, vocab: int) -> list[list[int]]:
                                          for n in lengths]
 
 
-_reference_cache: dict = {}
-
-
-def reference(model_dir: str, prompts: list[list[int]]) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    key = (model_dir, tuple(map(tuple, prompts)))
-    if key not in _reference_cache:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE).eval()
-        _reference_cache[key] = [hf_greedy(model, p, NEW_TOKENS, DEVICE) for p in prompts]
-    return _reference_cache[key]
-
-
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("arch", FAMILY_ARCHS)
 def test_greedy_matches_transformers(family_checkpoints, arch, setting):
@@ -74,7 +61,7 @@ def test_greedy_matches_transformers(family_checkpoints, arch, setting):
     llm = LLM(model_dir, device=DEVICE, dtype="float32", block_size=16, **SETTINGS[setting])
     vocab = llm.engine.model_config.vocab_size
     prompts = prompts_for(arch, vocab)
-    expected = reference(model_dir, prompts)
+    expected = greedy_references(model_dir, prompts, NEW_TOKENS, DEVICE)
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     if setting == "prefix":  # one prompt's blocks are cached before the others arrive
         llm.generate([{"prompt_token_ids": prompts[1]}], params)

@@ -18,31 +18,12 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
-from live_server import DEFAULT_MODEL, ENGINE_ARGS, start_server  # noqa: E402
-from pagedllm import LLM, SamplingParams  # noqa: E402
+from live_service import start_service  # noqa: E402
+from pagedllm import SamplingParams  # noqa: E402
 from structured_schemas import TOOLS, schema  # noqa: E402
-from test_openai_server import _sse, start_service  # noqa: E402
+from test_openai_server import _sse  # noqa: E402
 
 USER = [{"role": "user", "content": "Answer in JSON."}]
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("triton"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def service(triton, tmp_path_factory):
-    s = start_service(triton, tmp_path_factory.mktemp("openai"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def offline():
-    return LLM(model=str(DEFAULT_MODEL), **ENGINE_ARGS)
 
 
 def curl(service, path: str, body: dict | None = None, *headers: str) -> tuple[int, dict, str]:

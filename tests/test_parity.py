@@ -11,10 +11,9 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm_tools.reference_models import hf_greedy
+from pagedllm_tools.reference_models import greedy_references
 
 from kv_invariants import check_kv_invariants
 
@@ -47,19 +46,6 @@ def model_dirs(tiny_checkpoints):
     return dirs
 
 
-_reference_cache: dict = {}
-
-
-def reference(model_dir: str, prompts: list[list[int]]) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    key = (model_dir, tuple(map(tuple, prompts)))
-    if key not in _reference_cache:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE).eval()
-        _reference_cache[key] = [hf_greedy(model, p, NEW_TOKENS, DEVICE) for p in prompts]
-    return _reference_cache[key]
-
-
 SETTINGS = {
     "ample": dict(num_kv_blocks=2048),
     "preemption": dict(num_kv_blocks=48),
@@ -81,7 +67,7 @@ def test_greedy_matches_transformers(model_dirs, arch, setting):
     llm = LLM(model_dir, device=DEVICE, dtype="float32", block_size=16, **SETTINGS[setting])
     vocab = llm.engine.model_config.vocab_size
     prompts = random_prompts(vocab, seed=1, shared_prefix=100 if setting == "prefix" else 0)
-    expected = reference(model_dir, prompts)
+    expected = greedy_references(model_dir, prompts, NEW_TOKENS, DEVICE)
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
 

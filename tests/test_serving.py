@@ -32,15 +32,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("triton"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def offline():
-    return LLM(model=str(DEFAULT_MODEL), **ENGINE_ARGS)
+def server(triton):
+    return triton
 
 
 def _offline_text(llm: LLM, prompt: str, params: dict) -> str:

@@ -107,3 +107,18 @@ def hf_greedy(model, prompt: list[int], n: int, device: str = "cpu") -> list[int
         tokens.append(tok)
         out = model(torch.tensor([[tok]], device=device), use_cache=True, **{name: out[name]})
     return tokens
+
+
+_greedy_cache: dict = {}
+
+
+def greedy_references(model_dir: str, prompts: list[list[int]], n: int, device: str = "cpu") -> list[list[int]]:
+    """`hf_greedy` of each prompt with the float32 checkpoint, cached per (model, prompts, n,
+    device): the parity tests compare several engine settings against one transformers run."""
+    from transformers import AutoModelForCausalLM
+
+    key = (model_dir, tuple(map(tuple, prompts)), n, device)
+    if key not in _greedy_cache:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        _greedy_cache[key] = [hf_greedy(model, p, n, device) for p in prompts]
+    return _greedy_cache[key]
