@@ -32,6 +32,9 @@ class EngineConfig:
             default, one per core. A server on a small machine leaves cores to Triton with 1.
         enforce_eager: on CUDA, run every step eagerly instead of replaying CUDA graphs (vLLM's
             name). Graphs take a few seconds to capture and a little memory.
+        kernel_backend: "auto" runs the OpenAI Triton kernels on CUDA and the torch reference
+            elsewhere (`pagedllm_kernels.select_ops`); "reference" runs the reference on CUDA too:
+            for head sizes the kernels do not take (powers of 2 in [16, 256]), and to check them.
         max_mixed_graph_tokens: on CUDA with graphs, prefill and mixed steps of up to this many
             tokens replay a CUDA graph too (captured at sizes up to it: cuda_graphs.py); 0 runs
             every such step eagerly. Larger steps are compute-bound and stay eager.
@@ -61,6 +64,7 @@ class EngineConfig:
     cpu_kv_cache_gib: float = 1.0
     seed: int = 0
     enforce_eager: bool = False
+    kernel_backend: str = "auto"
     max_mixed_graph_tokens: int = 2048
     cpu_threads: int | None = None
     max_queue_len: int | None = None
@@ -100,6 +104,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_queue_len is not None:
             _positive_int("max_queue_len", self.max_queue_len)
+        if self.kernel_backend not in ("auto", "reference"):
+            raise ValueError(f"kernel_backend must be 'auto' or 'reference', got {self.kernel_backend!r}")
         if not isinstance(self.max_mixed_graph_tokens, int) or isinstance(self.max_mixed_graph_tokens, bool) \
                 or self.max_mixed_graph_tokens < 0:
             raise ValueError(f"max_mixed_graph_tokens must be an int >= 0, got {self.max_mixed_graph_tokens!r}")
@@ -112,6 +118,21 @@ class EngineConfig:
         import torch
 
         return dataclasses.replace(self, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_max_model_len(config: EngineConfig, max_position_embeddings: int, num_kv_blocks: int) -> int:
+    """The longest prompt + output the engine takes: `config.max_model_len`, else the model's.
+
+    NOTE: never longer than the KV cache, so a request alone can always run to its end (the
+    engine's prompt check and the runner's block tables both rely on it).
+
+    Raises:
+        ValueError: config.max_model_len exceeds the model's max_position_embeddings.
+    """
+    if config.max_model_len is not None and config.max_model_len > max_position_embeddings:
+        raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
+                         f"max_position_embeddings {max_position_embeddings}")
+    return min(config.max_model_len or max_position_embeddings, num_kv_blocks * config.block_size)
 
 
 def _positive_int(name: str, value: object) -> None:

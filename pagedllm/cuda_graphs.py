@@ -5,29 +5,49 @@ waits on the host between them. A CUDA graph replays the whole forward in one la
 its shapes and the addresses it reads, so:
 
 - the batch is padded up to the next captured size (bucket: 1, 2, 4, 8, 16, 24, ... step 8);
-- inputs live in fixed buffers (InputBuffers' device buffers, and one block table per runner)
-  that each step overwrites before replaying;
+- inputs live in fixed buffers (InputBuffers' device buffers and its `graph_block_table`), which
+  `InputBuffers.prepare` fills, padded to the chosen graph (`Padding`), before the replay;
 - the split-KV decode kernel's number of splits, which it picks from the batch's longest context,
   is frozen at capture: small buckets get one graph per split count they can need, and a step
   replays the graph whose count the kernel would have picked itself (kernels.decode_num_splits).
 
 Prefill and mixed steps (`MixedGraphs`) replay graphs too, up to `max_mixed_graph_tokens` tokens:
-such a step is a few hundred decode rows beside one prompt chunk, and run eagerly it cost ~14 ms
-on an H200 (llama-1b), most of it the host launching ~250 kernels one by one, against ~3 ms for a
-decode step. Its graph is captured for max_num_seqs sequences and a token count (bucket): the
-step's tokens are padded to the bucket (slot -1: nothing written) and its sequences to
-max_num_seqs (no tokens: attention skips them), so one graph serves any mix that fits. Larger
-steps are compute-bound (a 2,048-token step is ~5 ms of GEMMs) and run eagerly, as do decode
-batches larger than the largest bucket.
+such a step is a few hundred decode rows beside one prompt chunk, and run eagerly most of its time
+is the host launching its kernels one by one (docs/engine.md). Its graph is captured for
+max_num_seqs sequences and a token count (bucket): the step's tokens are padded to the bucket and
+its sequences to max_num_seqs, so one graph serves any mix that fits. Larger steps are
+compute-bound and run eagerly, as do decode batches larger than the largest bucket.
+
+Each class only chooses a graph for a step (`choose`) and captures; the runner prepares the
+step's inputs for the chosen graph, then replays it (`Replay.run`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import pagedllm_kernels as kernels
-from pagedllm.input_buffers import InputBuffers
+from pagedllm.input_buffers import InputBuffers, Padding
 from pagedllm.layers.attention import AttentionMetadata
+from pagedllm.scheduler import SchedulerOutput
+
+
+@dataclass(eq=False)
+class Replay:
+    """One captured graph: the padding its inputs need, and its replay."""
+
+    padding: Padding
+    graph: torch.cuda.CUDAGraph
+    output: torch.Tensor  # [padding.size tokens, hidden], rewritten by every replay
+    owner: DecodeGraphs | MixedGraphs
+
+    def run(self) -> torch.Tensor:
+        """Replay the forward over the buffers as prepared; the [size, hidden] states."""
+        self.graph.replay()
+        self.owner.num_replays += 1
+        return self.output
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -65,20 +85,15 @@ class DecodeGraphs:
         self._ops = model.ops
         self.buckets = bucket_sizes(max_batch)
         self.max_batch = self.buckets[-1]
-        # The graphs' block table: its row stride is baked in, so it is sized for the longest
-        # request; one row per sequence a step can hold (MixedGraphs' steps have max_seqs).
-        self.block_tables = torch.zeros(buffers.max_seqs, buffers.max_blocks_per_seq, dtype=torch.int32,
-                                        device=self.device)
         self._qsl = torch.arange(self.max_batch + 1, dtype=torch.int32, device=self.device)
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self._replays: dict[tuple[int, int], Replay] = {}
         self.num_replays = 0
         self.pool = None  # the graphs' memory pool (MixedGraphs shares it: one graph runs at a time)
         self._capture_all(model, kv_caches, max_model_len)
 
     @property
     def num_graphs(self) -> int:
-        return len(self._graphs)
+        return len(self._replays)
 
     def bucket_for(self, num_seqs: int) -> int | None:
         """The smallest captured batch size that holds num_seqs, or None when none does."""
@@ -87,34 +102,23 @@ class DecodeGraphs:
                 return b
         return None
 
-    def run(self, token_ids: list[list[int]], num_computed: list[int],
-            block_tables: list[list[int]], pending: tuple[list[int], list[int]] | None = None,
-            prev_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Replay the decode forward for these requests; their [n, hidden] states, or None.
-
-        None means no graph fits (too many requests, or a context longer than captured): run eagerly.
-        `pending`, `prev_tokens`: input ids still on the device (InputBuffers.prepare_decode).
-        """
-        n = len(num_computed)
+    def choose(self, step: SchedulerOutput, total_tokens: int) -> Replay | None:
+        """The graph for a pure-decode step (every row one token, every row sampling), or None:
+        not pure decode, too many rows, or a context longer than captured."""
+        n = len(step.num_tokens)
+        if not (step.rows and len(step.rows) == n == total_tokens):
+            return None
         bucket = self.bucket_for(n)
         if bucket is None:
             return None
-        width, max_seq_len = self.buffers.prepare_decode(token_ids, num_computed, block_tables, bucket,
-                                                         pending, prev_tokens)
+        max_seq_len = max(step.num_computed) + 1
         splits = kernels.decode_num_splits(bucket, self.num_kv_heads, max_seq_len, self._ops, self.device)
-        key = (bucket, splits)
-        graph = self._graphs.get(key)
-        if graph is None:
-            return None
-        self.block_tables[:n, :width].copy_(self.buffers.block_table_staging(n, width))
-        graph.replay()
-        self.num_replays += 1
-        return self._outputs[key][:n]
+        return self._replays.get((bucket, splits))
 
     def _metadata(self, batch: int, max_seq_len: int) -> AttentionMetadata:
         b = self.buffers
         return AttentionMetadata(
-            slot_mapping=b.slot_mapping(batch), block_tables=self.block_tables[:batch],
+            slot_mapping=b.slot_mapping(batch), block_tables=b.graph_block_table[:batch],
             seq_lens=b.seq_lens(batch), query_start_loc=self._qsl[:batch + 1],
             max_query_len=1, max_seq_len=max_seq_len)
 
@@ -153,8 +157,7 @@ class DecodeGraphs:
                     out = model(ids, pos, kv_caches, meta)
                 if pool is None:
                     pool = self.pool = graph.pool()
-                self._graphs[(batch, splits)] = graph
-                self._outputs[(batch, splits)] = out
+                self._replays[(batch, splits)] = Replay(Padding(batch, decode=True), graph, out, self)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
 
@@ -163,8 +166,8 @@ class MixedGraphs:
     """Captured forwards of prefill/mixed steps, keyed by padded token count (mixed_bucket_sizes).
 
     Args:
-        decode: the runner's DecodeGraphs, whose memory pool and block table these share (graphs
-            replay one at a time, and each step's output is consumed before the next replay).
+        decode: the runner's DecodeGraphs, whose memory pool these share (graphs replay one at a
+            time, and each step's output is consumed before the next replay).
         model, kv_caches: as for DecodeGraphs.
         max_tokens: the largest bucket (at most the buffers' max_tokens).
         max_model_len: the context length the capture's metadata names (the varlen kernel does not
@@ -178,33 +181,21 @@ class MixedGraphs:
         self._decode = decode
         self.max_seqs = self.buffers.max_seqs
         self.buckets = mixed_bucket_sizes(min(max_tokens, self.buffers.max_tokens))
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[int, torch.Tensor] = {}
+        self._replays: dict[int, Replay] = {}
         self.num_replays = 0
         self._capture_all(model, kv_caches, max_model_len)
 
     @property
     def num_graphs(self) -> int:
-        return len(self._graphs)
+        return len(self._replays)
 
-    def run(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-            block_tables: list[list[int]], sample: list[bool],
-            pending: tuple[list[int], list[int]] | None = None,
-            prev_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Replay the step's forward: ([total, hidden] states, the rows to take logits of), or
-        None when no graph holds it (more tokens than the largest bucket, or more sequences than
-        max_num_seqs): run it eagerly."""
-        total, n = sum(num_tokens), len(num_tokens)
-        bucket = next((b for b in self.buckets if b >= total), None)
-        if bucket is None or n > self.max_seqs:
+    def choose(self, step: SchedulerOutput, total_tokens: int) -> Replay | None:
+        """The graph for the step, or None when none holds it (more tokens than the largest
+        bucket, or more sequences than max_num_seqs): it runs eagerly."""
+        bucket = next((b for b in self.buckets if b >= total_tokens), None)
+        if bucket is None or len(step.num_tokens) > self.max_seqs:
             return None
-        batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
-                                     pending, prev_tokens, pad_to=bucket)
-        table = batch.attn_metadata.block_tables
-        self._decode.block_tables[:n, :table.shape[1]].copy_(table)
-        self._graphs[bucket].replay()
-        self.num_replays += 1
-        return self._outputs[bucket][:total], batch.logits_indices
+        return self._replays[bucket]
 
     @torch.inference_mode()
     def _capture_all(self, model: nn.Module, kv_caches: list[torch.Tensor], max_model_len: int) -> None:
@@ -213,11 +204,12 @@ class MixedGraphs:
         for tokens in reversed(self.buckets):  # largest first, as DecodeGraphs does
             # a step of no real sequence: every token padding, every sequence empty (copied on the
             # current stream, which the capture stream then waits for)
-            b.prepare([], [], [], [], [], pad_to=tokens)
+            padding = Padding(tokens, decode=False)
+            b.prepare(SchedulerOutput(), padding=padding)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             meta = AttentionMetadata(
-                slot_mapping=b.slot_mapping(tokens), block_tables=self._decode.block_tables[:s],
-                seq_lens=b.seq_lens(s), query_start_loc=b.i32[s:2 * s + 1],
+                slot_mapping=b.slot_mapping(tokens), block_tables=b.graph_block_table,
+                seq_lens=b.seq_lens(s), query_start_loc=b.query_start_loc(s),
                 max_query_len=2, max_seq_len=max_model_len)  # > 1: the varlen (prefill) kernel
             ids, pos = b.input_ids(tokens), b.positions(tokens)
             with torch.cuda.stream(stream):
@@ -225,7 +217,6 @@ class MixedGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._decode.pool, stream=stream):
                 out = model(ids, pos, kv_caches, meta)
-            self._graphs[tokens] = graph
-            self._outputs[tokens] = out
+            self._replays[tokens] = Replay(padding, graph, out, self)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)

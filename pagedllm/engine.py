@@ -21,11 +21,11 @@ from typing import Sequence
 
 import torch
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, resolve_max_model_len
 from pagedllm.detokenizer import IncrementalDetokenizer
 from pagedllm.errors import OverloadedError
 from pagedllm.kv_cache_manager import KVCacheManager
-from pagedllm.layers.sampler import SamplingRow
+from pagedllm.sampler import SamplingRow, sampling_rows, uses_penalties
 from pagedllm.model_runner import ModelRunner
 from pagedllm.models.config import ModelConfig
 from pagedllm.outputs import CompletionOutput, RequestOutput, StreamDelta
@@ -48,14 +48,9 @@ class LLMEngine:
         self.runner = runner or ModelRunner(config, self.model_config)
         num_blocks = self.runner.num_kv_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens)
         self.detokenizer = IncrementalDetokenizer(self.tokenizer)
-        model_len = self.model_config.max_position_embeddings
-        if config.max_model_len is not None and config.max_model_len > model_len:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
-                             f"max_position_embeddings {model_len}")
-        # NOTE: never longer than the cache, so a request alone can always run to its end.
-        self.max_model_len = min(config.max_model_len or model_len, num_blocks * config.block_size)
+        self.max_model_len = resolve_max_model_len(
+            config, self.model_config.max_position_embeddings, num_blocks)
         self.requests: dict[str, Request] = {}      # engine requests (sequences), by their id
         self._groups: dict[str, _Group] = {}        # callers' requests, by the caller's id
         self.num_prompt_tokens_total = 0
@@ -63,15 +58,17 @@ class LLMEngine:
         on_cuda = str(getattr(self.runner, "device", "cpu")).startswith("cuda")
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
                                  else on_cuda)
+        self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
+                                   self.async_scheduling)
         self._in_flight: _Launched | None = None  # the launched step not read back yet
         self._grammars = None  # GrammarCompiler, made for the first constrained request
         self._host_rows = False  # a request's sampling needs its last token on the host
         if on_cuda:
             # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
             # as the engine. Frozen, Python's full collections no longer walk it: the first of them
-            # under traffic took 0.12-0.15 s (one per 256-request nano run on an H200, the first
-            # run after start-up; bench/peer.py counts them). vLLM freezes after start-up too. The
-            # engine's objects hold no reference cycles, so a dropped engine is still freed.
+            # under traffic stopped the loop for a long pause (docs/engine.md; bench/peer.py counts
+            # them). vLLM freezes after start-up too. The engine's objects hold no reference
+            # cycles, so a dropped engine is still freed.
             gc.collect()
             gc.freeze()
 
@@ -128,7 +125,7 @@ class LLMEngine:
             index=index,
             sampling_row=SamplingRow(params=params, prompt_token_ids=prompt_ids,
                                      output_token_ids=(), generator=generator),
-            row_varies=(_uses_penalties(params) or params.min_tokens > 0 or grammar is not None
+            row_varies=(uses_penalties(params) or params.min_tokens > 0 or grammar is not None
                         or bool(bad_words)),
             detok=self.detokenizer.new_state(prompt_ids, params.skip_special_tokens),
             stop_ids=stop_checker.stopping_ids(params, eos),
@@ -213,152 +210,70 @@ class LLMEngine:
     def step(self) -> list[StreamDelta]:
         """Run one scheduling step; return a delta for every request that progressed or finished.
 
-        With async scheduling the step launched here is not waited for: the deltas returned are
-        those of the step launched by the previous call, read back while this one runs.
+        schedule -> launch on the runner -> process the sampled tokens. With async scheduling
+        the step launched here is not waited for: the deltas returned are those of the step
+        launched by the previous call, read back while this one runs.
         """
-        if not self.async_scheduling:
-            out = self.scheduler.schedule()
-            if out.is_empty:
-                return []
-            launched = self._launch(out)
-            return self._process(launched)
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None and previous.constrained:
+        deltas = []
+        if self._in_flight is not None and self._in_flight.constrained:
             # NOTE: a constrained row's bitmask needs its matcher to have accepted the row's last
             # token, so the step after one with a constrained row does not overlap: it reads that
             # step's tokens back first, then schedules (as a synchronous step does).
-            deltas = self._process(previous)
-            out = self.scheduler.schedule()
-            if not out.is_empty:
-                self._in_flight = self._launch(out)
-            return deltas
-        out = self.scheduler.schedule()
-        if not out.is_empty:
-            self._in_flight = self._launch(out)
-        return self._process(previous) if previous is not None else []
-
-    def _launch(self, out: SchedulerOutput) -> _Launched:
-        """Start the step on the runner; count each sampling request's coming token as pending.
-
-        NOTE: once per step over every scheduled request: comprehensions, not appends in one loop
-        (~20 us less per step of 256 requests in the CPU benchmark: docs/benchmarks.md).
-        """
-        reqs, counts = out.requests, out.num_tokens
-        token_ids = [r.all_token_ids for r in reqs]
-        num_computed = [r.num_computed_tokens for r in reqs]
-        block_ids = self.kv_cache.block_ids
-        block_tables = [block_ids(r.request_id) for r in reqs]
-        # a request samples when this step computes its last token (not mid-prefill)
-        pending = None
+            deltas, self._in_flight = self._process(self._in_flight), None
+        step = self.scheduler.schedule()
+        launched = self._launch(step) if not step.is_empty else None
         if self.async_scheduling:
-            # a pending token is one the request computes this step, read on the device
-            known = [len(t) for t in token_ids]
-            late = [i for i, (c, k) in enumerate(zip(num_computed, known)) if c >= k]
-            pending = (late, [reqs[i].sample_row for i in late]) if late else None
-            sample = [c + n >= k for c, n, k in zip(num_computed, counts, known)]
-        else:
-            sample = [c + n == len(t) for c, n, t in zip(num_computed, counts, token_ids)]
-        sampling = reqs if all(sample) else [r for r, s in zip(reqs, sample) if s]
-        rows = [self._sampling_row(r) if r.state.row_varies else r.state.sampling_row
-                for r in sampling]
-        handle = self.runner.launch(token_ids=token_ids, num_computed=num_computed,
-                                    num_tokens=counts, block_tables=block_tables,
-                                    sample=sample, rows=rows, pending=pending)
-        self.scheduler.update_after_step(out)
-        if self.async_scheduling:
-            for j, r in enumerate(sampling):
-                r.sample_row = j
-                # the coming token is the request's last when it reaches max_tokens: nothing
-                # follows it, so it is not pending (the scheduler does not run the request again)
-                if len(r.all_token_ids) + r.num_pending + 1 - r.num_prompt_tokens < r.max_tokens:
-                    r.num_pending += 1
+            launched, self._in_flight = self._in_flight, launched
+        return deltas + self._process(launched) if launched is not None else deltas
+
+    def _launch(self, step: SchedulerOutput) -> _Launched:
+        """Start the step on the runner, then record it in the scheduler (the sampling rows come
+        first: they read the requests as they stood before the step)."""
+        step.rows = sampling_rows(step.sampling)
+        handle = self.runner.launch(step)
+        self.scheduler.update_after_step(step)
         constrained = self._host_rows and any(
-            r.state.matcher is not None or r.state.bad_words_ids for r in sampling)
-        return _Launched(sampling, handle, constrained)
-
-    def _sampling_row(self, r: Request) -> SamplingRow:
-        """Update the parts of a request's SamplingRow that change from step to step.
-
-        With async scheduling the request's last output token may still be on the device
-        (`num_pending`): the penalties read it there (`pending_source`), and it counts towards
-        min_tokens.
-        """
-        row = r.state.sampling_row
-        p = r.sampling_params
-        if _uses_penalties(p):
-            row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
-            row.pending_source = r.sample_row if r.num_pending else -1
-        if r.num_output_tokens + r.num_pending < p.min_tokens:
-            row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
-        elif row.suppress_token_ids:
-            row.suppress_token_ids = ()
-        if r.state.bad_words_ids:  # (step() reads such a row's last token back first)
-            out = r.all_token_ids[r.num_prompt_tokens:]
-            row.suppress_token_ids = tuple(row.suppress_token_ids) + tuple(
-                w[-1] for w in r.state.bad_words_ids
-                if len(w) == 1 or tuple(out[len(out) - len(w) + 1:]) == w[:-1])
-        if r.state.matcher is not None:
-            if r.num_pending:  # (step() reads a constrained row's token back before this)
-                raise RuntimeError(f"request {r.request_id}: a constrained row with a pending "
-                                   "token")
-            row.token_bitmask = r.state.matcher.fill_mask()
-        return row
+            r.state.matcher is not None or r.state.bad_words_ids for r in step.sampling)
+        return _Launched(step.sampling, handle, constrained)
 
     def _process(self, launched: _Launched) -> list[StreamDelta]:
         """Append the sampled tokens, advance the text, retire finished requests; one delta each.
 
-        A request that finished (or was aborted) since its step was launched drops its token.
-
         NOTE: runs once per running request per step: the engine's hot loop on CPU. Keep it flat.
         """
         result = launched.handle.result()
-        requests = launched.requests
-        if self.async_scheduling and any(r.status.is_finished for r in requests):
-            kept = [(r, t, lp) for r, t, lp in zip(requests, result.token_ids, result.logprobs)
-                    if not r.is_finished]
-            requests = [k[0] for k in kept]
-            tokens, logprobs = [k[1] for k in kept], [k[2] for k in kept]
-        else:
-            tokens, logprobs = result.token_ids, result.logprobs
-        finishing: dict[str, RequestStatus] = {}
-        for r, token, lp in zip(requests, tokens, logprobs):
-            r.all_token_ids.append(token)
-            if r.num_pending:  # (async scheduling: this token is no longer pending)
-                r.num_pending -= 1
-            st = r.state
-            if lp is not None:
-                st.logprobs.append(lp)
-                st.cumulative_logprob += lp[token]
-            if st.matcher is not None and st.matcher.advance(token):
-                # the grammar is complete (it ends by accepting EOS, which the output leaves out)
-                finishing[r.request_id] = RequestStatus.FINISHED_STOPPED
-            elif (token in st.stop_ids
-                  or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens):
-                status = stop_checker.check_token(r, token)
-                if status is not None:
-                    finishing[r.request_id] = status
+        requests, tokens, logprobs = self.scheduler.update_from_output(
+            launched.requests, result.token_ids, result.logprobs)
         self.num_generation_tokens_total += len(requests)
         texts = self.detokenizer.step([r.state.detok for r in requests],
                                       [r.all_token_ids for r in requests])
         deltas = []
-        for r, new in zip(requests, texts):
+        for r, token, lp, new in zip(requests, tokens, logprobs, texts):
+            st = r.state
+            if lp is not None:
+                st.logprobs.append(lp)
+                st.cumulative_logprob += lp[token]
+            status = None
+            if st.matcher is not None and st.matcher.advance(token):
+                # the grammar is complete (it ends by accepting EOS, which the output leaves out)
+                status = RequestStatus.FINISHED_STOPPED
+            elif token in st.stop_ids or len(r.all_token_ids) - r.num_prompt_tokens >= r.max_tokens:
+                status = stop_checker.check_token(r, token)
             # (stop_holdback is 0 for one-character stop strings: test the strings themselves.)
-            if r.sampling_params.stop or (finishing and r.request_id in finishing):
-                deltas.append(self._finish_or_hold(r, new, finishing.get(r.request_id)))
+            if status is not None or r.sampling_params.stop:
+                deltas.append(self._finish_or_hold(r, new, status))
                 continue
             # Common case: no stop strings, not finishing: the delta is the new text.
-            st = r.state
             if new:
                 st.text += new
                 st.num_text_sent += len(new)
-            tokens = r.all_token_ids
-            # Positional, in WIRE_FIELDS order (see StreamDelta: keywords cost ~7 % of a step):
+            # Positional, in WIRE_FIELDS order (see StreamDelta: keywords cost more per step):
             # request_id, index, token_ids, text, finished, finish_reason, logprobs,
             # num_prompt_tokens, num_output_tokens.
             deltas.append(StreamDelta(
-                st.group_id, st.index, [tokens[-1]], new, False, None,
+                st.group_id, st.index, [token], new, False, None,
                 st.logprobs[-1:] if st.logprobs is not None else None,
-                r.num_prompt_tokens, len(tokens) - r.num_prompt_tokens))
+                r.num_prompt_tokens, len(r.all_token_ids) - r.num_prompt_tokens))
         return deltas
 
     def _finish_or_hold(self, r: Request, new: str, status: RequestStatus | None) -> StreamDelta:
@@ -466,6 +381,3 @@ class _Group:
     prompt: str | None
 
 
-def _uses_penalties(p: SamplingParams) -> bool:
-    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
-            or p.frequency_penalty != 0.0)

@@ -87,8 +87,8 @@ class EngineLoop:
             engine: an engine, or a function that builds one; the loop then builds it on its own
                 thread (start() waits for it and re-raises its error). Prefer the function: torch
                 keeps CPU thread pools per thread, and an engine built on one thread and stepped
-                on another ran at half speed on CPU here (a second OpenMP team competing for the
-                cores: 253 vs 537 tok/s on 2 cores).
+                on another ran at half speed on CPU (a second OpenMP team competing for the
+                cores: docs/serving-benchmarks.md).
             after_turn: called on the loop thread after each turn (commands applied, a step
                 run, stats updated), and once more after the shutdown's aborts; EngineProcess
                 sends each step's deltas in one message from here.

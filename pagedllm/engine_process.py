@@ -2,12 +2,11 @@
 
 Why a process. A server's front end is busy Python too: the Triton adapter builds and sends one
 response per token. In one process that thread and the engine thread share one GIL, and on a
-busy machine the GIL's holder is often descheduled while the other waits. Measured on 2 CPU
-cores at concurrency 32: the in-process engine thread ran 28 s of a 36 s load and its step
-slowed by a third against the offline engine; vLLM V1 puts its EngineCore in its own process
-for the same reason. The cost: one pickled list of delta tuples per engine step through a pipe
-(deltas travel as tuples, `pagedllm.outputs.to_wire`: pickling 256 dataclasses took 580 µs of
-the engine thread per step here, their tuples 77 µs).
+busy machine the GIL's holder is often descheduled while the other waits, which slowed the
+in-process engine's step against the offline engine (docs/serving-benchmarks.md); vLLM V1 puts
+its EngineCore in its own process for the same reason. The cost: one pickled list of delta tuples
+per engine step through a pipe (deltas travel as tuples, `pagedllm.outputs.to_wire`: far cheaper
+to pickle than the dataclasses).
 
     parent                                  child (spawned, `_serve`)
     submit/abort/shutdown -> command pipe -> main thread -> EngineLoop.submit/abort/shutdown

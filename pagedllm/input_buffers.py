@@ -1,19 +1,20 @@
-"""The step's input tensors, built in preallocated host buffers and copied to the device in two copies.
+"""Where one step's inputs are built: the scheduler's step -> the model's input tensors, once.
 
-Building a step's inputs as fresh tensors costs one small pageable host-to-device copy per tensor,
-each of which stalls the host. Here every integer input of a step lives in one of two host buffers
-(pinned on CUDA), filled with numpy, and goes to the device in one non-blocking copy per buffer:
+Every integer input of a step lives in one of two preallocated host buffers (pinned on CUDA),
+filled with numpy, and goes to the device in one non-blocking copy per buffer (fresh tensors
+would cost one small pageable copy each, every one stalling the host):
 
     int64 buffer: | input_ids (T_max) | positions (T_max) | slot_mapping (T_max) | logits_idx (S_max) |
                   | pending rows (S_max) | their sources (S_max) |
     int32 buffer: | seq_lens (S_max) | query_start_loc (S_max + 1) | block table, n rows x w cols |
 
-With async scheduling a decode row's input token can still be on the device, sampled by the step
-before and not yet read back: such rows are listed with their index in that step's tokens, and the
-input ids are patched on the device after the copy (`_patch_pending`).
+With async scheduling a row's input token can still be on the device, sampled by the step
+before and not yet read back (`SchedulerOutput.pending_rows`): the ids are patched on the device
+after the copy, from that step's tokens (`_patch_pending`).
 
-On CPU the "device" buffers are the host buffers themselves (no copy). The device buffers have fixed
-addresses, so CUDA graphs can read their leading slices directly (see cuda_graphs.py).
+On CPU the "device" buffers are the host buffers themselves (no copy). The device buffers have
+fixed addresses, and so has `graph_block_table`: CUDA graphs read them, and a step that replays a
+graph is padded to the graph's shapes here (`Padding`); cuda_graphs.py only chooses and replays.
 
 Block-table rows are kept from step to step: a row is rewritten only when the request at that batch
 position changes or its table grows. That relies on KVCacheManager.block_ids returning a request's live
@@ -27,16 +28,38 @@ import numpy as np
 import torch
 
 from pagedllm.layers.attention import AttentionMetadata
+from pagedllm.scheduler import SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """The fixed shapes of the CUDA graph a step replays, which its inputs are padded to.
+
+    Attributes:
+        size: the graph's one-token rows (`decode`), else its tokens.
+        decode: a decode graph (every row one token, every row sampling). Else a mixed-step
+            graph, which runs `size` tokens over max_seqs sequences.
+    """
+
+    size: int
+    decode: bool
 
 
 @dataclass
 class BatchInput:
-    """The flattened step, as the model sees it."""
+    """The flattened step, as the model sees it.
+
+    Attributes:
+        input_ids, positions: [T] (the step's own tokens, never the padding).
+        attn_metadata: the batch description; None for a padded decode step (its graph reads the
+            buffers through the metadata it was captured with).
+        logits_indices: the rows of the model's output to take logits of, one per sampling row.
+    """
 
     input_ids: torch.Tensor
     positions: torch.Tensor
-    attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor
+    attn_metadata: AttentionMetadata | None
+    logits_indices: torch.Tensor | slice
 
 
 class InputBuffers:
@@ -69,6 +92,9 @@ class InputBuffers:
             self.i32 = torch.zeros_like(self._i32_host, device=device)
         else:
             self.i64, self.i32 = self._i64_host, self._i32_host
+        # The CUDA graphs' block table: its row stride is baked into them, so it is sized for the
+        # longest request, with a row for every sequence a step can hold.
+        self.graph_block_table = torch.zeros(s, max_blocks_per_seq, dtype=torch.int32, device=device)
         self._table_off = 2 * s + 1
         # Block tables as last written, one row per batch position (host memory, not pinned).
         self._table = np.zeros((s, max_blocks_per_seq), dtype=np.int32)
@@ -92,6 +118,10 @@ class InputBuffers:
     def seq_lens(self, n: int) -> torch.Tensor:
         return self.i32[:n]
 
+    def query_start_loc(self, n: int) -> torch.Tensor:
+        """[n + 1] cumulative token counts (a mixed-step graph reads all max_seqs + 1)."""
+        return self.i32[self.max_seqs:self.max_seqs + n + 1]
+
     def block_table_staging(self, num_seqs: int, width: int) -> torch.Tensor:
         """The step's block table as copied: [num_seqs, width], contiguous."""
         off = self._table_off
@@ -99,19 +129,29 @@ class InputBuffers:
 
     # ---- filling --------------------------------------------------------------------------------
 
-    def prepare(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-                block_tables: list[list[int]], sample: list[bool],
-                pending: tuple[list[int], list[int]] | None = None,
-                prev_tokens: torch.Tensor | None = None, pad_to: int | None = None) -> BatchInput:
-        """Fill and copy a ragged step (prefill, chunked prefill, decode or a mix); views of it.
+    def prepare(self, step: SchedulerOutput, prev_tokens: torch.Tensor | None = None,
+                padding: Padding | None = None) -> BatchInput:
+        """Fill and copy the step's inputs (prefill, chunked prefill, decode or a mix); views of them.
 
-        `pending` = (rows, sources): these one-token rows take their input id from `prev_tokens`
-        at `sources` (their `token_ids` entry ends just before it).
+        `prev_tokens`: the previous launch's sampled ids, on the device, where the step's pending
+        rows take their input from (`step.pending_sources`).
 
-        `pad_to` (a CUDA graph's token count): the device buffers also hold a valid step of
-        `pad_to` tokens and max_seqs sequences. Tokens past the step's are token 0 at position 0,
-        slot -1 (no K/V written) in no sequence; sequences past the step's have no tokens and
-        context 0 (attention skips them). The views returned are the step's own, unpadded."""
+        `padding` (a CUDA graph's shapes): the device buffers also hold a valid step of the
+        graph's size, and the step's block table is copied into `graph_block_table`. Padding
+        tokens are token 0 at position 0, slot -1 (no K/V written). A mixed graph's padding
+        tokens are in no sequence, and its sequences past the step's have no tokens and context
+        0 (attention skips them). A decode graph's padding rows have context 1 (they attend to
+        slot 0 of whatever block their table row names: a valid block, so their values are
+        finite, and nothing reads them).
+        """
+        if padding is not None and padding.decode:
+            return self._prepare_decode(step, prev_tokens, padding.size)
+        return self._prepare_ragged(step, prev_tokens, padding.size if padding else None)
+
+    def _prepare_ragged(self, step: SchedulerOutput, prev_tokens: torch.Tensor | None,
+                        pad_to: int | None) -> BatchInput:
+        token_ids, num_computed, num_tokens = step.token_ids, step.num_computed, step.num_tokens
+        pending = step.pending_rows
         num_seqs = len(num_tokens)
         if num_seqs > self.max_seqs:
             raise ValueError(f"step has {num_seqs} requests, more than max_num_seqs={self.max_seqs}")
@@ -124,7 +164,7 @@ class InputBuffers:
         if pad_to is not None and not total <= pad_to <= self.max_tokens:
             raise ValueError(f"pad_to={pad_to} must be in [{total}, {self.max_tokens}]")
         self._wait_for_last_copy()
-        width = self._fill_table(block_tables)
+        width = self._fill_table(step.block_tables)
         nc = np.asarray(num_computed, dtype=np.int64)
         t = self.max_tokens
         i64 = self._i64
@@ -142,8 +182,8 @@ class InputBuffers:
                 flat.extend(toks[c:c + n] if c + n <= len(toks) else [0] * n)
             ids[:] = flat
         if pending:
-            self._stage_pending(qsl[np.asarray(pending[0], dtype=np.int64)], pending[1])
-        logits_idx = (qsl[1:] - 1)[np.asarray(sample, dtype=bool)]
+            self._stage_pending(qsl[np.asarray(pending, dtype=np.int64)], step.pending_sources)
+        logits_idx = (qsl[1:] - 1)[np.asarray(step.sample, dtype=bool)]
         i64[3 * t:3 * t + len(logits_idx)] = logits_idx
         s = self.max_seqs
         i32 = self._i32
@@ -158,12 +198,15 @@ class InputBuffers:
             i32[s + num_seqs + 1:2 * s + 1] = total
         self._stage_table(num_seqs, width)
         self._copy(2 * s + 1 + num_seqs * width)
-        self._patch_pending(pending, prev_tokens)
+        self._patch_pending(len(pending), prev_tokens)
+        table = self.block_table_staging(num_seqs, width)
+        if pad_to is not None:
+            self.graph_block_table[:num_seqs, :width].copy_(table)
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping(total),
-            block_tables=self.block_table_staging(num_seqs, width),
+            block_tables=table,
             seq_lens=self.seq_lens(num_seqs),
-            query_start_loc=self.i32[s:s + num_seqs + 1],
+            query_start_loc=self.query_start_loc(num_seqs),
             max_query_len=int(nt.max()) if num_seqs else 0,
             max_seq_len=int(seq_lens.max()) if num_seqs else 0,
         )
@@ -171,26 +214,18 @@ class InputBuffers:
                           attn_metadata=meta,
                           logits_indices=self.i64[3 * t:3 * t + len(logits_idx)])
 
-    def prepare_decode(self, token_ids: list[list[int]], num_computed: list[int],
-                       block_tables: list[list[int]], padded: int,
-                       pending: tuple[list[int], list[int]] | None = None,
-                       prev_tokens: torch.Tensor | None = None) -> tuple[int, int]:
-        """Fill and copy a pure-decode step of n requests, padded to `padded` rows for a graph.
+    def _prepare_decode(self, step: SchedulerOutput, prev_tokens: torch.Tensor | None,
+                        padded: int) -> BatchInput:
+        """A pure-decode step of n rows, padded to `padded` rows for a decode graph.
 
-        Every row samples, so its input is the last token of its list, or pending (see prepare).
-        Padding rows get token 0 at position 0, slot -1 (their K/V are not written) and context
-        length 1 (they attend to slot 0 of whatever block their table row names: a valid block,
-        so the values are finite, and nothing reads their outputs).
-
-        Returns:
-            (width, max_seq_len): the staged block table is [n, width] (block_table_staging);
-            the caller copies it into the graph's own table.
+        Every row samples, so its input is the last token of its list, or pending.
         """
+        token_ids, num_computed, pending = step.token_ids, step.num_computed, step.pending_rows
         n = len(num_computed)
         if not n <= padded <= min(self.max_seqs, self.max_tokens):
             raise ValueError(f"padded={padded} must be in [{n}, {min(self.max_seqs, self.max_tokens)}]")
         self._wait_for_last_copy()
-        width = self._fill_table(block_tables)
+        width = self._fill_table(step.block_tables)
         t, s = self.max_tokens, self.max_seqs
         i64, i32 = self._i64, self._i32
         pos = i64[t:t + padded]
@@ -200,7 +235,7 @@ class InputBuffers:
         ids[:n] = [toks[-1] for toks in token_ids]
         ids[n:] = 0
         if pending:
-            self._stage_pending(pending[0], pending[1])
+            self._stage_pending(pending, step.pending_sources)
         slots = i64[2 * t:2 * t + padded]
         self._slots(self._arange[:n], pos[:n], slots[:n])
         slots[n:] = -1
@@ -209,8 +244,10 @@ class InputBuffers:
         seq_lens[n:] = 1
         self._stage_table(n, width)
         self._copy(2 * s + 1 + n * width)
-        self._patch_pending(pending, prev_tokens)
-        return width, int(seq_lens[:n].max())
+        self._patch_pending(len(pending), prev_tokens)
+        self.graph_block_table[:n, :width].copy_(self.block_table_staging(n, width))
+        return BatchInput(input_ids=self.input_ids(n), positions=self.positions(n),
+                          attn_metadata=None, logits_indices=slice(0, n))
 
     def _stage_pending(self, rows, sources) -> None:
         """Write where pending tokens go (flat input positions) and where they come from."""
@@ -219,11 +256,12 @@ class InputBuffers:
         self._i64[off:off + k] = rows
         self._i64[off + s:off + s + k] = sources
 
-    def _patch_pending(self, pending, prev_tokens: torch.Tensor | None) -> None:
-        """On the device, after the copy: input_ids[rows] = prev_tokens[sources]."""
-        if not pending:
+    def _patch_pending(self, k: int, prev_tokens: torch.Tensor | None) -> None:
+        """On the device, after the copy: input_ids[rows] = prev_tokens[sources], k of them."""
+        if not k:
             return
-        k = len(pending[0])
+        if prev_tokens is None:
+            raise RuntimeError("pending input tokens, but no step was launched before")
         off, s = 3 * self.max_tokens + self.max_seqs, self.max_seqs
         rows, sources = self.i64[off:off + k], self.i64[off + s:off + s + k]
         self.i64[:self.max_tokens].index_copy_(0, rows, prev_tokens.index_select(0, sources))

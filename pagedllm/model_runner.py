@@ -4,22 +4,26 @@ The batch is ragged, never padded: request i contributes its `num_tokens[i]` new
 to its cached context through its block table. Only requests whose chunk reaches their last token
 sample (a partial prompt chunk only fills the cache).
 
-On CUDA, pure-decode steps replay a captured CUDA graph (cuda_graphs.py) unless
-`EngineConfig.enforce_eager`; every step's inputs go through preallocated buffers (input_buffers.py).
+A step is the scheduler's `SchedulerOutput`, whole: `launch(step)` chooses a CUDA graph for it
+(cuda_graphs.py; on CUDA unless `EngineConfig.enforce_eager`), builds its inputs once into the
+preallocated buffers (input_buffers.py), replays the graph or runs the model eagerly, and samples
+(sampler.py). It keeps the sampled tokens on the device: the next step's pending inputs are read
+from them (async scheduling).
 """
 from __future__ import annotations
 
 import torch
 
 import pagedllm_kernels as kernels
-from pagedllm.config import EngineConfig
-from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs
+from pagedllm.config import EngineConfig, resolve_max_model_len
+from pagedllm.cuda_graphs import DecodeGraphs, MixedGraphs, Replay
 from pagedllm.input_buffers import InputBuffers
 from pagedllm.layers.attention import AttentionMetadata
-from pagedllm.layers.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
+from pagedllm.sampler import SampleHandle, Sampler, SamplerOutput, SamplingRow
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler import SchedulerOutput
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # One row of each sampling kind the sampler has (its torch kernels load on first use).
@@ -43,16 +47,16 @@ class ModelRunner:
             torch.set_num_threads(config.cpu_threads)
         self.dtype = _TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
-        self.model = load_model(config.model, model_config, self.dtype, self.device)
+        ops = kernels.select_ops(self.device, self.dtype, config.kernel_backend)
+        self.model = load_model(config.model, model_config, self.dtype, self.device, ops)
         self.memory_profile: dict[str, int] = {}
         self.num_kv_blocks = config.num_kv_blocks or self._auto_num_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
         kernels.check_kv_cache(self.kv_caches[0], self.model.ops)  # once: the layers do not check
         self.sampler = Sampler(seed=config.seed, device=self.device)
         self._last_tokens: torch.Tensor | None = None  # the last launch's sampled ids (device)
-        # NOTE: the engine's own max_model_len rule: no request outgrows this many blocks.
-        self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
-                                 self.num_kv_blocks * self.block_size)
+        self.max_model_len = resolve_max_model_len(config, model_config.max_position_embeddings,
+                                                   self.num_kv_blocks)
         self.buffers = InputBuffers(
             max_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),
             max_seqs=config.max_num_seqs,
@@ -76,8 +80,8 @@ class ModelRunner:
         """Runs one step of each kind the engine launches, so that nothing compiles under traffic.
 
         OpenAI Triton compiles a kernel the first time it meets a new specialisation, which took
-        seconds inside the first real prefill steps (the first nano run was 28-38 % slower than
-        the second on an H200). The graphs' capture compiles every decode variant; this compiles
+        seconds inside the first real prefill steps (the first run after start-up was much slower
+        than the second: docs/benchmarks.md). The graphs' capture compiles every decode variant; this compiles
         the rest: a prefill step at the full token budget over several sequences, a mixed step
         (a prompt chunk beside decodes) and sampling of each kind (greedy, random with top-k,
         top-p and min-p, logprobs). The K/V it writes land in blocks no request owns yet; any
@@ -103,9 +107,11 @@ class ModelRunner:
             rows = [SamplingRow(params=p, prompt_token_ids=(1,), output_token_ids=(1,))
                     for p in _WARM_UP_SAMPLING[:len(plan)]]
             rows += rows[-1:] * (len(plan) - len(rows))
-            self.execute(token_ids=[[1] * (n + c) for n, c in plan],
-                         num_computed=[c for _, c in plan], num_tokens=[n for n, _ in plan],
-                         block_tables=tables, sample=[True] * len(plan), rows=rows)
+            num_tokens = [n for n, _ in plan]
+            self.execute(SchedulerOutput(
+                num_tokens=num_tokens, total_tokens=sum(num_tokens),
+                token_ids=[[1] * (n + c) for n, c in plan], num_computed=[c for _, c in plan],
+                block_tables=tables, sample=[True] * len(plan), rows=rows))
             steps += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -117,61 +123,41 @@ class ModelRunner:
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * mc.num_hidden_layers * self.block_size * mc.num_key_value_heads * mc.head_dim * elem
 
-    def execute(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-                block_tables: list[list[int]], sample: list[bool],
-                rows: list[SamplingRow]) -> SamplerOutput:
-        """Forward the step's tokens and sample for the requests marked in `sample`; waits for them.
-
-        Args:
-            token_ids: each scheduled request's token ids (prompt + output so far).
-            num_computed: tokens already in the cache, per request.
-            num_tokens: tokens to compute this step, per request.
-            block_tables: KV block ids, per request.
-            sample: whether the request's chunk ends at its last token (so it samples), per request.
-            rows: one SamplingRow per True in `sample`, in order.
-        """
-        return self.launch(token_ids, num_computed, num_tokens, block_tables, sample, rows).result()
+    def execute(self, step: SchedulerOutput) -> SamplerOutput:
+        """Run the step and sample for its sampling rows (`step.rows`); waits for the tokens."""
+        return self.launch(step).result()
 
     @torch.inference_mode()
-    def launch(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-               block_tables: list[list[int]], sample: list[bool], rows: list[SamplingRow],
-               pending: tuple[list[int], list[int]] | None = None) -> SampleHandle:
+    def launch(self, step: SchedulerOutput) -> SampleHandle:
         """Like execute, without waiting for the step (on CUDA): the handle's result() does.
 
-        `pending` = (rows, sources): the input token of each of these rows (a one-token decode
-        row) was sampled by the previous launch and is not known to the host yet: it is read on
-        the device from that launch's tokens, at these indices (None when there are none). Such a
-        row's entry in `token_ids` stops one token short of it.
+        The step's pending rows (async scheduling) take their input from the last launch's
+        sampled tokens, on the device.
         """
         prev = self._last_tokens
-        if pending and prev is None:
-            raise RuntimeError("pending input tokens, but no step was launched before")
-        if self.graphs is not None and rows and len(rows) == len(num_tokens) == sum(num_tokens):
-            hidden = self.graphs.run(token_ids, num_computed, block_tables, pending, prev)
-            if hidden is not None:
-                return self._sample(self.model.compute_logits(hidden, float32=False), rows, prev)
-        replayed = None
-        if self.mixed_graphs is not None:
-            replayed = self.mixed_graphs.run(token_ids, num_computed, num_tokens, block_tables, sample,
-                                             pending, prev)
-        if replayed is not None:
-            hidden, logits_indices = replayed
+        replay = self._choose_graph(step)
+        batch = self.buffers.prepare(step, prev, replay.padding if replay is not None else None)
+        if replay is not None:
+            hidden = replay.run()
         else:
-            batch = self.buffers.prepare(token_ids, num_computed, num_tokens, block_tables, sample,
-                                         pending, prev)
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn_metadata)
-            logits_indices = batch.logits_indices
-        if not rows:
+        if not step.rows:
             self._last_tokens = None
             return SampleHandle(hidden.new_empty(0, dtype=torch.int64), None, 0)
-        logits = self.model.compute_logits(hidden[logits_indices], float32=False)
-        return self._sample(logits, rows, prev)
-
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow],
-                prev: torch.Tensor | None) -> SampleHandle:
-        handle = self.sampler.launch(logits, rows, prev)
+        logits = self.model.compute_logits(hidden[batch.logits_indices], float32=False)
+        handle = self.sampler.launch(logits, step.rows, prev)
         self._last_tokens = handle.tokens
         return handle
+
+    def _choose_graph(self, step: SchedulerOutput) -> Replay | None:
+        """A decode graph for a pure-decode step, else a mixed-step graph, else None (eager)."""
+        if self.graphs is None and self.mixed_graphs is None:
+            return None
+        total = sum(step.num_tokens)
+        replay = self.graphs.choose(step, total) if self.graphs is not None else None
+        if replay is None and self.mixed_graphs is not None:
+            replay = self.mixed_graphs.choose(step, total)
+        return replay
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config

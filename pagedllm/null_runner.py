@@ -5,7 +5,8 @@ repeat exactly, and it never touches a tensor.
 """
 from __future__ import annotations
 
-from pagedllm.layers.sampler import SamplerOutput, SamplingRow
+from pagedllm.sampler import SamplerOutput
+from pagedllm.scheduler import SchedulerOutput
 
 
 class _Done:
@@ -19,7 +20,7 @@ class _Done:
 
 
 class NullRunner:
-    """Stands in for ModelRunner behind the same `execute` call."""
+    """Stands in for ModelRunner behind the same `execute(step)` / `launch(step)` calls."""
 
     def __init__(self, num_kv_blocks: int, vocab_size: int, device: str = "cpu") -> None:
         self.num_kv_blocks = num_kv_blocks
@@ -28,25 +29,21 @@ class NullRunner:
         self.num_forward_tokens = 0
         self._last: list[int] = []
 
-    def execute(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-                block_tables: list[list[int]], sample: list[bool],
-                rows: list[SamplingRow]) -> SamplerOutput:
-        return self.launch(token_ids, num_computed, num_tokens, block_tables, sample, rows).result()
+    def execute(self, step: SchedulerOutput) -> SamplerOutput:
+        return self.launch(step).result()
 
-    def launch(self, token_ids: list[list[int]], num_computed: list[int], num_tokens: list[int],
-               block_tables: list[list[int]], sample: list[bool], rows: list[SamplingRow],
-               pending: tuple[list[int], list[int]] | None = None) -> _Done:
+    def launch(self, step: SchedulerOutput) -> _Done:
         """As ModelRunner.launch: a pending row's input is the last launch's token at its source,
         so async and synchronous scheduling sample the same tokens."""
-        self.num_forward_tokens += sum(num_tokens)
-        if pending:  # the row's list ends one token short: that token is the last launch's
-            source = dict(zip(*pending))
+        self.num_forward_tokens += step.total_tokens
+        if step.pending_rows:  # the row's list ends one token short: that token is the last launch's
+            source = dict(zip(step.pending_rows, step.pending_sources))
             last = self._last
             out = [((len(t) + 1) * 2654435761 + last[source[i]]) % self.vocab_size
                    if i in source else (len(t) * 2654435761 + t[-1]) % self.vocab_size
-                   for i, (t, s) in enumerate(zip(token_ids, sample)) if s]
+                   for i, (t, s) in enumerate(zip(step.token_ids, step.sample)) if s]
         else:
             out = [(len(t) * 2654435761 + t[-1]) % self.vocab_size
-                   for t, s in zip(token_ids, sample) if s]
+                   for t, s in zip(step.token_ids, step.sample) if s]
         self._last = out
         return _Done(SamplerOutput(token_ids=out, logprobs=[None] * len(out)))

@@ -10,10 +10,10 @@ class StreamDelta:
 
     Build it by keyword. NOTE: two hot paths pass the fields by position, in WIRE_FIELDS order,
     which is the field order (checked below, and by tests/test_coalesce.py): the engine's
-    per-token delta and `from_wire`. Keyword construction of all 256 deltas of a step cost the
-    CPU benchmark's engine step ~40-60 us (7 %) against positional. Crossing a process boundary a
-    delta travels as a tuple (`to_wire` / `from_wire`): pickling the dataclass itself cost the
-    engine thread 6x more per step.
+    per-token delta and `from_wire`; keyword construction of every delta of a step slowed the CPU
+    benchmark's engine step measurably (docs/benchmarks.md). Crossing a process boundary a delta
+    travels as a tuple (`to_wire` / `from_wire`): pickling the dataclass itself cost the engine
+    thread several times more per step (docs/serving-benchmarks.md).
 
     Attributes:
         request_id: the request.

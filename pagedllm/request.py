@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # NOTE: types only: the scheduler and its tests import this w
     import torch
 
     from pagedllm.detokenizer import DetokState
-    from pagedllm.layers.sampler import SamplingRow
+    from pagedllm.sampler import SamplingRow
     from pagedllm.structured_outputs import Matcher
 
 

@@ -69,31 +69,39 @@ def test_mixed_bucket_sizes():
 
 
 @needs_cuda
-@pytest.mark.parametrize("arch, fused_env, apart_env", [
-    ("llama", ("PAGEDLLM_ROTARY_INTO_CACHE", ""), ("PAGEDLLM_ROTARY_INTO_CACHE", "separate")),
-    ("qwen3", ("PAGEDLLM_QK_NORM_ROTARY", "separate"), ("PAGEDLLM_ROTARY_INTO_CACHE", "separate")),
-])
-def test_bf16_rotary_into_cache_changes_no_token(tiny_checkpoints, arch, fused_env, apart_env, monkeypatch):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_bf16_rotary_into_cache_changes_no_token(tiny_checkpoints, arch, monkeypatch):
     """bf16 with graphs: the rotary kernel that writes the cache itself computes the same bits as
     the rotary followed by the cache write, so greedy tokens are identical, through prefill,
-    chunked mixed steps and every decode bucket (the padded rows write nowhere)."""
+    chunked mixed steps and every decode bucket (the padded rows write nowhere). (qwen3's q/k
+    norms stay apart on both sides: folded into the kernel they round differently.)"""
+    import pagedllm_kernels as kernels
+
     model_dir = tiny_checkpoints[arch]
     rng = random.Random(4)
     prompts = [[rng.randrange(4000) for _ in range(rng.randint(1, 500))] for _ in range(24)]
     params = [SamplingParams(temperature=0.0, max_tokens=rng.randint(1, 80), ignore_eos=True)
               for _ in prompts]
+    selected, t = kernels.select_ops, kernels._load_triton_ops()
 
-    def tokens(env: tuple[str, str]) -> list[list[int]]:
-        monkeypatch.setenv(*env)
+    def tokens(into_cache: bool) -> list[list[int]]:
+        def select(device, dtype, backend="auto"):
+            """The selected kernels, the cache write apart from the rotary or in it (no q/k fold)."""
+            s = selected(device, dtype, backend)
+            return kernels._make_ops(s.backend, s.reshape_and_cache, s.paged_attention, s.rms_norm,
+                                     s.fused_add_rms_norm, s.silu_and_mul, s.rope, s.rotary,
+                                     t.rotary_into_cache if into_cache else None)
+
+        monkeypatch.setattr(kernels, "select_ops", select)
         llm = LLM(model_dir, device="cuda", dtype="bfloat16", num_kv_blocks=2048, max_num_seqs=16,
                   max_num_batched_tokens=512)
         ops = llm.engine.runner.model.ops
-        assert (ops.rotary_into_cache is None) == (env[1] == "separate" and env[0].endswith("CACHE"))
+        assert ops.rotary is t.rotary and (ops.rotary_into_cache is t.rotary_into_cache) == into_cache
         out = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         assert llm.engine.runner.graphs.num_replays > 0 and llm.engine.runner.mixed_graphs.num_replays > 0
         return [o.outputs[0].token_ids for o in out]
 
-    assert tokens(fused_env) == tokens(apart_env)
+    assert tokens(into_cache=True) == tokens(into_cache=False)
 
 
 # --- what a mixed-step graph replays, checked without a GPU ----------------------------------------
@@ -103,10 +111,11 @@ def _padded_step_states(model_dir, ops, pad_to, device):
     and from buffers padded the way MixedGraphs pads them (the model run over all pad_to tokens
     and max_seqs sequences, as the graph runs). Returns both step's states and caches, and the
     caches from before the step."""
-    from pagedllm.input_buffers import InputBuffers
+    from pagedllm.input_buffers import InputBuffers, Padding
     from pagedllm.layers.attention import AttentionMetadata
     from pagedllm.models.config import ModelConfig
     from pagedllm.models.registry import load_model
+    from pagedllm.scheduler import SchedulerOutput
 
     config = ModelConfig.from_dir(model_dir)
     model = load_model(model_dir, config, torch.float32, torch.device(device), ops=ops)
@@ -117,22 +126,29 @@ def _padded_step_states(model_dir, ops, pad_to, device):
     rng = random.Random(5)
     seqs = [[rng.randrange(4000) for _ in range(n)] for n in (40, 23, 70)]
     tables = [[3, 7, 1], [5, 2], [9, 0, 11, 4, 6]]
+
+    def as_step(**lists) -> SchedulerOutput:
+        return SchedulerOutput(total_tokens=sum(lists["num_tokens"]), **lists)
+
     with torch.inference_mode():
         # the two decoding sequences' contexts, then the step: one token each + a 30-token chunk
-        first = buffers.prepare(seqs[:2], [0, 0], [39, 22], tables[:2], [False, False])
+        first = buffers.prepare(as_step(token_ids=seqs[:2], num_computed=[0, 0], num_tokens=[39, 22],
+                                        block_tables=tables[:2], sample=[False, False]))
         model(first.input_ids, first.positions, caches, first.attn_metadata)
         before = [c.clone() for c in caches]
-        step = dict(token_ids=seqs, num_computed=[39, 22, 0], num_tokens=[1, 1, 30],
-                    block_tables=tables, sample=[True, True, False])
-        eager = buffers.prepare(**step)
+        step = as_step(token_ids=seqs, num_computed=[39, 22, 0], num_tokens=[1, 1, 30],
+                       block_tables=tables, sample=[True, True, False])
+        eager = buffers.prepare(step)
         want = model(eager.input_ids, eager.positions, caches, eager.attn_metadata).clone()
         want_caches, caches = caches, [c.clone() for c in before]
-        padded = buffers.prepare(**step, pad_to=pad_to)
+        padded = buffers.prepare(step, padding=Padding(pad_to, decode=False))
         s = buffers.max_seqs
-        graph_table = torch.zeros(s, buffers.max_blocks_per_seq, dtype=torch.int32, device=device)
-        graph_table[:3, :padded.attn_metadata.block_tables.shape[1]] = padded.attn_metadata.block_tables
-        meta = AttentionMetadata(slot_mapping=buffers.slot_mapping(pad_to), block_tables=graph_table,
-                                 seq_lens=buffers.seq_lens(s), query_start_loc=buffers.i32[s:2 * s + 1],
+        # what the graph reads: the padded buffers, and the block table copied into its own
+        for i, table in enumerate(tables):
+            assert buffers.graph_block_table[i, :len(table)].tolist() == table
+        meta = AttentionMetadata(slot_mapping=buffers.slot_mapping(pad_to),
+                                 block_tables=buffers.graph_block_table,
+                                 seq_lens=buffers.seq_lens(s), query_start_loc=buffers.query_start_loc(s),
                                  max_query_len=2, max_seq_len=96)
         got = model(buffers.input_ids(pad_to), buffers.positions(pad_to), caches, meta)
     assert torch.equal(padded.logits_indices, eager.logits_indices)
@@ -145,16 +161,14 @@ def test_a_padded_mixed_step_computes_the_step_and_writes_only_its_slots(tiny_ch
     max_num_seqs (no tokens) leave the real tokens' states as the eager step computes them, write
     the real tokens' K/V alone, and give the padding finite states nobody reads. "triton": the
     attention and cache-write kernels, compiled on a GPU, else in Triton's interpreter."""
-    import dataclasses
-
     import pagedllm_kernels as kernels
     from pagedllm_kernels import REFERENCE_OPS
     ops, device = REFERENCE_OPS, "cpu"
     if attention != "reference":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        t = kernels._load_triton_ops()
-        ops = dataclasses.replace(REFERENCE_OPS, paged_attention=t.paged_attention,
-                                  reshape_and_cache=t.reshape_and_cache)
+        t, r = kernels._load_triton_ops(), REFERENCE_OPS
+        ops = kernels._make_ops("reference", t.reshape_and_cache, t.paged_attention, r.rms_norm,
+                                r.fused_add_rms_norm, r.silu_and_mul, r.rope, r.rotary)
     want, want_caches, got, caches, before = _padded_step_states(tiny_checkpoints["llama"], ops, 64, device)
     torch.testing.assert_close(got[:32], want, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(got).all()

@@ -26,8 +26,6 @@ Subnormal 16-bit results get two steps of the subnormal spacing as an absolute a
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -343,41 +341,45 @@ def test_rotary_into_cache_rejects(changes, match):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cpu_and_float32_take_the_references_exactly(dtype):
-    """The checked package entries on CPU are the references (the float32 parity contract)."""
-    cpu = torch.device("cpu")
-    x, residual, weight = (t.to(cpu) for t in _add_norm_inputs((3, 64), dtype))
-    assert all(torch.equal(a, b) for a, b in zip(kernels.fused_add_rms_norm(x, residual, weight, 1e-5),
-                                                   fused_add_rms_norm_ref(x, residual, weight, 1e-5)))
-    assert torch.equal(kernels.silu_and_mul(x), silu_and_mul_ref(x))
-    q, k = (t.cpu() for t in _qkv(3, 4, 2, 16, dtype))
-    cos, sin = (t.cpu() for t in _tables(16, 8))
-    positions = torch.tensor([0, 7, 3])
-    assert all(torch.equal(a, b) for a, b in zip(kernels.rotary(q, k, positions, cos, sin),
-                                                   rotary_ref(q, k, positions, cos, sin)))
+    """CPU runs the references (the float32 parity contract), and so does CUDA in float32 and
+    float16 for the elementwise ops; select_ops looks at the device's type only: no GPU needed."""
     assert kernels.select_ops("cpu", dtype) is REFERENCE_OPS
+    for other in (torch.float32, torch.float16):
+        ops = kernels.select_ops("cuda", other)
+        assert (ops.rms_norm, ops.fused_add_rms_norm, ops.silu_and_mul, ops.rope, ops.rotary) == (
+            rms_norm_ref, fused_add_rms_norm_ref, silu_and_mul_ref, REFERENCE_OPS.rope,
+            REFERENCE_OPS.rotary)
 
 
-def test_cuda_bf16_selects_the_kernels_and_the_switches_undo_it(monkeypatch):
+def test_cuda_bf16_selects_the_kernels_and_the_reference_backend_undoes_it():
     """select_ops looks at the device's type only: this runs without a GPU."""
     ops = kernels.select_ops("cuda", torch.bfloat16)
     t = kernels._load_triton_ops()
+    assert ops is t
     assert (ops.fused_add_rms_norm, ops.silu_and_mul, ops.rotary) == (t.fused_add_rms_norm, t.silu_and_mul, t.rotary)
-    for dtype in (torch.float32, torch.float16):
-        other = kernels.select_ops("cuda", dtype)
-        assert (other.fused_add_rms_norm, other.silu_and_mul, other.rope) == (
-            REFERENCE_OPS.fused_add_rms_norm, REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope)
-    assert ops.qk_norm_rotary is t.qk_norm_rotary
-    assert kernels.select_ops("cuda", torch.float32).qk_norm_rotary is None
-    monkeypatch.setenv("PAGEDLLM_QK_NORM_ROTARY", "separate")
-    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is None
-    monkeypatch.delenv("PAGEDLLM_QK_NORM_ROTARY")
-    monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
-    assert kernels.select_ops("cuda", torch.bfloat16).fused_add_rms_norm is REFERENCE_OPS.fused_add_rms_norm
-    assert kernels.select_ops("cuda", torch.bfloat16).qk_norm_rotary is None
-    monkeypatch.setenv("PAGEDLLM_ELEMENTWISE", "reference")
-    ops = kernels.select_ops("cuda", torch.bfloat16)
-    assert (ops.silu_and_mul, ops.rope, ops.rotary) == (REFERENCE_OPS.silu_and_mul, REFERENCE_OPS.rope,
-                                                        REFERENCE_OPS.rotary)
+    assert (ops.rotary_into_cache, ops.qk_norm_rotary) == (t.rotary_into_cache, t.qk_norm_rotary)
+    fp32 = kernels.select_ops("cuda", torch.float32)
+    assert (fp32.paged_attention, fp32.reshape_and_cache) == (t.paged_attention, t.reshape_and_cache)
+    assert fp32.qk_norm_rotary is not t.qk_norm_rotary and fp32.rotary_into_cache is not t.rotary_into_cache
+    assert kernels.select_ops("cuda", torch.bfloat16, "reference") is REFERENCE_OPS
+    with pytest.raises(ValueError, match="kernel_backend"):
+        kernels.select_ops("cuda", torch.bfloat16, "triton-please")
+
+
+def test_the_composed_folds_are_the_ops_in_transformers_order():
+    """Where no kernel folds the q/k norms, the rotary and the cache write, the one op the
+    attention block calls runs them one after the other, in transformers' order: exactly."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(5, h, 16, generator=g) for h in (4, 2, 2))
+    qw, kw = torch.rand(16, generator=g) + 0.5, torch.rand(16, generator=g) + 0.5
+    cos, sin = (t.cpu() for t in _tables(16, 8))
+    positions, slots = torch.tensor([0, 7, 3, 2, 1]), torch.tensor([9, -1, 0, 4, 31])
+    rope = REFERENCE_OPS.rope(positions, cos, sin, q.dtype)
+    caches = [torch.zeros(2, 4, 8, 2, 16) for _ in range(2)]
+    got = REFERENCE_OPS.qk_norm_rotary(q, k, v, qw, kw, 1e-6, rope, caches[0][0], caches[0][1], slots)
+    want_q, want_k = rotary_ref(rms_norm_ref(q, qw, 1e-6), rms_norm_ref(k, kw, 1e-6), positions, cos, sin)
+    reshape_and_cache_ref(want_k, v, caches[1][0], caches[1][1], slots)
+    assert torch.equal(got, want_q) and torch.equal(caches[0], caches[1])
 
 
 def _prefill_logits(model, ids: list[int]) -> torch.Tensor:
@@ -419,11 +421,12 @@ def _triton_elementwise_ops(fusion: str = "separate"):
     fusion: "separate" (the rotary, then the cache write), "into-cache" (the rotary kernel writes
     the cache) or "qk-fused" (q/k norms, rotary and the cache write in one kernel).
     """
-    t = kernels._load_triton_ops()
-    return dataclasses.replace(REFERENCE_OPS, rms_norm=t.rms_norm, fused_add_rms_norm=t.fused_add_rms_norm,
-                               silu_and_mul=t.silu_and_mul, rope=t.rope, rotary=t.rotary,
-                               rotary_into_cache=t.rotary_into_cache if fusion != "separate" else None,
-                               qk_norm_rotary=t.qk_norm_rotary if fusion == "qk-fused" else None)
+    t, r = kernels._load_triton_ops(), REFERENCE_OPS
+    # (None: the fold runs as the ops it folds, one after the other)
+    return kernels._make_ops("reference", r.reshape_and_cache, r.paged_attention, t.rms_norm,
+                             t.fused_add_rms_norm, t.silu_and_mul, t.rope, t.rotary,
+                             t.rotary_into_cache if fusion != "separate" else None,
+                             t.qk_norm_rotary if fusion == "qk-fused" else None)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)], ids=["fp32", "fp16"])
@@ -479,10 +482,9 @@ def test_gpu_bf16_model_through_the_kernels_tracks_the_references(tiny_checkpoin
     (test_model_forward)."""
     path = tiny_checkpoints[arch]
     selected = kernels.select_ops("cuda", torch.bfloat16)
-    elementwise_ref = dataclasses.replace(
-        selected, rms_norm=REFERENCE_OPS.rms_norm, fused_add_rms_norm=REFERENCE_OPS.fused_add_rms_norm,
-        silu_and_mul=REFERENCE_OPS.silu_and_mul, rope=REFERENCE_OPS.rope, rotary=REFERENCE_OPS.rotary,
-        rotary_into_cache=None, qk_norm_rotary=None)
+    r = REFERENCE_OPS
+    elementwise_ref = kernels._make_ops("triton", selected.reshape_and_cache, selected.paged_attention,
+                                        r.rms_norm, r.fused_add_rms_norm, r.silu_and_mul, r.rope, r.rotary)
     got = _prefill_logits(_load(path, torch.bfloat16, selected, "cuda"), PROMPT)
     want = _prefill_logits(_load(path, torch.bfloat16, elementwise_ref, "cuda"), PROMPT)
     torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)

@@ -10,9 +10,16 @@ import random
 import pytest
 import torch
 
-from pagedllm.input_buffers import InputBuffers
+from pagedllm.input_buffers import InputBuffers, Padding
+from pagedllm.scheduler import SchedulerOutput
 
 BS = 4
+
+
+def as_step(token_ids, num_computed, num_tokens, block_tables, sample) -> SchedulerOutput:
+    """The scheduler's step for these lists (what the runner hands InputBuffers.prepare)."""
+    return SchedulerOutput(num_tokens=num_tokens, total_tokens=sum(num_tokens), token_ids=token_ids,
+                           num_computed=num_computed, block_tables=block_tables, sample=sample)
 
 
 def expected(token_ids, num_computed, num_tokens, block_tables, sample):
@@ -59,7 +66,7 @@ def test_prepare_matches_lists_over_many_steps(decode):
         table.extend(rng.randrange(1000) for _ in range(-(-length // BS)))
     for step in range(60):
         step_args = random_step(rng, tables, rng.randint(1, 12), decode)
-        batch = buffers.prepare(*step_args)
+        batch = buffers.prepare(as_step(*step_args))
         ids, pos, slots, qsl, seq_lens, logits = expected(*step_args)
         meta = batch.attn_metadata
         assert batch.input_ids.tolist() == ids
@@ -79,21 +86,23 @@ def test_prepare_decode_pads_to_the_bucket():
                            device=torch.device("cpu"))
     tables = {r: ([rng.randrange(1000) for _ in range(3)], 10) for r in range(8)}
     token_ids, num_computed, _, block_tables, _ = random_step(rng, tables, 5, decode=True)
-    width, max_seq_len = buffers.prepare_decode(token_ids, num_computed, block_tables, padded=8)
+    step = as_step(token_ids, num_computed, [1] * 5, block_tables, [True] * 5)
+    batch = buffers.prepare(step, padding=Padding(8, decode=True))
     ids, pos, slots, _, seq_lens, _ = expected(token_ids, num_computed, [1] * 5, block_tables, [True] * 5)
     assert buffers.input_ids(8).tolist() == ids + [0] * 3
     assert buffers.positions(8).tolist() == pos + [0] * 3
     assert buffers.slot_mapping(8).tolist() == slots + [-1] * 3  # padding writes no K/V
     assert buffers.seq_lens(8).tolist() == seq_lens + [1] * 3
-    assert max_seq_len == max(seq_lens)
-    assert width == max(len(t) for t in block_tables)
+    assert batch.logits_indices == slice(0, 5)  # every row samples: the graph's first 5 outputs
+    width = max(len(t) for t in block_tables)
     staged = buffers.block_table_staging(5, width)
     for i, table in enumerate(block_tables):
         assert staged[i, :len(table)].tolist() == table
+        assert buffers.graph_block_table[i, :len(table)].tolist() == table  # what the graph reads
 
 
 def test_too_long_table_is_a_clear_error():
     buffers = InputBuffers(max_tokens=8, max_seqs=2, max_blocks_per_seq=2, block_size=BS,
                            device=torch.device("cpu"))
     with pytest.raises(ValueError, match="KV blocks"):
-        buffers.prepare([[1] * 12], [11], [1], [[0, 1, 2]], [True])
+        buffers.prepare(as_step([[1] * 12], [11], [1], [[0, 1, 2]], [True]))

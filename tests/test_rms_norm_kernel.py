@@ -81,12 +81,11 @@ def test_rejects_what_it_cannot_take(changes, match):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_float32_float16_and_cpu_take_the_reference_exactly(dtype):
-    """The public entry keeps float32 bit-identical to transformers (the parity contract), and
-    float16 on the reference until the kernel's fp16 GPU test has passed (see kernels.rms_norm)."""
-    x, weight = _inputs((3, 64), dtype)
-    assert torch.equal(kernels.rms_norm(x, weight, 1e-5), rms_norm_ref(x, weight, 1e-5))
-    xc, wc = _inputs((3, 64), torch.bfloat16, device=torch.device("cpu"))
-    assert torch.equal(kernels.rms_norm(xc, wc, 1e-5), rms_norm_ref(xc, wc, 1e-5))
+    """select_ops keeps float32 bit-identical to transformers (the parity contract), and float16
+    on the reference until the kernel's fp16 GPU test has passed (see kernels.select_ops)."""
+    for device in ("cuda", "cpu"):  # (select_ops looks at the device's type only: no GPU needed)
+        assert kernels.select_ops(device, dtype).rms_norm is rms_norm_ref
+    assert kernels.select_ops("cpu", torch.bfloat16).rms_norm is rms_norm_ref
 
 
 @needs_cuda
@@ -97,8 +96,9 @@ def test_gpu_kernel_matches_reference(shape, dtype):
 
 
 @needs_cuda
-def test_gpu_bf16_takes_the_kernel(monkeypatch):
+def test_gpu_bf16_takes_the_kernel():
     x, weight = _inputs((256, 2048), torch.bfloat16)
-    assert torch.equal(kernels.rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5))
-    monkeypatch.setenv("PAGEDLLM_RMS_NORM", "reference")
-    assert torch.equal(kernels.rms_norm(x, weight, 1e-5), rms_norm_ref(x, weight, 1e-5))
+    ops = kernels.select_ops(x.device, torch.bfloat16)
+    assert torch.equal(ops.rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5))
+    ops = kernels.select_ops(x.device, torch.bfloat16, "reference")
+    assert torch.equal(ops.rms_norm(x, weight, 1e-5), rms_norm_ref(x, weight, 1e-5))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagedllm.layers.sampler import Sampler, SamplingRow
+from pagedllm.sampler import Sampler, SamplingRow
 from pagedllm.sampling_params import SamplingParams
 
 

@@ -242,8 +242,8 @@ def _paged_attention_body(
 #   argument, and real traffic meets them all (seconds of compiling under the first requests);
 #   the start-up warm-up (ModelRunner.warm_up) compiles the one variant left;
 # - pure decode keeps Triton's specialisation (the block-table stride and the token count let it
-#   simplify the address maths: 3.5 % of the batch-256 decode step on an H200): the CUDA graphs
-#   fix those shapes, and their capture at start-up compiles each variant.
+#   simplify the address maths, a measurable share of a decode step: docs/benchmarks.md): the CUDA
+#   graphs fix those shapes, and their capture at start-up compiles each variant.
 _paged_attention_kernel = triton.jit(_paged_attention_body)
 _paged_attention_varlen_kernel = triton.jit(
     do_not_specialize=["num_seqs", "num_tokens", "stride_bt"])(_paged_attention_body)
@@ -296,12 +296,8 @@ def launch_config(dtype: torch.dtype, max_query_len: int, head_dim: int = 64) ->
 
     16-bit decode with head_dim 64 runs 2 warps: its tile has 16 rows (one query x the GQA group,
     padded for tl.dot), and 2 warps per program let twice as many programs keep loads in flight.
-    Measured on an H200 (bench/kernels_gpu.py --sweep, llama-1b heads, bf16, graph-launched):
-    batch 256 at context 832, 143.0 -> 119.9 us; batch 64 at 832, 43.0 -> 36.2; batch 64 at 4k,
-    173.8 -> 145.5; batch 256 at 256, 55.5 -> 45.0.
     With head_dim 128 each key row is twice as long, and 4 warps with 2 pipeline stages win
-    instead (--sweep --heads qwen3-0.6b, H200): batch 256 at 832, 230.5 -> 215.8 us; batch 64 at
-    832, 76.5 -> 58.4; batch 64 at 4k, 349.3 -> 251.3; batch 256 at 256, 80.4 -> 77.6.
+    instead. Both were chosen by bench/kernels_gpu.py --sweep (figures: docs/benchmarks.md).
     """
     if dtype == torch.float32:
         return LaunchConfig(block_n=32)
@@ -344,7 +340,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its paged context.
 
-    Same contract as `pagedllm_kernels.paged_attention` (`window` and `softcap` included).
+    The contract of `KernelOps.paged_attention` (`window` and `softcap` included).
     `num_splits` forces the number of KV splits (a power of 2; 1 = no split-KV); None picks it
     with `choose_num_splits`. `config` forces the launch knobs; None picks them with
     `launch_config`.

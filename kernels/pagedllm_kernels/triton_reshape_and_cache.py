@@ -60,7 +60,7 @@ def reshape_and_cache(
 ) -> None:
     """Writes key/value [T, num_kv_heads, head_dim] into their cache slots, in place.
 
-    Same contract as `pagedllm_kernels.reshape_and_cache`; slots < 0 are skipped. key/value may
+    The contract of `reference.reshape_and_cache_ref`; slots < 0 are skipped. key/value may
     be strided views (e.g. slices of a fused QKV output) as long as head_dim is contiguous.
 
     Raises:

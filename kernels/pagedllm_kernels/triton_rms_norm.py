@@ -35,7 +35,7 @@ def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, stride_x, dim, eps, BLOCK: tl.c
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`weight * normalise(x)` over the last dim; same contract as `pagedllm_kernels.rms_norm`.
+    """`weight * normalise(x)` over the last dim; the contract of `reference.rms_norm_ref`.
 
     Raises:
         ValueError: a dtype, shape or layout the kernel cannot take (names the argument).

@@ -28,7 +28,10 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    """Writes the step's K/V into the layer's paged cache (`write`), then attends over the cache.
+    """Attends over the layer's paged cache, whose slots for the step's tokens are written already.
+
+    The write comes before it, with the rotary embedding (`KernelOps.rotary_into_cache` or
+    `qk_norm_rotary`): on the Triton path one kernel rotates k and writes it beside v.
 
     Args:
         num_heads: Query heads.
@@ -57,21 +60,9 @@ class Attention(nn.Module):
         self.window = window
         self.softcap = softcap
 
-    def write(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-              attn_metadata: AttentionMetadata) -> None:
-        """Writes the step's keys and values into their slots of the layer's cache.
-
-        Args:
-            k, v: [T, num_kv_heads, head_dim] (k rotated).
-            kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; index 0 = K, 1 = V.
-            attn_metadata: The batch description shared by all layers.
-        """
-        self.ops.reshape_and_cache(k, v, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping)
-
     def forward(self, q: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """Attention for T new tokens over the cache, whose slots for them are already written
-        (`write`, or a kernel that writes them on its way: `KernelOps.rotary_into_cache`).
+        """Attention for T new tokens over the cache, whose slots for them are already written.
 
         Args:
             q: [T, num_heads, head_dim], already rotated.

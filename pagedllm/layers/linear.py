@@ -28,6 +28,24 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class QKVLinear(Linear):
+    """An attention layer's fused q|k|v projection (checkpoint name `qkv_proj`), giving q, k and v
+    per head: [T, num_heads, head_dim] and [T, num_kv_heads, head_dim] twice (views of one GEMM's
+    output)."""
+
+    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
+                 dtype: torch.dtype) -> None:
+        super().__init__(hidden, (num_heads + 2 * num_kv_heads) * head_dim, bias, dtype)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[T, hidden] -> q, k, v per head."""
+        q, k, v = F.linear(x, self.weight, self.bias).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return (q.reshape(-1, self.num_heads, self.head_dim), k.reshape(-1, self.num_kv_heads, self.head_dim),
+                v.reshape(-1, self.num_kv_heads, self.head_dim))
+
+
 class Embedding(nn.Module):
     """Token-id lookup table of shape [num_embeddings, dim]."""
 

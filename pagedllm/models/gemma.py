@@ -24,7 +24,7 @@ from torch import nn
 
 from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
-from pagedllm.layers.linear import Embedding, Linear
+from pagedllm.layers.linear import Embedding, Linear, QKVLinear
 from pagedllm.layers.rotary import RotaryEmbedding
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.llama import Rope, WeightTarget, llama_checkpoint_targets
@@ -71,11 +71,9 @@ class GemmaAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        hidden = config.hidden_size
-        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, config.attention_bias, dtype)
-        self.o_proj = Linear(self.q_size, hidden, config.attention_out_bias, dtype)
+        self.qkv_proj = QKVLinear(config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                                  config.attention_bias, dtype)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.attention_out_bias, dtype)
         self.qk_norm = config.qk_norm
         if config.qk_norm:
             self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, dtype)
@@ -84,23 +82,16 @@ class GemmaAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
                               gemma.query_pre_attn_scalar**-0.5, ops, window=config.window(layer),
                               softcap=gemma.attn_logit_softcapping)
-        self._rotary = ops.rotary
         self._rotary_into_cache = ops.rotary_into_cache
 
     def forward(self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; `rope` is this layer's (local or global) rotary."""
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(-1, self.num_heads, self.head_dim)
-        k = k.reshape(-1, self.num_kv_heads, self.head_dim)
-        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self._rotary_into_cache is not None:  # one kernel: the rotation and the cache write
-            q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping)
-        else:
-            q, k = self._rotary(q, k, rope)
-            self.attn.write(k, v, kv_cache, attn_metadata)
+        # the rotation and the cache write (one kernel on the Triton bf16 path)
+        q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], attn_metadata.slot_mapping)
         return self.o_proj(self.attn(q, kv_cache, attn_metadata))
 
 

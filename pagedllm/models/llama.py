@@ -24,7 +24,7 @@ from torch import nn
 
 from pagedllm_kernels import KernelOps, select_ops
 from pagedllm.layers.attention import Attention, AttentionMetadata
-from pagedllm.layers.linear import Embedding, Linear
+from pagedllm.layers.linear import Embedding, Linear, QKVLinear
 from pagedllm.layers.long_rope import LongRopeEmbedding
 from pagedllm.layers.norm import RMSNorm
 from pagedllm.layers.rotary import RotaryEmbedding
@@ -58,42 +58,30 @@ class LlamaAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        hidden = config.hidden_size
-        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, config.attention_bias, dtype)
-        self.o_proj = Linear(self.q_size, hidden, config.attention_out_bias, dtype)
+        self.qkv_proj = QKVLinear(config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                                  config.attention_bias, dtype)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.attention_out_bias, dtype)
         self.qk_norm = config.qk_norm
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops,
                               window=config.window(layer))
-        self._rotary = ops.rotary
         self._rotary_into_cache = ops.rotary_into_cache
-        self._qk_norm_rotary = ops.qk_norm_rotary if config.qk_norm else None
+        self._qk_norm_rotary = ops.qk_norm_rotary
 
     def forward(
         self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: AttentionMetadata
     ) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]; `rope` is the step's (cos, sin)."""
-        qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(-1, self.num_heads, self.head_dim)
-        k = k.reshape(-1, self.num_kv_heads, self.head_dim)
-        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x)
+        # The step's K/V go into the cache here, rotated (one kernel on the Triton bf16 path).
         slots = attn_metadata.slot_mapping
-        if self._qk_norm_rotary is not None:  # one kernel: both norms, the rotation, the cache write
+        if self.qk_norm:
             q = self._qk_norm_rotary(q, k, v, self.q_norm.weight, self.k_norm.weight,
                                      self.q_norm.eps, rope, kv_cache[0], kv_cache[1], slots)
         else:
-            if self.qk_norm:
-                q, k = self.q_norm(q), self.k_norm(k)
-            if self._rotary_into_cache is not None:  # one kernel: the rotation and the cache write
-                q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], slots)
-            else:
-                q, k = self._rotary(q, k, rope)
-                self.attn.write(k, v, kv_cache, attn_metadata)
+            q = self._rotary_into_cache(q, k, v, rope, kv_cache[0], kv_cache[1], slots)
         return self.o_proj(self.attn(q, kv_cache, attn_metadata))
 
 

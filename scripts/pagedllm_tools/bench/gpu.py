@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.layers.sampler import SamplingRow
+from pagedllm.sampler import SamplingRow
+from pagedllm.scheduler import SchedulerOutput
 from pagedllm_tools import ROOT
 from pagedllm_tools.bench.kernels_gpu import bench_case, copy_bandwidth_gbps, time_us_graph
 from pagedllm_clients.workloads import nano_prompts
@@ -160,7 +161,9 @@ def decode_step_times(llm: LLM, batches=(64, 256), context: int = 833, iters: in
         tokens = [[1] * (context + 1) for _ in range(batch)]
         tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
         args = dict(token_ids=tokens, num_computed=[context] * batch, num_tokens=[1] * batch,
-                    block_tables=tables, sample=[True] * batch, rows=[row] * batch)
+                    total_tokens=batch, block_tables=tables, sample=[True] * batch,
+                    rows=[row] * batch)
+        step = SchedulerOutput(**args)
         entry = {"batch": batch, "context": context}
         graphs, mixed = runner.graphs, runner.mixed_graphs
         for label, g in (("graphs", graphs), ("eager", None)):
@@ -170,11 +173,11 @@ def decode_step_times(llm: LLM, batches=(64, 256), context: int = 833, iters: in
             # otherwise replay a mixed-step graph)
             runner.graphs, runner.mixed_graphs = g, (mixed if g is not None else None)
             for _ in range(3):
-                runner.execute(**args)
+                runner.execute(step)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(iters):
-                runner.execute(**args)
+                runner.execute(step)
             entry[f"{label}_ms"] = (time.perf_counter() - t0) / iters * 1e3
         runner.graphs, runner.mixed_graphs = graphs, mixed
         if graphs is not None:
@@ -187,14 +190,16 @@ def _pipelined_step_ms(runner, args: dict, iters: int) -> float:
     """Milliseconds per decode step as an async-scheduled engine runs them: step N+1 prepared and
     launched before step N's tokens are read back, its input ids patched from them on the device."""
     batch = len(args["num_computed"])
-    nxt = dict(args, token_ids=[t[:-1] for t in args["token_ids"]])  # their last token: pending
-    pending = (list(range(batch)), list(range(batch)))
-    handle = runner.launch(**args)
+    # their last token: pending, read on the device from the step before
+    nxt = dict(args, token_ids=[t[:-1] for t in args["token_ids"]],
+               pending_rows=list(range(batch)), pending_sources=list(range(batch)))
+    handle = runner.launch(SchedulerOutput(**args))
+    step = SchedulerOutput(**nxt)
     for i in range(3 + iters):
         if i == 3:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-        following = runner.launch(**nxt, pending=pending)
+        following = runner.launch(step)
         handle.result()
         handle = following
     handle.result()

@@ -190,8 +190,8 @@ def main() -> None:
                     help="an EngineConfig field for pagedllm's runs (A/B runs), e.g. "
                          "async_scheduling=false; repeat the option to run pagedllm once per value")
     ap.add_argument("--pagedllm-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="an environment variable for pagedllm's runs (A/B of a kernel switch), "
-                         "e.g. PAGEDLLM_QK_NORM_ROTARY=fused; repeat it to run once per value "
+                    help="an environment variable for pagedllm's runs (A/B of a setting), "
+                         "e.g. PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; repeat it to run once per value "
                          "(NAME= for unset); crossed with --pagedllm-kw")
     ap.add_argument("--child", nargs="+")
     a = ap.parse_args()

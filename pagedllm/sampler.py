@@ -1,4 +1,4 @@
-"""Turns one step's logits into one token per request.
+"""Turns one step's logits into one token per request, and brings the tokens to the host.
 
 The order follows vLLM: a constrained row's grammar bitmask first, then logprobs (from the logits
 as the grammar left them), forbidden tokens, allowed_token_ids and logit_bias, penalties, and
@@ -7,16 +7,25 @@ either argmax (greedy rows) or temperature -> top_k -> top_p -> min_p -> a rando
 Random draws use the exponential-race trick (argmax of probs / q with q ~ Exp(1)), so each row
 needs exactly `vocab` random numbers. A row with its own generator draws them from it alone:
 a seeded request samples the same tokens whatever else is in the batch and wherever it sits.
+
+With async scheduling the sampled tokens stay on the device for the next step's inputs, and go
+to the host through two pinned buffers in turn (`SampleHandle`): the engine reads step N's
+tokens while step N+1's copy runs. A row whose last output token is still on the device reads
+it there for its penalties (`SamplingRow.pending_source`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from pagedllm.layers.token_bitmask import apply_token_bitmasks
 from pagedllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.request import Request
 
 
 @dataclass
@@ -29,7 +38,7 @@ class SamplingRow:
         output_token_ids: tokens generated so far (all three penalties look at them).
         generator: the request's own generator when params.seed is set (on the sampler's device;
             see Sampler.make_generator), else None to use the sampler's shared one.
-        suppress_token_ids: ids forbidden this step (the engine passes EOS + stop_token_ids while
+        suppress_token_ids: ids forbidden this step (`sampling_rows` sets EOS + stop_token_ids while
             fewer than min_tokens were generated). Ids outside the vocabulary are ignored.
         pending_source: with async scheduling, the last output token may still be on the device:
             its index in the previous launch's sampled tokens (the penalties read it there); -1
@@ -45,6 +54,44 @@ class SamplingRow:
     suppress_token_ids: Sequence[int] = ()
     pending_source: int = -1
     token_bitmask: torch.Tensor | None = None
+
+
+def sampling_rows(requests: list[Request]) -> list[SamplingRow]:
+    """The SamplingRow of each request that samples this step, brought up to date.
+
+    Penalties, min_tokens, bad words and a grammar's bitmask look at the tokens generated so far. With async scheduling a
+    request's last output token may still be on the device (`num_pending`): the penalties read
+    it there (`pending_source`: its row in the previous launch's tokens), and it counts towards
+    min_tokens. Call before the scheduler's `update_after_step`, which moves both.
+    """
+    return [_refresh(r) if r.state.row_varies else r.state.sampling_row for r in requests]
+
+
+def _refresh(r: Request) -> SamplingRow:
+    row = r.state.sampling_row
+    p = r.sampling_params
+    if uses_penalties(p):
+        row.output_token_ids = r.all_token_ids[r.num_prompt_tokens:]
+        row.pending_source = r.sample_row if r.num_pending else -1
+    if r.num_output_tokens + r.num_pending < p.min_tokens:
+        row.suppress_token_ids = tuple(p.stop_token_ids) + (() if p.ignore_eos else r.eos_token_ids)
+    elif row.suppress_token_ids:
+        row.suppress_token_ids = ()
+    if r.state.bad_words_ids:  # (the engine reads such a row's last token back first)
+        out = r.all_token_ids[r.num_prompt_tokens:]
+        row.suppress_token_ids = tuple(row.suppress_token_ids) + tuple(
+            w[-1] for w in r.state.bad_words_ids
+            if len(w) == 1 or tuple(out[len(out) - len(w) + 1:]) == w[:-1])
+    if r.state.matcher is not None:
+        if r.num_pending:  # (the engine reads a constrained row's token back before this)
+            raise RuntimeError(f"request {r.request_id}: a constrained row with a pending token")
+        row.token_bitmask = r.state.matcher.fill_mask()
+    return row
+
+
+def uses_penalties(p: SamplingParams) -> bool:
+    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0)
 
 
 @dataclass
@@ -147,7 +194,7 @@ class Sampler:
         # NOTE: the hot path of decode benchmarks: keep it free of per-row tensor work. The argmax
         # runs on the logits' own dtype: upcasting 16-bit values to float32 is exact, so the
         # winner (and the first-index tie rule) is the same, without writing and reading a
-        # float32 copy of [rows, vocab] (156 MB a step for qwen3's 151,936 tokens at batch 256).
+        # float32 copy of [rows, vocab] (docs/benchmarks.md says how many bytes that saves).
         if all(_plain_greedy(r) for r in rows):
             tokens = logits.argmax(dim=-1)
             return SampleHandle(tokens, self._to_host(tokens), len(rows))
