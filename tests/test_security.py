@@ -43,21 +43,13 @@ class Served:
     log: Path
     repo: Path
 
-    @property
-    def openai(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--openai-port']}"
+    def _at(self, flag: str) -> str:
+        return f"127.0.0.1:{self.ports[flag]}"
 
-    @property
-    def v2(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--http-port']}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports['--grpc-port']}"
-
-    @property
-    def internal_http(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--triton-http-port']}"
+    openai = property(lambda self: "http://" + self._at("--openai-port"))
+    v2 = property(lambda self: "http://" + self._at("--http-port"))
+    grpc_url = property(lambda self: self._at("--grpc-port"))
+    internal_http = property(lambda self: "http://" + self._at("--triton-http-port"))  # no proxy
 
     def tritonserver_argv(self) -> list[str]:
         [pid] = [p for p, cmd in descendants(self.process.pid).items()

@@ -323,21 +323,11 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_query_len: int, max_
     return 1 if wanted < 2 else 1 << (wanted.bit_length() - 1)
 
 
-def paged_attention(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    max_query_len: int,
-    max_seq_len: int,
-    num_splits: int | None = None,
-    config: LaunchConfig | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-) -> torch.Tensor:
+def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                    scale: float, max_query_len: int, max_seq_len: int, num_splits: int | None = None,
+                    config: LaunchConfig | None = None, window: int | None = None,
+                    softcap: float | None = None) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its paged context.
 
     The contract of `KernelOps.paged_attention` (`window` and `softcap` included).
@@ -362,22 +352,9 @@ def paged_attention(
                   max_query_len, max_seq_len, num_splits, config, window, softcap)
 
 
-def launch(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    max_query_len: int,
-    max_seq_len: int,
-    num_splits: int | None = None,
-    config: LaunchConfig | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """`paged_attention` without the argument checks: the engine's hot path.
+def launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, max_query_len,
+           max_seq_len, num_splits=None, config=None, window=None, softcap=None) -> torch.Tensor:
+    """`paged_attention` (the same arguments) without the argument checks: the engine's hot path.
 
     NOTE: the engine checks its KV cache once (`pagedllm_kernels.check_kv_cache`) and builds
     every per-step tensor itself with the dtypes and layouts `check_args` wants.

@@ -51,13 +51,8 @@ def _reshape_and_cache_kernel(
     tl.store(value_cache_ptr + dst, v, mask=mask)
 
 
-def reshape_and_cache(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
+def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                      slot_mapping: torch.Tensor) -> None:
     """Writes key/value [T, num_kv_heads, head_dim] into their cache slots, in place.
 
     The contract of `reference.reshape_and_cache_ref`; slots < 0 are skipped. key/value may

@@ -6,9 +6,14 @@ overwrites right away; these allocate empty tensors instead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from pagedllm.models.config import ModelConfig
 
 
 class Linear(nn.Module):
@@ -33,9 +38,9 @@ class QKVLinear(Linear):
     per head: [T, num_heads, head_dim] and [T, num_kv_heads, head_dim] twice (views of one GEMM's
     output)."""
 
-    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
-                 dtype: torch.dtype) -> None:
-        super().__init__(hidden, (num_heads + 2 * num_kv_heads) * head_dim, bias, dtype)
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        num_heads, num_kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        super().__init__(config.hidden_size, (num_heads + 2 * num_kv_heads) * head_dim, config.attention_bias, dtype)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
 

@@ -68,21 +68,17 @@ class GemmaAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps, layer: int) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.qkv_proj = QKVLinear(config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
-                                  config.attention_bias, dtype)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.attention_out_bias, dtype)
-        self.qk_norm = config.qk_norm
-        if config.qk_norm:
-            self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, dtype)
-            self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+        heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.qkv_proj = QKVLinear(config, dtype)
+        self.o_proj = Linear(heads * head_dim, config.hidden_size, config.attention_out_bias, dtype)
         gemma = config.gemma
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
-                              gemma.query_pre_attn_scalar**-0.5, ops, window=config.window(layer),
-                              softcap=gemma.attn_logit_softcapping)
+        self.attn = Attention(heads, kv_heads, head_dim, gemma.query_pre_attn_scalar**-0.5, ops,
+                              window=config.window(layer), softcap=gemma.attn_logit_softcapping)
         self._rotary_into_cache = ops.rotary_into_cache
+        self.qk_norm = config.qk_norm  # Gemma 3
+        if config.qk_norm:
+            self.q_norm = GemmaRMSNorm(head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = GemmaRMSNorm(head_dim, config.rms_norm_eps, dtype)
 
     def forward(self, rope: Rope, x: torch.Tensor, kv_cache: torch.Tensor,
                 attn_metadata: AttentionMetadata) -> torch.Tensor:

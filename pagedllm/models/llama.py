@@ -55,17 +55,14 @@ class LlamaAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, ops: KernelOps, layer: int = 0) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.qkv_proj = QKVLinear(config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
-                                  config.attention_bias, dtype)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.attention_out_bias, dtype)
+        heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.qkv_proj = QKVLinear(config, dtype)
+        self.o_proj = Linear(heads * head_dim, config.hidden_size, config.attention_out_bias, dtype)
         self.qk_norm = config.qk_norm
         if config.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, ops)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, ops,
+            self.q_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, ops)
+            self.k_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, ops)
+        self.attn = Attention(heads, kv_heads, head_dim, head_dim**-0.5, ops,
                               window=config.window(layer))
         self._rotary_into_cache = ops.rotary_into_cache
         self._qk_norm_rotary = ops.qk_norm_rotary
@@ -151,13 +148,8 @@ class LlamaModel(nn.Module):
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling, ops
         )
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
         """[T] ids -> [T, hidden] final hidden states."""
         h = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, h.dtype)
