@@ -115,3 +115,18 @@ def test_stop_strings_typed_in_a_shell_are_unescaped():
     assert unescape("é" + r"\t" + "日本") == "é\t日本"
     assert unescape("plain ###") == "plain ###"
     assert unescape(r"a\\n") == r"a\n"  # a doubled backslash stays one backslash
+
+
+def test_peer_workloads_keep_their_draws_and_ranges():
+    """A and B must meet the very prompts of the vLLM figures recorded on 2026-11-30 (their draw
+    order is pinned by these sums); C and D keep to the issue's ranges."""
+    from pagedllm_tools.bench.peer import WORKLOADS
+
+    prompts, outputs = workloads.peer_workload(*WORKLOADS["A_256_seed7"])
+    assert (len(prompts), len(prompts[0]), prompts[0][:3]) == (256, 431, [2471, 6468, 791])
+    assert (sum(map(len, prompts)), sum(outputs)) == (137772, 138253)
+    prompts, outputs = workloads.peer_workload(*WORKLOADS["C_long_128_seed9"])
+    assert len(prompts) == 128 and all(2000 <= len(p) <= 3500 for p in prompts)
+    assert all(64 <= o <= 256 for o in outputs) and max(max(p) for p in prompts) < 10000
+    prompts, outputs = workloads.peer_workload(*WORKLOADS["D_single_seed10"])
+    assert [len(p) for p in prompts] == [512] and outputs == [512]

@@ -63,16 +63,17 @@ def nano_prompts(num_requests: int = NANO_REQUESTS, seed: int = 0, vocab_size: i
     return prompt_token_ids(prompt_lens, vocab_size, seed=seed), output_lens
 
 
-def peer_workload(num_requests: int, seed: int) -> tuple[list[list[int]], list[int]]:
-    """`nano`-shaped requests for the side-by-side runs against vLLM (bench/peer.py): per request
-    a prompt length then its ids, all from one generator; then the output lengths. This is the
-    draw order of the vLLM figures recorded on 2026-11-30 (A = 256 requests, seed 7; B = 1,024
-    requests, seed 8), kept so new runs meet the very same prompts."""
+def peer_workload(num_requests: int, seed: int, prompt_range: tuple[int, int] = NANO_LEN_RANGE,
+                  output_range: tuple[int, int] = NANO_LEN_RANGE) -> tuple[list[list[int]], list[int]]:
+    """Requests for the side-by-side runs against vLLM (bench/peer.py): per request a prompt
+    length (uniform in prompt_range) then its ids, all from one generator; then the output lengths
+    (uniform in output_range). With `nano`'s ranges (the defaults) this is the draw order of the
+    vLLM figures recorded on 2026-11-30 (A = 256 requests, seed 7; B = 1,024 requests, seed 8),
+    kept so new runs meet the very same prompts."""
     rng = random.Random(seed)
-    lo, hi = NANO_LEN_RANGE
-    prompts = [[rng.randrange(PROMPT_ID_LIMIT) for _ in range(rng.randint(lo, hi))]
+    prompts = [[rng.randrange(PROMPT_ID_LIMIT) for _ in range(rng.randint(*prompt_range))]
                for _ in range(num_requests)]
-    return prompts, [rng.randint(lo, hi) for _ in range(num_requests)]
+    return prompts, [rng.randint(*output_range) for _ in range(num_requests)]
 
 
 def prompt_texts(tokenizer, lengths: Sequence[int], seed: int = 0) -> list[str]:

@@ -56,6 +56,19 @@ SHAPES = {
         head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
         max_position_embeddings=40960, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
         rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+    # Llama-3.1-8B's config.json, weights random.
+    "llama-8b": dict(
+        arch="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=128, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128001,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192)),
+    # Qwen3-8B's config.json, weights random.
+    "qwen3-8b": dict(
+        arch="qwen3", hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False,
+        max_position_embeddings=40960, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+        rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
 }
 
 
@@ -373,7 +386,7 @@ def shape_section(name: str, workdir: Path, copy_gbps: float, args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=os.environ.get("OUT", str(ROOT / "docs" / "benchmarks")))
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--shapes", nargs="+", default=["llama-1b", "qwen3-0.6b"], choices=list(SHAPES))
     ap.add_argument("--hf-requests", type=int, default=64)
     ap.add_argument("--cb", nargs="*", default=list(CB_KNOBS), choices=list(CB_KNOBS))
     ap.add_argument("--skip-hf", action="store_true")

@@ -2,17 +2,22 @@
 
 Each engine runs in its own subprocess (its own process group: vLLM starts an EngineCore
 process too), one after the other, so they never share the GPU. Checkpoints: random-weight bf16
-`llama-1b` and `qwen3-0.6b` (pagedllm_tools.bench.gpu.build_shape).
+with the real configs of Llama-3.2-1B, Qwen3-0.6B, Llama-3.1-8B and Qwen3-8B (`llama-1b`,
+`qwen3-0.6b`, `llama-8b`, `qwen3-8b`: pagedllm_tools.bench.gpu.build_shape).
 
 Settings (both engines): max_num_seqs 256, max_num_batched_tokens 8192, max_model_len 4096,
-gpu_memory_utilization 0.45, greedy, ignore_eos. Workloads (`nano`-shaped, docs/workloads.md):
-A = 256 requests (seed 7), B = 1,024 requests (seed 8); prompt and output lengths uniform in
-[100, 1024], prompt ids below 10000. After start-up, one untimed warm-up (256 prompts x 16
-tokens, seed 5), then each timed run twice in a row (the prefix cache emptied before each): the
-FIRST run is what a user meets after start-up, the second shows what compiling cost it. tok/s =
-output tokens / wall time of the generate() call. Start-up = constructor to ready.
+gpu_memory_utilization 0.45, greedy, ignore_eos. Workloads (docs/workloads.md), prompt ids below
+10000: A = 256 `nano` requests (seed 7) and B = 1,024 (seed 8), prompt and output lengths
+uniform in [100, 1024]; C = 128 long prompts (seed 9), prompts uniform in [2000, 3500], outputs
+in [64, 256]; D = one stream (seed 10), 512 in and 512 out. After start-up, one untimed warm-up
+(256 prompts x 16 tokens, seed 5), then each timed run twice in a row (the prefix cache emptied
+before each): the FIRST run is what a user meets after start-up, the second shows what compiling
+cost it. tok/s = output tokens / wall time of the generate() call. Start-up = constructor to
+ready. The whole matrix (4 shapes x 4 workloads, both engines) takes longer than one 10-minute
+GPU call: pick a part with --shapes and --workloads.
 
     python -m pagedllm_tools.bench.peer [--vllm-site DIR] [--out DIR] [--budget 540]
+        [--shapes llama-8b] [--workloads C_long_128_seed9 D_single_seed10]
 
 Without --vllm-site only pagedllm runs (the peer's figures recorded earlier are in
 docs/benchmarks.md).
@@ -34,8 +39,12 @@ from pagedllm_clients.workloads import peer_workload as workload
 
 ENGINE_KW = dict(max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=4096,
                  gpu_memory_utilization=0.45)
-WORKLOADS = {"A_256_seed7": (256, 7), "B_1024_seed8": (1024, 8)}
-PLAN = [("llama-1b", ["A_256_seed7", "B_1024_seed8"]), ("qwen3-0.6b", ["A_256_seed7"])]
+NANO = (100, 1024)
+# name -> (requests, seed, prompt length range, output length range)
+WORKLOADS = {"A_256_seed7": (256, 7, NANO, NANO), "B_1024_seed8": (1024, 8, NANO, NANO),
+             "C_long_128_seed9": (128, 9, (2000, 3500), (64, 256)),
+             "D_single_seed10": (1, 10, (512, 512), (512, 512))}
+PLAN = [(shape, list(WORKLOADS)) for shape in ("llama-1b", "qwen3-0.6b", "llama-8b", "qwen3-8b")]
 
 
 def _save(path: Path, obj: dict) -> None:
