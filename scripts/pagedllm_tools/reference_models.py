@@ -114,11 +114,15 @@ _greedy_cache: dict = {}
 
 def greedy_references(model_dir: str, prompts: list[list[int]], n: int, device: str = "cpu") -> list[list[int]]:
     """`hf_greedy` of each prompt with the float32 checkpoint, cached per (model, prompts, n,
-    device): the parity tests compare several engine settings against one transformers run."""
+    device): the parity tests compare several engine settings against one transformers run.
+
+    transformers runs its eager attention, the definition: its SDPA path drops Gemma 2's
+    attention soft cap, and some releases (5.17) pick SDPA for Gemma 2 on CUDA by default."""
     from transformers import AutoModelForCausalLM
 
     key = (model_dir, tuple(map(tuple, prompts)), n, device)
     if key not in _greedy_cache:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     attn_implementation="eager").to(device).eval()
         _greedy_cache[key] = [hf_greedy(model, p, n, device) for p in prompts]
     return _greedy_cache[key]
