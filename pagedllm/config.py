@@ -34,7 +34,7 @@ class EngineConfig:
             name). Graphs take a few seconds to capture and a little memory.
         kernel_backend: "auto" runs the OpenAI Triton kernels on CUDA and the torch reference
             elsewhere (`pagedllm_kernels.select_ops`); "reference" runs the reference on CUDA too:
-            for head sizes the kernels do not take (powers of 2 in [16, 256]), and to check them.
+            for head sizes the kernels do not take (they take even ones in [16, 256]), and to check them.
         max_mixed_graph_tokens: on CUDA with graphs, prefill and mixed steps of up to this many
             tokens replay a CUDA graph too (captured at sizes up to it: cuda_graphs.py); 0 runs
             every such step eagerly. Larger steps are compute-bound and stay eager.

@@ -176,7 +176,8 @@ def check_rotary(q, k, positions, cos_cache, sin_cache):
 
 
 @INTERPRETER_DTYPES
-@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (8, 8, 64)], ids=["gqa", "odd-heads", "mha"])
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (8, 8, 64), (4, 2, 96)],
+                         ids=["gqa", "odd-heads", "mha", "head-dim-96"])
 def test_rotary_is_bit_identical_to_reference(heads, dtype):
     num_q_heads, num_k_heads, head_dim = heads
     q, k = _qkv(9, num_q_heads, num_k_heads, head_dim, dtype)
@@ -185,7 +186,8 @@ def test_rotary_is_bit_identical_to_reference(heads, dtype):
 
 
 @INTERPRETER_DTYPES
-@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 32), (16, 8, 128)], ids=["gqa", "odd-heads", "qwen3"])
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 32), (16, 8, 128), (8, 4, 96), (4, 2, 80)],
+                         ids=["gqa", "odd-heads", "qwen3", "head-dim-96", "head-dim-80"])
 def test_rotary_into_cache_is_the_rotary_then_the_cache_write(heads, dtype):
     q, k, v = _qkv_and_v(11, *heads, dtype)
     positions = torch.randint(0, 4096, (11,), generator=torch.Generator().manual_seed(4)).to(DEVICE)
@@ -238,7 +240,8 @@ def check_qk_norm_rotary(q, k, positions, cos_cache, sin_cache, eps=1e-6, seed=6
 
 
 @INTERPRETER_DTYPES
-@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (16, 8, 128)], ids=["gqa", "odd-heads", "qwen3"])
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 3, 24), (16, 8, 128), (4, 2, 96)],
+                         ids=["gqa", "odd-heads", "qwen3", "head-dim-96"])
 def test_qk_norm_rotary_is_the_norms_then_the_rotary(heads, dtype):
     q, k = _qkv(7, *heads, dtype)
     positions = torch.randint(0, 4096, (7,), generator=torch.Generator().manual_seed(8)).to(DEVICE)
@@ -246,7 +249,8 @@ def test_qk_norm_rotary_is_the_norms_then_the_rotary(heads, dtype):
 
 
 @INTERPRETER_DTYPES
-@pytest.mark.parametrize("heads", [(4, 2, 16), (16, 8, 128)], ids=["gqa", "qwen3"])
+@pytest.mark.parametrize("heads", [(4, 2, 16), (16, 8, 128), (8, 4, 96), (4, 2, 112)],
+                         ids=["gqa", "qwen3", "head-dim-96", "head-dim-112"])
 def test_qk_norm_rotary_into_cache_is_qk_norm_rotary_then_the_cache_write(heads, dtype):
     q, k, v = _qkv_and_v(10, *heads, dtype)
     positions = torch.randint(0, 4096, (10,), generator=torch.Generator().manual_seed(8)).to(DEVICE)
@@ -335,6 +339,18 @@ def test_rotary_into_cache_rejects(changes, match):
         extra = dict(q_weight=_ones(16), k_weight=_ones(16), eps=1e-6)
         with pytest.raises(ValueError, match=match):
             qk_norm_rotary_into_cache(**args, **extra)
+
+
+@pytest.mark.parametrize("head_dim", [14, 258])
+def test_the_cache_writes_refuse_a_head_dim_the_kernels_do_not_take(head_dim):
+    """The rotary takes any even head size; writing the cache, it takes the cache's rule."""
+    q, k, v = _ones(3, 4, head_dim), _ones(3, 2, head_dim), _ones(3, 2, head_dim)
+    tables = (torch.zeros(3, dtype=torch.int64, device=DEVICE), _ones(8, head_dim // 2), _ones(8, head_dim // 2))
+    caches = (_ones(2, 16, 2, head_dim), _ones(2, 16, 2, head_dim), torch.zeros(3, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(ValueError, match=f"key_cache: head_dim {head_dim}"):
+        rotary_into_cache(q, k, v, *tables, *caches)
+    with pytest.raises(ValueError, match=f"key_cache: head_dim {head_dim}"):
+        qk_norm_rotary_into_cache(q, k, v, _ones(head_dim), _ones(head_dim), 1e-6, *tables, *caches)
 
 
 # --- dispatch and the model ----------------------------------------------------------------------
@@ -502,7 +518,7 @@ def test_gpu_qk_norm_rotary(num_tokens, dtype):
 @needs_cuda
 @GPU_DTYPES
 @pytest.mark.parametrize("num_tokens", [1, 256, 8192])
-@pytest.mark.parametrize("heads", [(32, 8, 64), (16, 8, 128)], ids=["llama-1b", "qwen3-0.6b"])
+@pytest.mark.parametrize("heads", [(32, 8, 64), (16, 8, 128), (32, 32, 96)], ids=["llama-1b", "qwen3-0.6b", "phi3-mini"])
 def test_gpu_rotary_and_qk_norm_rotary_into_cache(num_tokens, heads, dtype):
     q, k, v = _qkv_and_v(num_tokens, *heads, dtype)
     positions = torch.randint(0, 40960, (num_tokens,), device=DEVICE)

@@ -6,7 +6,9 @@ interpreter's tl.dot mishandles bfloat16, so bf16 is covered by the GPU section 
 With CUDA, the GPU section runs the compiled kernels over ragged contexts up to 16k tokens.
 
 Every batch lives in shuffled, non-contiguous blocks of a NaN-filled cache: a kernel that
-reads one slot outside a sequence's context returns NaN and fails.
+reads one slot outside a sequence's context returns NaN and fails. Head sizes other than powers
+of 2 (Phi-3-mini's 96, 80, 112) are padded inside the kernels: the lanes past head_dim would
+read the next head's row or the NaN of the next slot, so a missing mask fails too.
 
 Tolerance: the reference runs in float32 on the same (rounded) inputs; for each sequence the
 kernel must give max |out - ref| <= TOL[dtype] * max |ref| over that sequence's rows (bf16 1e-2,
@@ -190,8 +192,9 @@ def test_query_may_be_a_strided_view_of_a_fused_qkv():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_reshape_and_cache_matches_reference_and_skips_padding(dtype):
-    num_blocks, block_size, kv, head_dim, num_tokens = 6, 16, 2, 64, 9
+@pytest.mark.parametrize("head_dim", [64, 96, 80])
+def test_reshape_and_cache_matches_reference_and_skips_padding(dtype, head_dim):
+    num_blocks, block_size, kv, num_tokens = 6, 16, 2, 9
     key_cache = torch.full((num_blocks, block_size, kv, head_dim), -7.0, dtype=dtype, device=DEVICE)
     value_cache = key_cache.clone()
     # K and V as strided views of one fused [T, 2, kv, head_dim] tensor, as the model passes them.
@@ -216,8 +219,10 @@ def test_reshape_and_cache_takes_int32_slots():
 
 @pytest.mark.parametrize("changes, match", [
     (lambda b: dict(query=b["query"].half()), "query"),
-    (lambda b: dict(query=b["query"][..., :48], key_cache=b["key_cache"][..., :48].contiguous(),
-                    value_cache=b["value_cache"][..., :48].contiguous()), "head_dim"),
+    (lambda b: dict(query=b["query"][..., :47], key_cache=b["key_cache"][..., :47].contiguous(),
+                    value_cache=b["value_cache"][..., :47].contiguous()), "head_dim"),
+    (lambda b: dict(query=b["query"][..., :8], key_cache=b["key_cache"][..., :8].contiguous(),
+                    value_cache=b["value_cache"][..., :8].contiguous()), "head_dim"),
     (lambda b: dict(query=b["query"].transpose(0, 2).contiguous().transpose(0, 2)), "query"),
     (lambda b: dict(block_tables=b["block_tables"].long()), "block_tables"),
     (lambda b: dict(seq_lens=b["seq_lens"].long()), "seq_lens"),
@@ -340,6 +345,114 @@ def test_window_and_softcap_are_checked(window, softcap, match):
 
 
 # ------------------------------------------------------------------------------------------
+# Head sizes other than powers of 2 (Phi-3-mini's 96): padded inside the kernels, both devices.
+
+PADDED_HEAD_DIMS = [96, 80, 112]
+INTERPRETER_DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("head_dim", PADDED_HEAD_DIMS)
+def test_padded_head_dim_matches_reference(case, head_dim, dtype):
+    check_attention(*CASES[case], 8, 2, head_dim, 16, dtype)
+
+
+@pytest.mark.parametrize("head_dim", [18, 24, 200])  # padded to 32, 32, 256
+def test_small_and_large_padded_head_dims(head_dim):
+    check_attention(*CASES["mixed"], 4, 2, head_dim, 16, torch.float32)
+
+
+@INTERPRETER_DTYPES
+@pytest.mark.parametrize("case, num_splits", [("decode", 2), ("decode", 8), ("mixed", 4)])
+@pytest.mark.parametrize("head_dim", [96, 112])
+def test_padded_head_dim_with_split_kv(case, num_splits, head_dim, dtype):
+    check_attention(*CASES[case], 8, 2, head_dim, 16, dtype, num_splits=num_splits, pad_tokens=3)
+
+
+@pytest.mark.parametrize("case", ["decode", "chunked", "mixed"])
+@pytest.mark.parametrize("window, softcap, num_splits", [(7, None, None), (40, None, None), (None, 2.0, None),
+                                                         (12, 2.0, None), (20, 2.0, 4)])
+def test_padded_head_dim_with_window_and_softcap(case, window, softcap, num_splits):
+    check_window_attention(*CASES[case], 8, 2, 96, 16, torch.float32, window=window, softcap=softcap,
+                           num_splits=num_splits)
+
+
+def test_padded_head_dim_with_window_and_softcap_float16():
+    check_window_attention(*CASES["mixed"], 8, 2, 80, 16, torch.float16, window=9, softcap=30.0)
+
+
+@pytest.mark.parametrize("head_dim", [16, 18, 80, 96, 112, 256])
+def test_check_kv_cache_takes_even_head_dims_in_16_to_256(head_dim):
+    triton_ops = kernels._load_triton_ops()  # the kernels' rule, without a GPU
+    kernels.check_kv_cache(torch.zeros(2, 3, 16, 2, head_dim), triton_ops)
+
+
+@pytest.mark.parametrize("head_dim", [8, 14, 95, 97, 258, 512])
+def test_check_kv_cache_refuses_other_head_dims(head_dim):
+    kv_cache = torch.zeros(2, 3, 16, 2, head_dim)
+    with pytest.raises(ValueError, match=rf"kv_cache: head_dim {head_dim} .*kernel_backend='reference'"):
+        kernels.check_kv_cache(kv_cache, kernels._load_triton_ops())
+    kernels.check_kv_cache(kv_cache, kernels.REFERENCE_OPS)  # the reference takes any head size
+
+
+@pytest.mark.parametrize("head_dim", [14, 97, 512])
+def test_reshape_and_cache_refuses_other_head_dims(head_dim):
+    key_cache = torch.zeros(2, 8, 2, head_dim, device=DEVICE)
+    key = torch.zeros(3, 2, head_dim, device=DEVICE)
+    with pytest.raises(ValueError, match=f"key_cache: head_dim {head_dim}"):
+        reshape_and_cache(key, key, key_cache, key_cache.clone(), torch.arange(3, device=DEVICE))
+
+
+def _logits_through(path, ops, dtype, device) -> torch.Tensor:
+    """The model at `path` through `ops`: a 40-token prefill, a 20-token chunk, then 10
+    single-token decodes over shuffled cache blocks; every step's logits."""
+    from pagedllm.layers.attention import AttentionMetadata
+    from pagedllm.models.config import ModelConfig
+    from pagedllm.models.registry import load_model
+
+    config = ModelConfig.from_dir(path)
+    block_size, num_blocks = 16, 8
+    prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0)).tolist()
+    table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
+    model = load_model(path, config, dtype, torch.device(device), ops=ops)
+    shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+    caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+    kernels.check_kv_cache(caches[0], ops)
+    logits = []
+    for start, end in [(0, 40), (40, 60), *((p, p + 1) for p in range(60, 70))]:
+        pos = torch.arange(start, end)
+        meta = AttentionMetadata(
+            slot_mapping=(table[pos // block_size].long() * block_size + pos % block_size).to(device),
+            block_tables=table[None].to(device),
+            seq_lens=torch.tensor([end], dtype=torch.int32, device=device),
+            query_start_loc=torch.tensor([0, end - start], dtype=torch.int32, device=device),
+            max_query_len=end - start,
+            max_seq_len=end,
+        )
+        with torch.inference_mode():
+            hidden = model(torch.tensor(prompt[start:end], device=device), pos.to(device), caches, meta)
+            logits.append(model.compute_logits(hidden).float())
+    return torch.cat(logits)
+
+
+@pytest.fixture(scope="module")
+def phi3_head_dim_96(tmp_path_factory) -> str:
+    """A tiny Phi-3 with Phi-3-mini's head size (4 heads of 96, its 40-token sliding window)."""
+    from pagedllm_tools.family_models import make_family_checkpoint
+
+    return make_family_checkpoint("phi3", tmp_path_factory.mktemp("phi3_96"), head_dim=96)
+
+
+def test_phi3_head_dim_96_through_every_kernel(phi3_head_dim_96):
+    """Every Triton kernel the model runs (norms, rotary into the cache, windowed paged attention)
+    at head_dim 96, against the references: float32 logits within 1e-3."""
+    got = _logits_through(phi3_head_dim_96, kernels._load_triton_ops(), torch.float32, DEVICE)
+    want = _logits_through(phi3_head_dim_96, kernels.REFERENCE_OPS, torch.float32, DEVICE)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------
 # GPU only: the compiled kernels at long, ragged contexts in every dtype.
 
 GPU_SEQ_LENS = [1, 17, 1000, 4096, 16384]
@@ -354,7 +467,7 @@ GPU_QUERY_LENS = {
 @pytest.mark.parametrize("mode", sorted(GPU_QUERY_LENS))
 @pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize("gqa", [1, 4, 8])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_gpu_attention_matches_reference(mode, block_size, gqa, head_dim, dtype):
     # Decode here is 5 sequences x 2 kv heads: the launcher picks split-KV on its own.
@@ -364,14 +477,16 @@ def test_gpu_attention_matches_reference(mode, block_size, gqa, head_dim, dtype)
 @needs_cuda
 @pytest.mark.parametrize("mode", sorted(GPU_QUERY_LENS))
 @pytest.mark.parametrize("block_size", [16, 32])
-def test_gpu_attention_float32(mode, block_size):
-    check_attention(GPU_SEQ_LENS, GPU_QUERY_LENS[mode], 8, 2, 128, block_size, torch.float32)
+@pytest.mark.parametrize("head_dim", [96, 128])
+def test_gpu_attention_float32(mode, block_size, head_dim):
+    check_attention(GPU_SEQ_LENS, GPU_QUERY_LENS[mode], 8, 2, head_dim, block_size, torch.float32)
 
 
 @needs_cuda
 @pytest.mark.parametrize("num_splits", [1, 4, 32])
-def test_gpu_decode_with_and_without_split_kv(num_splits):
-    check_attention(GPU_SEQ_LENS, GPU_QUERY_LENS["decode"], 32, 8, 64, 16, torch.bfloat16,
+@pytest.mark.parametrize("head_dim", [64, 96])
+def test_gpu_decode_with_and_without_split_kv(num_splits, head_dim):
+    check_attention(GPU_SEQ_LENS, GPU_QUERY_LENS["decode"], 32, 8, head_dim, 16, torch.bfloat16,
                     num_splits=num_splits, pad_tokens=3)
 
 
@@ -379,8 +494,9 @@ def test_gpu_decode_with_and_without_split_kv(num_splits):
 @pytest.mark.parametrize("mode", sorted(GPU_QUERY_LENS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("window, softcap", [(4096, None), (1000, 50.0), (None, 30.0)])
-def test_gpu_sliding_window_and_softcap(mode, dtype, window, softcap):
-    check_window_attention(GPU_SEQ_LENS, GPU_QUERY_LENS[mode], 8, 2, 128, 16, dtype, window=window,
+@pytest.mark.parametrize("head_dim", [96, 128])
+def test_gpu_sliding_window_and_softcap(mode, dtype, window, softcap, head_dim):
+    check_window_attention(GPU_SEQ_LENS, GPU_QUERY_LENS[mode], 8, 2, head_dim, 16, dtype, window=window,
                            softcap=softcap)
 
 
@@ -393,37 +509,8 @@ def test_gpu_kernels_are_the_cuda_backend():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, dtype):
-    from pagedllm.layers.attention import AttentionMetadata
-    from pagedllm.models.config import ModelConfig
-    from pagedllm.models.registry import load_model
-
-    path = tiny_checkpoints["qwen3"]
-    config = ModelConfig.from_dir(path)
-    block_size, num_blocks = 16, 8
-    prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0)).tolist()
-    table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
-
     def run(backend: str) -> torch.Tensor:
-        """A 40-token prefill, a 20-token chunk, then 10 single-token decodes: all logits."""
-        ops = kernels.select_ops("cuda", dtype, backend)
-        model = load_model(path, config, dtype, torch.device("cuda"), ops=ops)
-        shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        caches = [torch.zeros(shape, dtype=dtype, device="cuda") for _ in range(config.num_hidden_layers)]
-        logits = []
-        for start, end in [(0, 40), (40, 60), *((p, p + 1) for p in range(60, 70))]:
-            pos = torch.arange(start, end)
-            meta = AttentionMetadata(
-                slot_mapping=(table[pos // block_size].long() * block_size + pos % block_size).cuda(),
-                block_tables=table[None].cuda(),
-                seq_lens=torch.tensor([end], dtype=torch.int32, device="cuda"),
-                query_start_loc=torch.tensor([0, end - start], dtype=torch.int32, device="cuda"),
-                max_query_len=end - start,
-                max_seq_len=end,
-            )
-            with torch.inference_mode():
-                hidden = model(torch.tensor(prompt[start:end], device="cuda"), pos.cuda(), caches, meta)
-                logits.append(model.compute_logits(hidden).float())
-        return torch.cat(logits)
+        return _logits_through(tiny_checkpoints["qwen3"], kernels.select_ops("cuda", dtype, backend), dtype, "cuda")
 
     triton_logits = run("auto")
     reference_logits = run("reference")
@@ -434,3 +521,12 @@ def test_gpu_model_forward_triton_equals_reference(tiny_checkpoints, dtype):
         # layers that moved logits by up to 2.4% of max|logit| (mean 0.2%) in a CPU emulation.
         diff, peak = (triton_logits - reference_logits).abs(), reference_logits.abs().max()
         assert diff.max() <= 5e-2 * peak and diff.mean() <= 5e-3 * peak, (diff.max(), diff.mean(), peak)
+
+
+@needs_cuda
+def test_gpu_phi3_head_dim_96_bf16_through_every_kernel(phi3_head_dim_96):
+    """The compiled kernels at head_dim 96, within the bf16 bound of the model test above."""
+    got = _logits_through(phi3_head_dim_96, kernels.select_ops("cuda", torch.bfloat16), torch.bfloat16, "cuda")
+    want = _logits_through(phi3_head_dim_96, kernels.REFERENCE_OPS, torch.bfloat16, "cuda")
+    diff, peak = (got - want).abs(), want.abs().max()
+    assert diff.max() <= 5e-2 * peak and diff.mean() <= 5e-3 * peak, (diff.max(), diff.mean(), peak)

@@ -181,16 +181,22 @@ def select_ops(device: torch.device | str, dtype: torch.dtype, backend: str = "a
 def check_kv_cache(kv_cache: torch.Tensor, ops: KernelOps) -> None:
     """One layer's cache, [2, num_blocks, block_size, num_kv_heads, head_dim], checked once.
 
+    The Triton kernels take even head sizes in [16, 256], padded to a power of 2 inside them
+    (`triton_reshape_and_cache.check_head_dim`); the reference takes any.
+
     Raises:
         ValueError: a layout or head size the chosen kernels cannot take (names the problem).
     """
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or not kv_cache.is_contiguous():
         raise ValueError(f"kv_cache: expected a contiguous [2, num_blocks, block_size, num_kv_heads, "
                          f"head_dim], got {list(kv_cache.shape)}")
-    head_dim = kv_cache.shape[4]
-    if ops.backend == "triton" and (head_dim & (head_dim - 1) or not 16 <= head_dim <= 256):
-        raise ValueError(f"kv_cache: head_dim {head_dim} not supported by the Triton kernels "
-                         f"(powers of 2 in [16, 256]); set kernel_backend='reference'")
+    if ops.backend == "triton":
+        from pagedllm_kernels.triton_reshape_and_cache import check_head_dim
+
+        try:
+            check_head_dim(kv_cache.shape[4], "kv_cache")
+        except ValueError as e:
+            raise ValueError(f"{e}; set kernel_backend='reference'") from None
 
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, ops: KernelOps,

@@ -34,6 +34,10 @@ the mask, as transformers computes it.
 Split-KV (flash-decoding): with NUM_SPLITS > 1, program (.., .., s) takes the s-th slice of
 the key tiles and writes an unnormalised partial (max, sum, acc); `_reduce_splits_kernel`
 combines them. The launcher picks it for pure-decode batches too small to fill the GPU.
+
+Head sizes other than powers of 2 (Phi-3's 96): the tiles span HEAD_DIM_PADDED lanes and the
+lanes past HEAD_DIM load 0 (`head_dim_mask`), so q.k and p.v are those of the real lanes; the
+padded lanes of the output are not stored (triton_reshape_and_cache.py says the rule).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from pagedllm_kernels.triton_reshape_and_cache import _check_device
+from pagedllm_kernels.triton_reshape_and_cache import _check_device, check_head_dim, head_dim_mask
 
 __all__ = ["paged_attention", "launch", "choose_num_splits", "LaunchConfig", "launch_config"]
 
@@ -86,7 +90,7 @@ def _tanh(x, PRECISE: tl.constexpr):
 @triton.jit
 def _attend_tile(
     acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, start_n, first_key,
-    num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b, cache_stride_s,
+    num_keys, q_abs, scale_log2, window, cap_log2, offs_d, d_ok, cache_stride_b, cache_stride_s,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr, PRECISE_TANH: tl.constexpr,
 ):
@@ -94,7 +98,7 @@ def _attend_tile(
 
     MASKED tiles hide keys past each row's position and before its window, and do not read keys
     outside [first_key, num_keys); `cap_log2` is the soft cap in the scores' log2 units
-    (softcap * log2(e)).
+    (softcap * log2(e)). `d_ok` masks the padded head lanes (constant true without padding).
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if MASKED:
@@ -103,17 +107,17 @@ def _attend_tile(
     else:
         block_ids = tl.load(block_table_ptr + offs_n // BLOCK_SIZE)
     kv_offs = block_ids.to(tl.int64) * cache_stride_b + (offs_n % BLOCK_SIZE) * cache_stride_s + kv_head_off
-    # K: (HEAD_DIM, BLOCK_N)
+    # K: (HEAD_DIM_PADDED, BLOCK_N)
     k_ptrs = key_cache_ptr + kv_offs[None, :] + offs_d[:, None]
-    # V: (BLOCK_N, HEAD_DIM)
+    # V: (BLOCK_N, HEAD_DIM_PADDED)
     v_ptrs = value_cache_ptr + kv_offs[:, None] + offs_d[None, :]
     if MASKED:
         # NOTE: masked loads read 0, never the cache: unwritten slots may hold NaN.
-        k = tl.load(k_ptrs, mask=in_seq[None, :], other=0.0)
-        v = tl.load(v_ptrs, mask=in_seq[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=in_seq[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=in_seq[:, None] & d_ok[None, :], other=0.0)
     else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+        k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
     # S: (BLOCK_M, BLOCK_N), in log2 units
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2
     if SOFTCAP:
@@ -150,6 +154,7 @@ def _paged_attention_body(
     stride_qh,
     GROUP: tl.constexpr,  # query heads per kv head
     HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,  # HEAD_DIM rounded up to a power of 2: the tiles' width
     BLOCK_SIZE: tl.constexpr,  # tokens per cache block
     BLOCK_Q: tl.constexpr,  # query positions per program
     BLOCK_M: tl.constexpr,  # BLOCK_Q * GROUP rounded up to a power of 2
@@ -173,14 +178,16 @@ def _paged_attention_body(
     context_len = seq_len - q_len  # cached tokens before the first query
 
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+    d_ok = head_dim_mask(offs_d, HEAD_DIM, HEAD_DIM_PADDED)
     q_pos = q_tile * BLOCK_Q + offs_m // GROUP  # among the sequence's new tokens
     head = kv_head * GROUP + offs_m % GROUP
     row_ok = (offs_m // GROUP < BLOCK_Q) & (q_pos < q_len)
     row = (q_start + q_pos).to(tl.int64)
-    # Q: (BLOCK_M, HEAD_DIM)
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    # Q: (BLOCK_M, HEAD_DIM_PADDED)
     q = tl.load(query_ptr + row[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
+                mask=out_mask, other=0.0)
     q_abs = context_len + q_pos  # absolute position of each row = the last key it sees
 
     # Keys 0 .. first_pos are visible to every row; the tile's last row sees up to last_pos.
@@ -206,32 +213,32 @@ def _paged_attention_body(
     # m = -1e30, l = 0 without producing NaN (exp2(-inf - -inf)).
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
 
     for t in range(tile_lo, tl.minimum(tile_hi, num_windowed)):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
-            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, d_ok, cache_stride_b,
             cache_stride_s, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
     for t in range(tl.maximum(tile_lo, num_windowed), tl.minimum(tile_hi, num_full)):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
-            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, d_ok, cache_stride_b,
             cache_stride_s, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
     for t in range(tl.maximum(tile_lo, tl.maximum(num_windowed, num_full)), tile_hi):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, key_cache_ptr, value_cache_ptr, block_table_ptr, kv_head_off, t * BLOCK_N,
-            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, cache_stride_b,
+            first_key, num_keys, q_abs, scale_log2, window, cap_log2, offs_d, d_ok, cache_stride_b,
             cache_stride_s, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SOFTCAP, PRECISE_TANH)
 
     num_heads = num_kv_heads * GROUP
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         out_ptrs = out_ptr + (row[:, None] * num_heads + head[:, None]) * HEAD_DIM + offs_d[None, :]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         part = (row * num_heads + head) * NUM_SPLITS + split
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=out_mask)
         tl.store(part_ml_ptr + part, m_i, mask=row_ok)
         tl.store(part_ml_ptr + num_tokens * num_heads * NUM_SPLITS + part, l_i, mask=row_ok)
 
@@ -259,6 +266,7 @@ def _reduce_splits_kernel(
     num_tokens,
     num_heads,
     HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
     NUM_SPLITS: tl.constexpr,  # a power of 2
 ):
     token = tl.program_id(0)
@@ -266,15 +274,17 @@ def _reduce_splits_kernel(
     if token >= tl.load(query_start_loc_ptr + num_seqs):  # padding row: stays zero
         return
     offs_s = tl.arange(0, NUM_SPLITS)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+    d_ok = head_dim_mask(offs_d, HEAD_DIM, HEAD_DIM_PADDED)
     part = (token.to(tl.int64) * num_heads + head) * NUM_SPLITS + offs_s
     m = tl.load(part_ml_ptr + part)
     l = tl.load(part_ml_ptr + num_tokens * num_heads * NUM_SPLITS + part)
-    # ACC: (NUM_SPLITS, HEAD_DIM)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :])
+    # ACC: (NUM_SPLITS, HEAD_DIM_PADDED)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=d_ok[None, :], other=0.0)
     w = tl.exp2(m - tl.max(m, axis=0))
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(out_ptr + (token.to(tl.int64) * num_heads + head) * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + (token.to(tl.int64) * num_heads + head) * HEAD_DIM + offs_d,
+             out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 @dataclass(frozen=True)
@@ -371,7 +381,8 @@ def launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_lo
     # Decode tiles are as small as tl.dot allows; prefill tiles reuse each K/V load for more rows.
     block_m = max(16 if max_query_len <= 1 else 64, triton.next_power_of_2(group))
     block_q = block_m // group
-    config = config or launch_config(query.dtype, max_query_len, head_dim)
+    head_dim_padded = triton.next_power_of_2(head_dim)
+    config = config or launch_config(query.dtype, max_query_len, head_dim_padded)
     if num_splits > 1:
         part_acc = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=query.device)
         part_ml = torch.empty(2, num_tokens, num_heads, num_splits, dtype=torch.float32, device=query.device)
@@ -392,6 +403,7 @@ def launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_lo
         stride_qh=query.stride(1),
         GROUP=group,
         HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=head_dim_padded,
         BLOCK_SIZE=block_size,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
@@ -407,7 +419,7 @@ def launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_lo
         _reduce_splits_kernel[(num_tokens, num_heads)](
             out, part_acc, part_ml, query_start_loc,
             num_seqs=num_seqs, num_tokens=num_tokens, num_heads=num_heads,
-            HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+            HEAD_DIM=head_dim, HEAD_DIM_PADDED=head_dim_padded, NUM_SPLITS=num_splits,
         )
     return out
 
@@ -420,8 +432,7 @@ def check_args(query, key_cache, value_cache, block_tables, seq_lens, query_star
     if value_cache.shape != key_cache.shape or value_cache.dtype != key_cache.dtype or not value_cache.is_contiguous():
         raise ValueError("value_cache: must be contiguous with key_cache's shape and dtype")
     head_dim = key_cache.shape[3]
-    if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
-        raise ValueError(f"key_cache: head_dim {head_dim} not supported; the kernel takes powers of 2 in [16, 256]")
+    check_head_dim(head_dim, "key_cache")
     if query.dim() != 3 or query.shape[2] != head_dim:
         raise ValueError(f"query: expected [T, num_heads, {head_dim}], got {list(query.shape)}")
     if query.dtype not in _DTYPES or query.dtype != key_cache.dtype:

@@ -6,6 +6,11 @@ token's flat cache slot; a slot < 0 (padding) is skipped. The pure-torch twin is
 
     key_cache / value_cache: [num_blocks, block_size, num_kv_heads, head_dim], contiguous
     flat slot s  ->  element offset s * num_kv_heads * head_dim
+
+Head sizes (`check_head_dim`, the rule of every kernel that reads or writes the cache): even, in
+[16, 256]. Triton tiles are powers of 2, so a kernel spans HEAD_DIM_PADDED (the next one) lanes
+and masks the lanes past head_dim (`head_dim_mask`): they load 0, which leaves dot products and
+sums unchanged, and store nothing. Nothing is copied or padded on the host.
 """
 
 from __future__ import annotations
@@ -16,9 +21,19 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["reshape_and_cache", "launch"]
+__all__ = ["reshape_and_cache", "launch", "check_head_dim"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def head_dim_mask(offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr):
+    """offs_d < HEAD_DIM over the padded lanes. Without padding it is a constant true, so the
+    compiler drops it from the loads and stores: powers of 2 run the unmasked code they ran before."""
+    if HEAD_DIM == HEAD_DIM_PADDED:
+        return tl.full([HEAD_DIM_PADDED], 1, tl.int1)
+    else:
+        return offs_d < HEAD_DIM
 
 
 @triton.jit
@@ -34,6 +49,7 @@ def _reshape_and_cache_kernel(
     stride_vh,
     num_kv_heads,
     HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,  # HEAD_DIM rounded up to a power of 2
     BLOCK_H: tl.constexpr,  # num_kv_heads rounded up to a power of 2
 ):
     token = tl.program_id(0)
@@ -41,9 +57,9 @@ def _reshape_and_cache_kernel(
     if slot < 0:  # padding token: nothing to write
         return
     offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask = (offs_h < num_kv_heads)[:, None]
-    # K, V rows of this token: (BLOCK_H, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+    mask = (offs_h < num_kv_heads)[:, None] & head_dim_mask(offs_d, HEAD_DIM, HEAD_DIM_PADDED)[None, :]
+    # K, V rows of this token: (BLOCK_H, HEAD_DIM_PADDED)
     k = tl.load(key_ptr + token * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
     v = tl.load(value_ptr + token * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
     dst = slot * num_kv_heads * HEAD_DIM + offs_h[:, None] * HEAD_DIM + offs_d[None, :]
@@ -75,8 +91,7 @@ def check_args(key, value, key_cache, value_cache, slot_mapping) -> None:
     if key_cache.dtype not in _DTYPES:
         raise ValueError(f"key_cache: dtype {key_cache.dtype} not supported; use one of {_DTYPES}")
     num_kv_heads, head_dim = key_cache.shape[2:]
-    if head_dim & (head_dim - 1) or head_dim < 16:
-        raise ValueError(f"key_cache: head_dim {head_dim} must be a power of 2 >= 16")
+    check_head_dim(head_dim, "key_cache")
     for name, t in (("key", key), ("value", value)):
         if t.dim() != 3 or t.shape[1:] != key_cache.shape[2:] or t.dtype != key_cache.dtype:
             raise ValueError(f"{name}: expected [T, {num_kv_heads}, {head_dim}] {key_cache.dtype}, "
@@ -100,8 +115,20 @@ def launch(key, value, key_cache, value_cache, slot_mapping) -> None:
         stride_vt=value.stride(0), stride_vh=value.stride(1),
         num_kv_heads=num_kv_heads,
         HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=triton.next_power_of_2(head_dim),
         BLOCK_H=triton.next_power_of_2(num_kv_heads),
     )
+
+
+def check_head_dim(head_dim: int, name: str) -> None:
+    """Raises ValueError, naming `name`, for a head size the kernels do not take.
+
+    Even, for the rotary's halves; at least 16, tl.dot's smallest tile; at most 256, as a padded
+    row of the attention's accumulator must fit in registers.
+    """
+    if head_dim % 2 or not 16 <= head_dim <= 256:
+        raise ValueError(f"{name}: head_dim {head_dim} not supported by the Triton kernels "
+                         f"(they take even sizes in [16, 256])")
 
 
 def _check_device(**tensors: torch.Tensor) -> None:

@@ -15,6 +15,10 @@ product roundings as torch does.
     q: [T, Hq, D], k: [T, Hk, D] (strided views of a fused qkv are fine: head_dim contiguous)
     out[..., :D/2] = x1*cos - x2*sin,   out[..., D/2:] = x2*cos + x1*sin,   x1|x2 = the halves
 
+Any even D: each half spans BLOCK_D lanes (D/2 rounded up to a power of 2), masked past D/2, so
+Phi-3's 96 (halves of 48) needs nothing more. Writing the cache, D takes the cache's rule too
+(`triton_reshape_and_cache.check_head_dim`).
+
 `rotary_into_cache` also does the step's KV-cache write (`triton_reshape_and_cache`): the rotated
 k goes straight to its token's cache slot and v is copied beside it, so the layer saves a launch
 and a round trip of k through memory. Attention reads the new keys from the cache anyway.

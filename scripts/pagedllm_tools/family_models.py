@@ -24,13 +24,17 @@ WINDOW = 16
 PHI3_ORIGINAL_MAX_POSITIONS = 64
 
 
-def family_hf_config(arch: str):
-    """The transformers config of one tiny family variant (hidden 64, 4 heads, 2 KV heads)."""
+def family_hf_config(arch: str, head_dim: int = 16):
+    """The transformers config of one tiny family variant (hidden 64, 4 heads, 2 KV heads).
+
+    head_dim: another head size (Phi-3-mini's 96) for the kernels' tests of padded head sizes;
+    Phi-3's hidden size follows it (4 heads of head_dim), as its head size is hidden / heads.
+    """
     import transformers as tf
 
     sizes = dict(
         vocab_size=_tiny_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=1024,
         # NOTE: large init, as reference_models: sharp attention, spread logits.
         initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
@@ -48,8 +52,9 @@ def family_hf_config(arch: str):
                                    layer_types=layer_types, rope_parameters=rope, query_pre_attn_scalar=24,
                                    final_logit_softcapping=8.0, tie_word_embeddings=True)
     if arch == "phi3":
-        phi = {k: v for k, v in sizes.items() if k != "head_dim"}  # Phi-3: hidden / heads = 16
-        half = 16 // 2
+        phi = {k: v for k, v in sizes.items() if k != "head_dim"}  # Phi-3: hidden / heads
+        phi["hidden_size"] = 4 * head_dim
+        half = head_dim // 2
         rope = {"rope_type": "longrope", "rope_theta": 10000.0,
                 "short_factor": [1.0 + 0.1 * i for i in range(half)],
                 "long_factor": [2.0 + 1.5 * i for i in range(half)]}
@@ -65,6 +70,6 @@ def family_hf_config(arch: str):
     raise ValueError(f"arch: unknown family variant {arch!r}; known: {FAMILY_ARCHS}")
 
 
-def make_family_checkpoint(arch: str, out_dir) -> str:
+def make_family_checkpoint(arch: str, out_dir, head_dim: int = 16) -> str:
     """Saves the tiny random checkpoint of family variant `arch` into out_dir; returns its path."""
-    return save_random_checkpoint(family_hf_config(arch), out_dir)
+    return save_random_checkpoint(family_hf_config(arch, head_dim), out_dir)
