@@ -407,33 +407,17 @@ def test_reshape_and_cache_refuses_other_head_dims(head_dim):
 def _logits_through(path, ops, dtype, device) -> torch.Tensor:
     """The model at `path` through `ops`: a 40-token prefill, a 20-token chunk, then 10
     single-token decodes over shuffled cache blocks; every step's logits."""
-    from pagedllm.layers.attention import AttentionMetadata
     from pagedllm.models.config import ModelConfig
     from pagedllm.models.registry import load_model
+    from paged_steps import stepwise_logits
 
     config = ModelConfig.from_dir(path)
-    block_size, num_blocks = 16, 8
-    prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0)).tolist()
-    table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
+    prompt = torch.randint(3, 1000, (70,), generator=torch.Generator().manual_seed(0))
     model = load_model(path, config, dtype, torch.device(device), ops=ops)
-    shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-    kernels.check_kv_cache(caches[0], ops)
-    logits = []
-    for start, end in [(0, 40), (40, 60), *((p, p + 1) for p in range(60, 70))]:
-        pos = torch.arange(start, end)
-        meta = AttentionMetadata(
-            slot_mapping=(table[pos // block_size].long() * block_size + pos % block_size).to(device),
-            block_tables=table[None].to(device),
-            seq_lens=torch.tensor([end], dtype=torch.int32, device=device),
-            query_start_loc=torch.tensor([0, end - start], dtype=torch.int32, device=device),
-            max_query_len=end - start,
-            max_seq_len=end,
-        )
-        with torch.inference_mode():
-            hidden = model(torch.tensor(prompt[start:end], device=device), pos.to(device), caches, meta)
-            logits.append(model.compute_logits(hidden).float())
-    return torch.cat(logits)
+    kernels.check_kv_cache(torch.zeros(2, 1, 16, config.num_key_value_heads, config.head_dim, dtype=dtype,
+                                       device=device), ops)
+    steps = [(0, 40), (40, 60), *((p, p + 1) for p in range(60, 70))]
+    return stepwise_logits(model, config, prompt, steps, device, dtype)
 
 
 @pytest.fixture(scope="module")

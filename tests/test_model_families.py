@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.layers.attention import AttentionMetadata
 from pagedllm.models.config import ModelConfig
 from pagedllm.models.registry import load_model
 from pagedllm_tools.family_models import FAMILY_ARCHS, PHI3_ORIGINAL_MAX_POSITIONS
 from pagedllm_tools.reference_models import greedy_references
 
 from kv_invariants import check_kv_invariants
+from paged_steps import stepwise_logits
 
 NUM_PROMPTS = 6
 NEW_TOKENS = 24
@@ -91,23 +91,10 @@ def test_logits_match_transformers_across_prefill_chunk_and_decode(family_checkp
     model = load_model(model_dir, config, torch.float32, device)
     n = 60  # < Phi-3's original length: one transformers call rotates like the engine
     ids = torch.randint(3, config.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
-    block_size, num_blocks = 16, 6
-    table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1)).to(torch.int32)
-    shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    caches = [torch.zeros(shape, device=device) for _ in range(config.num_hidden_layers)]
-    logits = []
+    logits = stepwise_logits(model, config, ids, [(0, 30), (30, 45), *((p, p + 1) for p in range(45, n))], device)
     with torch.inference_mode():
-        for start, end in [(0, 30), (30, 45), *((p, p + 1) for p in range(45, n))]:
-            pos = torch.arange(start, end)
-            meta = AttentionMetadata(
-                slot_mapping=(table[pos // block_size].long() * block_size + pos % block_size).to(device),
-                block_tables=table[None].to(device),
-                seq_lens=torch.tensor([end], dtype=torch.int32, device=device),
-                query_start_loc=torch.tensor([0, end - start], dtype=torch.int32, device=device),
-                max_query_len=end - start, max_seq_len=end)
-            logits.append(model.compute_logits(model(ids[start:end].to(device), pos.to(device), caches, meta)))
         # (eager: the definition; SDPA drops Gemma 2's soft cap: reference_models.greedy_references)
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                   attn_implementation="eager").to(device).eval()
         expected = hf(ids[None].to(device)).logits[0]
-    torch.testing.assert_close(torch.cat(logits), expected, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, expected, atol=2e-4, rtol=1e-4)

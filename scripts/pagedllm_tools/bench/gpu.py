@@ -56,20 +56,13 @@ SHAPES = {
         head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
         max_position_embeddings=40960, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
         rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
-    # Llama-3.1-8B's config.json, weights random.
-    "llama-8b": dict(
-        arch="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=128, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False,
-        max_position_embeddings=131072, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128001,
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    # Qwen3-8B's config.json, weights random.
-    "qwen3-8b": dict(
-        arch="qwen3", hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False,
-        max_position_embeddings=40960, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
-        rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
 }
+# Llama-3.1-8B's and Qwen3-8B's config.json (what differs from their small siblings'), weights random.
+SHAPES["llama-8b"] = dict(
+    SHAPES["llama-1b"], hidden_size=4096, num_hidden_layers=32, head_dim=128, intermediate_size=14336,
+    tie_word_embeddings=False, rope_parameters=dict(SHAPES["llama-1b"]["rope_parameters"], factor=8.0))
+SHAPES["qwen3-8b"] = dict(SHAPES["qwen3-0.6b"], hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+                          intermediate_size=12288, tie_word_embeddings=False)
 
 
 # ---- workload and models -------------------------------------------------------------------------
