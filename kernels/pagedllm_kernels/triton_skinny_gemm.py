@@ -177,8 +177,11 @@ def choose_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> 
     return split
 
 
-def launch_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int) -> LaunchConfig:
+def launch_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int,
+                  use_dot: bool | None = None) -> LaunchConfig:
     """The knobs a GEMM of x [m, k] and W [n, k] runs with: a starting point for the GPU sweep.
+
+    `use_dot` forces the formulation (None: by m, below); the other knobs follow from it.
 
     - block_k: _ROW_BYTES of each weight row per step (256 16-bit or 128 float32 elements), so
       each lane of a warp issues one 16-byte load per row, and a row's bytes arrive in whole
@@ -190,7 +193,8 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int) -> L
     - split_k: `choose_split_k`.
     """
     elt = torch.finfo(dtype).bits // 8
-    use_dot = m > _GEMV_MAX_M
+    if use_dot is None:
+        use_dot = m > _GEMV_MAX_M
     floor = 16 if use_dot else 1
     block_k = min(_ROW_BYTES // elt, max(triton.next_power_of_2(k), floor))
     if use_dot:
