@@ -303,6 +303,7 @@ V1 = [
      "messages.[0].content"),
     ("/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 2}', "prompt"),
     ("/v1/completions", b'{"prompt\xff": "x"}', "prompt\ufffd"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b'}', None),  # > 4,300 digits
 ]
 
 
@@ -350,6 +351,15 @@ def test_generate_bodies_that_are_not_json_objects_get_a_400(served, body):
     r = httpx.post(f"{served.v2}/v2/models/ensemble/generate", content=body, timeout=10)
     assert r.status_code == 400, r.text
     assert httpx.get(f"{served.v2}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_a_get_with_a_body_is_forwarded_without_it(served):
+    """A data-plane GET carrying a body (the proxy forwards GETs bodiless) is answered, not a 500."""
+    for path in ("/v2", "/v2/models/stats", "/v2/models/llm/config"):
+        r = httpx.request("GET", served.v2 + path, content=b"{}", timeout=10,
+                          headers={"content-type": "application/json"})
+        assert r.status_code == 200, (path, r.status_code, r.text)
+    assert "Traceback" not in served.log.read_text()
 
 
 def test_legal_generate_bodies_still_pass(served):

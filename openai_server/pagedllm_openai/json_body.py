@@ -39,6 +39,8 @@ def parse_json_object(body: bytes) -> dict:
         raise bad_request(f"the request body is not valid JSON: {e}", None) from None
     except RecursionError:
         raise _too_deep() from None
+    except ValueError as e:  # e.g. an integer past Python's 4,300-digit conversion limit
+        raise bad_request(f"the request body holds a number this server cannot read: {e}", None) from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", None)
     if (text.count("[") + text.count("{") > MAX_DEPTH or _SURROGATE.search(text)

@@ -122,7 +122,8 @@ async def _forward(service: Service, request: Request, release) -> Response:
             await check_generate_body(service, generate["path"], generate["model"], content)
         else:
             upload = content = _Upload(request, limit, setting)
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
+               and not (content is None and k.lower() == "content-length")]  # a GET's body is not sent on
     if "accept-encoding" not in request.headers:
         headers.append(("accept-encoding", "identity"))  # not httpx's default: gzip
     url = service.config.triton_http_url + path

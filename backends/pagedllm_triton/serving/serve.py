@@ -128,7 +128,9 @@ def _serve(args: ServeOptions, checked: Checked, repo: Path) -> int:
     keys_set = keys_required(args)
     # NOTE: tritonserver's gRPC port cannot check API keys: with keys, local clients only.
     grpc_host = "127.0.0.1" if keys_set else args.host
-    admin = AdminKey.new()  # NOTE: tritonserver's argv and the watchdog only; never printed
+    # NOTE: never printed or written to a file; but tritonserver 2.51 reads it only from its argv,
+    # which local users can read (/proc/PID/cmdline): docs/reliability.md says so.
+    admin = AdminKey.new()
     cmd, server_env = tritonserver.server_command(
         repo.resolve(), internal_http, args.grpc_port, args.metrics_port, args.log_verbose,
         binary=args.tritonserver, backend_dir=args.backend_directory, host=args.host,
