@@ -49,6 +49,9 @@ class EngineConfig:
             computes (vLLM's async scheduling). Each step() then returns the previous step's
             deltas, and a request that stops on a token runs one step more whose token is dropped.
             None: on when the device is CUDA (on CPU nothing runs beside the host).
+        grammar_compile_timeout: seconds a server's request waits for its structured-output
+            grammar to compile (beside the engine's thread, so other requests run on) before it
+            is refused with an error naming the constraint. The offline API compiles inline.
     """
 
     model: str
@@ -70,6 +73,7 @@ class EngineConfig:
     max_queue_len: int | None = None
     strict_max_tokens: bool = False
     async_scheduling: bool | None = None
+    grammar_compile_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -104,6 +108,11 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_queue_len is not None:
             _positive_int("max_queue_len", self.max_queue_len)
+        if isinstance(self.grammar_compile_timeout, bool) \
+                or not isinstance(self.grammar_compile_timeout, (int, float)) \
+                or not self.grammar_compile_timeout > 0:
+            raise ValueError(f"grammar_compile_timeout must be a number of seconds > 0, "
+                             f"got {self.grammar_compile_timeout!r}")
         if self.kernel_backend not in ("auto", "reference"):
             raise ValueError(f"kernel_backend must be 'auto' or 'reference', got {self.kernel_backend!r}")
         if not isinstance(self.max_mixed_graph_tokens, int) or isinstance(self.max_mixed_graph_tokens, bool) \

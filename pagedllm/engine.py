@@ -10,12 +10,14 @@ request of its own (the scheduler and the KV cache see n requests); they share t
 request id, and deltas and outputs carry each sequence's `index`.
 
 Structured outputs (`SamplingParams.structured_outputs`): the grammar is compiled (and cached) in
-add_request; each sequence has its own matcher, whose bitmask masks its row's logits at every
+add_request, or before it by the caller (EngineLoop compiles beside its thread:
+grammar_compiles.py); each sequence has its own matcher, whose bitmask masks its row's logits at every
 sampling step and which accepts every token appended; the sequence stops when its grammar ends.
 """
 from __future__ import annotations
 
 import gc
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,6 +64,7 @@ class LLMEngine:
                                    self.async_scheduling)
         self._in_flight: _Launched | None = None  # the launched step not read back yet
         self._grammars = None  # GrammarCompiler, made for the first constrained request
+        self._grammars_lock = threading.Lock()
         self._host_rows = False  # a request's sampling needs its last token on the host
         if on_cuda:
             # NOTE: what start-up made (torch modules, the tokenizer's tables, ...) lives as long
@@ -75,8 +78,10 @@ class LLMEngine:
     # ---- requests in and out -------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: str | Sequence[int],
-                    params: SamplingParams | None = None) -> None:
+                    params: SamplingParams | None = None, grammar=None) -> None:
         """Queue a request (its `params.n` sequences).
+
+        `grammar`: its structured_outputs already compiled (compile_grammar), else it compiles here.
 
         Raises:
             ValueError: naming the problem (nothing is queued then); OverloadedError, a
@@ -104,7 +109,8 @@ class LLMEngine:
                              f"{len(prompt_ids)} tokens and max_model_len is {self.max_model_len}: "
                              f"at most {room} tokens can follow it")
         max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
-        grammar = self._compile(params) if params.structured_outputs is not None else None
+        if params.structured_outputs is not None and grammar is None:
+            grammar = self.compile_grammar(params)
         bad_words = self._bad_words_ids(params.bad_words) if params.bad_words else ()
         ids = [request_id] if params.n == 1 else [f"{request_id}{_SEP}{i}" for i in range(params.n)]
         self._groups[request_id] = _Group(ids, params.n, text)
@@ -140,13 +146,21 @@ class LLMEngine:
         self.requests[request_id] = request
         self.scheduler.add_request(request)
 
-    def _compile(self, params: SamplingParams):
-        """The request's compiled grammar (ValueError naming the field when it has none)."""
-        if self._grammars is None:
-            from pagedllm.structured_outputs import GrammarCompiler  # xgrammar: ~2 s to import
-            self._grammars = GrammarCompiler(self.config.model, self.model_config.vocab_size,
-                                             self.model_config.eos_token_ids)
+    def compile_grammar(self, params: SamplingParams):
+        """The request's compiled grammar (ValueError naming the field when it has none).
+
+        Thread-safe, unlike the rest of the engine: EngineLoop calls it from worker threads.
+        """
+        with self._grammars_lock:
+            if self._grammars is None:
+                from pagedllm.structured_outputs import GrammarCompiler  # xgrammar: ~2 s to import
+                self._grammars = GrammarCompiler(self.config.model, self.model_config.vocab_size,
+                                                 self.model_config.eos_token_ids)
         return self._grammars.compile(params.structured_outputs)
+
+    def cached_grammar(self, params: SamplingParams):
+        """The request's grammar if it was compiled before, else None (never compiles)."""
+        return None if self._grammars is None else self._grammars.cached(params.structured_outputs)
 
     def _bad_words_ids(self, words: list[str]) -> tuple[tuple[int, ...], ...]:
         """Each bad word's tokens, alone and after a space (vLLM's rule)."""

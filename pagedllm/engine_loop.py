@@ -3,6 +3,10 @@
 Only the loop thread touches the engine. Other threads talk to it through one command queue, and
 hear back through per-request sinks (a callback, or the queue inside a RequestStream). Every
 request gets exactly one delta with `finished=True`: its last, an error or an abort.
+
+A structured-output request whose grammar is not cached waits for it beside the engine
+(grammar_compiles.py): workers compile, the result comes back as a command, and the request is
+added then; other requests keep stepping meanwhile.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from pagedllm.errors import OverloadedError
+from pagedllm.grammar_compiles import Compiled, GrammarCompiles
 from pagedllm.outputs import StreamDelta
 from pagedllm.sampling_params import SamplingParams
 
@@ -104,6 +109,7 @@ class EngineLoop:
         self._started = False
         self._ready = threading.Event()
         self._build_error: BaseException | None = None
+        self._compiles: GrammarCompiles | None = None  # made with the engine, on the loop thread
 
     def start(self) -> "EngineLoop":
         """Starts the thread; returns once the engine exists."""
@@ -155,17 +161,22 @@ class EngineLoop:
                 self._build_error = e
                 self._ready.set()
                 return
+        self._compiles = GrammarCompiles(self.engine.compile_grammar, self._commands.put,
+                                         self.engine.config.grammar_compile_timeout)
         self._ready.set()
         while True:
             busy = self.engine.has_unfinished_requests()
             try:
-                # Block when idle; when busy, only drain what has arrived.
-                command = self._commands.get(block=not busy)
+                # Block when idle (until a grammar's deadline at most); when busy, only drain
+                # what has arrived.
+                command = self._commands.get(block=not busy,
+                                             timeout=self._compiles.seconds_to_deadline())
             except queue.Empty:
                 command = None
             while command is not None:
                 if isinstance(command, _Stop):
                     self._abort_all("server shutting down", "unavailable")
+                    self._compiles.shutdown()
                     self._end_turn()
                     command.done.set()
                     return
@@ -174,33 +185,60 @@ class EngineLoop:
                     command = self._commands.get_nowait()
                 except queue.Empty:
                     command = None
+            for late in self._compiles.expire():
+                kind = late.params.structured_outputs.kind
+                self._refuse(late, f"structured_outputs.{kind} did not compile within "
+                                   f"{self._compiles.timeout:g} s (grammar_compile_timeout): "
+                                   "simplify the schema, regex or grammar")
             if self.engine.has_unfinished_requests():
                 self._step()
             self._end_turn()
 
-    def _apply(self, command: _Add | _Abort) -> None:
+    def _apply(self, command: _Add | _Abort | Compiled) -> None:
         if isinstance(command, _Abort):
+            waiting = self._compiles.drop(command.request_id)
+            if waiting is not None:  # never reached the engine
+                self._sinks.pop(command.request_id, None)
+                deliver(waiting.sink, StreamDelta(request_id=command.request_id, finished=True,
+                                                  finish_reason="abort"))
             for delta in self.engine.abort_request(command.request_id):
                 self._emit(delta)
+            return
+        if isinstance(command, Compiled):
+            for add in self._compiles.finished(command):
+                if command.error is not None:
+                    self._refuse(add, command.error, command.error_code)
+                else:
+                    self._add(add, command.grammar)
             return
         if command.request_id in self._sinks:
             command.sink(error_delta(command.request_id,
                                      f"request_id {command.request_id!r} is already in use"))
             return
+        self._sinks[command.request_id] = command.sink
+        so = command.params.structured_outputs
+        grammar = self.engine.cached_grammar(command.params) if so is not None else None
+        if so is not None and grammar is None:
+            self._compiles.submit(command.params, command.request_id, command)
+            return
+        self._add(command, grammar)
+
+    def _add(self, command: _Add, grammar) -> None:
+        """Hand the request to the engine; an error there is that request's final delta."""
         try:
-            self.engine.add_request(command.request_id, command.prompt, command.params)
+            self.engine.add_request(command.request_id, command.prompt, command.params,
+                                    grammar=grammar)
         except OverloadedError as e:
-            command.sink(error_delta(command.request_id, str(e), "unavailable"))
-            return
+            self._refuse(command, str(e), "unavailable")
         except (ValueError, TypeError) as e:
-            command.sink(error_delta(command.request_id, str(e)))
-            return
+            self._refuse(command, str(e))
         except Exception as e:  # a bug: this request fails, the loop serves on
             logger.exception("adding request %s failed", command.request_id)
-            command.sink(error_delta(command.request_id, f"internal error: {type(e).__name__}: {e}",
-                                     "internal"))
-            return
-        self._sinks[command.request_id] = command.sink
+            self._refuse(command, f"internal error: {type(e).__name__}: {e}", "internal")
+
+    def _refuse(self, command: _Add, message: str, code: str = "invalid_argument") -> None:
+        self._sinks.pop(command.request_id, None)
+        deliver(command.sink, error_delta(command.request_id, message, code))
 
     def _step(self) -> None:
         try:
@@ -221,6 +259,7 @@ class EngineLoop:
 
     def _abort_all(self, reason: str, code: str) -> None:
         for request_id in list(self._sinks):
+            self._compiles.drop(request_id)
             deltas = self.engine.abort_request(request_id) or [error_delta(request_id, reason, code)]
             deltas[-1].error, deltas[-1].error_code = reason, code
             for delta in deltas:

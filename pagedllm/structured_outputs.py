@@ -7,9 +7,9 @@
     matcher.advance(token) -> True once the output is complete         after each sampled token
 
 xgrammar is imported on the first constrained request (it takes ~2 s, transformers included), so
-an engine that never sees one never pays for it. Compiling runs on the engine's thread, before the
-request is queued: an invalid or unenforceable schema, regex or grammar is a ValueError naming the
-field then, and nothing runs. A JSON Schema compiles in about a millisecond for this repository's
+an engine that never sees one never pays for it. Compiling runs before the request is queued (a
+server's engine loop compiles on worker threads, with a deadline: grammar_compiles.py): an invalid
+or unenforceable schema, regex or grammar is a ValueError naming the field then, and nothing runs. A JSON Schema compiles in about a millisecond for this repository's
 default 4,096-token vocabulary (scripts/pagedllm_tools/bench/grammar_cache.py); a repeated one is a dict lookup.
 
 The vocabulary comes from the checkpoint's tokenizer.json (xgrammar reads its decoder to tell
@@ -107,6 +107,11 @@ class GrammarCompiler:
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return compiled
+
+    def cached(self, params: StructuredOutputsParams):
+        """The compiled grammar of `params` if it is in the cache, else None."""
+        with self._lock:
+            return self._cache.get(params.key())
 
     def _compile(self, params: StructuredOutputsParams):
         kind = params.kind

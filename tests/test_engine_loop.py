@@ -2,12 +2,17 @@
 the contract both keep — streams end once, errors stay per request, aborts free blocks."""
 from __future__ import annotations
 
+import itertools
 import threading
+from pathlib import Path
 
 import pytest
 
 from polling import wait_until
 from pagedllm import EngineConfig, EngineLoop, EngineProcess, LLMEngine, SamplingParams
+
+_ids = itertools.count()
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "default")
 
 
 @pytest.fixture(params=["thread", "process"])
@@ -105,3 +110,87 @@ def test_engine_built_on_the_loop_thread(tiny_checkpoints):
     with pytest.raises(ValueError, match="block_size"):
         EngineLoop(lambda: LLMEngine(EngineConfig(model=tiny_checkpoints["llama"],
                                                   block_size=0))).start()
+
+
+# ---- structured outputs: grammars compile beside the engine's thread -----------------------------
+
+
+def _slow_schema(n: int = 400) -> dict:
+    """A JSON schema whose grammar takes ~0.5 s to compile (n patterned string properties)."""
+    props = {f"k{i}": {"type": "string", "pattern": f"[a-z]{{1,{i % 9 + 2}}}(x|y){{2,5}}[0-9]{{{i % 5 + 1},8}}"}
+             for i in range(n)}
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+@pytest.fixture(params=["thread", "process"])
+def grammar_loop(request):
+    """A function that starts a loop whose grammars must compile within `timeout` seconds.
+
+    NOTE: the default model, not a tiny checkpoint: a grammar needs the checkpoint's EOS to be
+    its tokenizer's (the tiny configs keep transformers' default EOS id, a text token there).
+    """
+    loops = []
+
+    def start(timeout: float = 30.0):
+        config = EngineConfig(model=DEFAULT_MODEL, num_kv_blocks=256, max_model_len=512,
+                              grammar_compile_timeout=timeout)
+        loops.append((EngineLoop(LLMEngine(config)) if request.param == "thread"
+                      else EngineProcess(config)).start())
+        return loops[-1]
+
+    yield start
+    for loop in loops:
+        loop.shutdown()
+
+
+def test_plain_requests_run_while_a_grammar_compiles(grammar_loop):
+    """The plain request ends before the constrained one's grammar is ready (it used to wait)."""
+    grammar_loop = grammar_loop()
+    plain_params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    slow = grammar_loop.submit("slow", [5, 6, 7], SamplingParams(
+        max_tokens=4, structured_outputs={"json": _slow_schema()}))
+    plain = grammar_loop.submit("plain", [5, 6, 7], plain_params)
+    plain_deltas = list(plain)
+    assert plain_deltas[-1].finish_reason == "length"
+    with pytest.raises(Exception):  # queue.Empty: nothing of the slow request yet
+        slow.get(timeout=0)
+    slow_deltas = list(slow)
+    assert sum(d.finished for d in slow_deltas) == 1 and slow_deltas[-1].error is None
+    assert "".join(d.text for d in slow_deltas) == '{"k0'  # 4 tokens of the schema's only path
+    assert wait_until(lambda: grammar_loop.stats().kv_cache_usage == 0.0)
+
+
+def test_a_grammar_past_its_deadline_fails_its_request_alone(grammar_loop):
+    grammar_loop = grammar_loop(timeout=0.05)
+    slow = grammar_loop.submit("slow", [5, 6, 7], SamplingParams(
+        max_tokens=4, structured_outputs={"json": _slow_schema()}))
+    twin = grammar_loop.submit("twin", [5, 6, 7], SamplingParams(  # shares the compile
+        max_tokens=4, structured_outputs={"json": _slow_schema()}))
+    plain = grammar_loop.submit("plain", [5, 6, 7], SamplingParams(max_tokens=8, ignore_eos=True))
+    for stream in (slow, twin):
+        deltas = list(stream)
+        assert len(deltas) == 1 and deltas[0].error_code == "invalid_argument"
+        assert "structured_outputs.json did not compile within 0.05 s" in deltas[0].error
+    assert list(plain)[-1].finish_reason == "length"
+    # The compile ran on to its end and was cached: the same schema is now served at once.
+    def served() -> bool:
+        deltas = list(grammar_loop.submit(f"again{next(_ids)}", [5, 6, 7], SamplingParams(
+            max_tokens=4, structured_outputs={"json": _slow_schema()})))
+        return deltas[-1].error is None
+    assert wait_until(served, timeout=60)
+    assert wait_until(lambda: grammar_loop.stats().kv_cache_usage == 0.0)
+
+
+def test_abort_and_errors_while_a_grammar_compiles(grammar_loop):
+    """An abort of a request waiting for its grammar ends it once; a bad schema is its own error."""
+    grammar_loop = grammar_loop()
+    waiting = grammar_loop.submit("w", [5, 6, 7], SamplingParams(
+        max_tokens=4, structured_outputs={"json": _slow_schema(401)}))
+    grammar_loop.abort("w")
+    deltas = list(waiting)
+    assert len(deltas) == 1 and deltas[0].finish_reason == "abort" and deltas[0].error is None
+    bad = list(grammar_loop.submit("bad", [5, 6, 7], SamplingParams(
+        max_tokens=4, structured_outputs={"json": {"type": "bogus"}})))
+    assert len(bad) == 1 and "structured_outputs.json is not valid" in bad[0].error
+    again = list(grammar_loop.submit("w", [5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True)))
+    assert again[-1].finish_reason == "length", "the aborted id is free again"
